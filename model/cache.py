@@ -1,0 +1,71 @@
+"""Decoded, letterboxed images cached on disk (uint8, one square per image), so epochs after the
+first do not decode JPEGs again. The cache key covers the preprocessing version, the size and each
+file's identity (id, byte size, mtime), so a changed file or changed preprocessing rebuilds it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from model.data import Sample
+from model.preprocess import PREPROCESS_VERSION, ImageError, decode_image, letterbox
+
+log = logging.getLogger(__name__)
+DEFAULT_CACHE_DIR = Path(".cache")
+
+
+def _load_one(args: tuple[str, int]) -> np.ndarray | str:
+    path, size = args
+    try:
+        return letterbox(decode_image(path), size)[0]
+    except ImageError as exc:
+        return str(exc)
+
+
+def _key(samples: list[Sample], size: int) -> str:
+    h = hashlib.sha1(f"v{PREPROCESS_VERSION}:{size}".encode())
+    for s in samples:
+        st = s.path.stat()
+        h.update(f"{s.source}/{s.image_id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_squares(
+    samples: list[Sample], size: int, cache_dir: str | Path | None = DEFAULT_CACHE_DIR, workers: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (N, size, size) uint8 squares and a boolean mask of the files that decoded.
+
+    Files that fail to decode are logged (name and reason only) and counted, never fatal."""
+    path = None
+    if cache_dir is not None and samples:
+        path = Path(cache_dir) / f"squares-{size}-{_key(samples, size)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return z["squares"], z["ok"]
+    squares = np.zeros((len(samples), size, size), dtype=np.uint8)
+    ok = np.ones(len(samples), dtype=bool)
+    jobs = [(str(s.path), size) for s in samples]
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(workers) as ex:
+            results = list(ex.map(_load_one, jobs, chunksize=32))
+    else:
+        results = [_load_one(j) for j in jobs]
+    for i, r in enumerate(results):
+        if isinstance(r, str):
+            log.warning("skipping unreadable image %s: %s", samples[i].image_id, r)
+            ok[i] = False
+        else:
+            squares[i] = r
+    if (~ok).any():
+        log.warning("%d of %d images could not be read and were skipped", int((~ok).sum()), len(ok))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, squares=squares, ok=ok)
+        tmp.replace(path)
+    return squares, ok

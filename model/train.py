@@ -1,0 +1,294 @@
+"""Train the fracture classifier (with its body-region head).
+
+    python -m model.train --data ../shared/data/fracatlas --arch mobilenet_v3_large --img-size 320 \\
+        --epochs 30 --batch-size 32 --out runs/mnv3-320
+    python -m model.train --out runs/mnv3-320 --resume        # continue an interrupted run
+
+Writes into --out: log.csv (one row per epoch), curves.png, best.pt (a complete model file, chosen by
+validation AUROC on the first --data root), last.ckpt (for --resume) and summary.json.
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from model.cache import DEFAULT_CACHE_DIR, load_squares
+from model.data import REGIONS, Sample
+from model.inference import score_squares, setup_cpu_threads
+from model.network import CAM_LAYERS, CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, FractureNet, save_model
+from model.preprocess import PREPROCESS_VERSION, normalize, train_augment
+from model.splits import samples_by_split
+
+log = logging.getLogger("model.train")
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "lr", "seconds"]
+
+
+class SquareDataset(Dataset):
+    def __init__(self, squares, labels, regions, region_mask, augment=None):
+        self.squares, self.labels = squares, labels
+        self.regions, self.region_mask = regions, region_mask
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.squares)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(self.squares[i]).unsqueeze(0)
+        if self.augment is not None:
+            x = self.augment(x)
+        return x, self.labels[i], self.regions[i], self.region_mask[i]
+
+
+def _targets(samples: list[Sample]):
+    labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+    regions = torch.tensor([s.regions or (0,) * len(REGIONS) for s in samples], dtype=torch.float32)
+    mask = torch.tensor([s.regions is not None for s in samples], dtype=torch.float32)
+    return labels, regions, mask
+
+
+def group_weights(samples: list[Sample]) -> np.ndarray:
+    """1 / (size of the image's near-duplicate group in this split): each radiograph counts once."""
+    from collections import Counter
+
+    sizes = Counter(s.group for s in samples)
+    return np.array([1.0 / sizes[s.group] for s in samples])
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", action="append", help="data root; repeat to combine several (first = model selection)")
+    ap.add_argument("--arch", default="mobilenet_v3_large")
+    ap.add_argument("--img-size", type=int, default=320)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--region-loss-weight", type=float, default=0.3)
+    ap.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better val AUROC")
+    ap.add_argument("--weights", default=None, help="'imagenet' (download or ../shared/weights) or a state-dict path")
+    ap.add_argument("--out", required=True, help="run folder")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--workers", type=int, default=None, help="data-loader workers (default: 1 on CPU, 8 on GPU)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
+    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    ap.add_argument("--channels-last", action="store_true", default=True)
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    return ap.parse_args(argv)
+
+
+def _plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [float(r["train_loss"]) for r in rows], label="train")
+    a.plot(ep, [float(r["val_loss"]) for r in rows], label="validation")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.set_title("loss")
+    b.plot(ep, [float(r["val_auroc"]) for r in rows], label="AUROC")
+    b.plot(ep, [float(r["val_ap"]) for r in rows], label="average precision")
+    b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend(), b.set_title("validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(args) -> dict:
+    out = Path(args.out)
+    ckpt_path = out / "last.ckpt"
+    state = None
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        keep = {k: getattr(args, k) for k in ("device", "workers", "threads", "max_minutes")}
+        epochs_override = args.epochs if "--epochs" in sys.argv else None
+        args = argparse.Namespace(**{**state["args"], **keep})
+        if epochs_override:
+            args.epochs = epochs_override
+        log.info("resuming %s at epoch %d", out, state["epoch"] + 1)
+    if not args.data:
+        raise SystemExit("--data is required")
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    setup_cpu_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    by_split, split_info = samples_by_split(args.data, args.splits_dir)
+    train_s, val_s = by_split["train"], by_split["val"]
+    t0 = time.time()
+    tr_sq, tr_ok = load_squares(train_s, args.img_size, args.cache_dir)
+    va_sq, va_ok = load_squares(val_s, args.img_size, args.cache_dir)
+    train_s = [s for s, k in zip(train_s, tr_ok) if k]
+    val_s = [s for s, k in zip(val_s, va_ok) if k]
+    tr_sq, va_sq = tr_sq[tr_ok], va_sq[va_ok]
+    log.info("train %d, val %d images (%.0f s to load)", len(train_s), len(val_s), time.time() - t0)
+
+    if args.weights:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        sample = tr_sq[:: max(1, len(tr_sq) // 500)].astype(np.float32) / 255.0
+        mean, std = round(float(sample.mean()), 4), round(float(sample.std()), 4)
+
+    labels, regions, rmask = _targets(train_s)
+    w = group_weights(train_s)
+    pos_weight = float(w[labels.numpy() == 0].sum() / max(w[labels.numpy() == 1].sum(), 1e-9))
+    ds = SquareDataset(tr_sq, labels, regions, rmask, augment=train_augment())
+    g = torch.Generator().manual_seed(args.seed + (state["epoch"] + 1 if state else 0))
+    if np.allclose(w, 1.0):
+        sampler, shuffle = None, True
+    else:  # grouped copies: draw each radiograph about once per epoch
+        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=int(round(w.sum())), generator=g)
+        shuffle = False
+    workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
+    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+                        num_workers=workers, drop_last=True, persistent_workers=workers > 0,
+                        pin_memory=device.type == "cuda")
+
+    model = FractureNet(args.arch, n_regions=len(REGIONS), weights=args.weights).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = len(loader)
+    total = max(1, args.epochs * steps_per_epoch)
+    warm = min(steps_per_epoch, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+    )
+    frac_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    region_loss = nn.BCEWithLogitsLoss(reduction="none")
+    start_epoch, best, bad, rows, elapsed = 0, -1.0, 0, [], 0.0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best, bad, rows, elapsed = (
+            state["epoch"] + 1, state["best"], state["bad"], state["rows"], state["elapsed"])
+        torch.set_rng_state(state["rng"])
+
+    primary = val_s[0].source if val_s else None
+    prim_idx = np.array([s.source == primary for s in val_s])
+    val_y = np.array([s.label for s in val_s])
+    meta_base = {
+        "arch": args.arch, "img_size": args.img_size, "mean": mean, "std": std,
+        "class_names": CLASS_NAMES, "region_names": list(REGIONS), "cam_layer": CAM_LAYERS.get(args.arch, ""),
+        "preprocess_version": PREPROCESS_VERSION, "threshold": 0.5,
+        "init": args.weights or "random",
+        "training": {"data": split_info, "pos_weight": round(pos_weight, 4), "n_train": len(train_s),
+                     "n_val": len(val_s), "args": {k: v for k, v in vars(args).items() if k != "resume"},
+                     "device": device.type, "torch": str(torch.__version__)},
+    }
+    log_path = out / "log.csv"
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    for epoch in range(start_epoch, args.epochs):
+        t_ep = time.time()
+        model.train()
+        run_loss, n_seen = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
+                   dynamic_ncols=False, ncols=100)
+        for x, y, r, rm in bar:
+            x = normalize(x, mean, std).to(device, non_blocking=True)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y, r, rm = y.to(device), r.to(device), rm.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out_ = model(x).float()
+            loss = frac_loss(out_[:, 0], y)
+            if rm.sum() > 0:
+                rl = region_loss(out_[:, 1:], r).mean(dim=1)
+                loss = loss + args.region_loss_weight * (rl * rm).sum() / rm.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            run_loss += loss.item() * len(x)
+            n_seen += len(x)
+            bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
+        bar.close()
+        logits = score_squares(model, va_sq, mean, std, 64, device, args.channels_last)
+        fl = logits[:, 0] - math.log(pos_weight)  # the probability scale the saved model will have
+        val_loss = float(nn.functional.binary_cross_entropy_with_logits(
+            torch.as_tensor(fl), torch.as_tensor(val_y, dtype=torch.float32)))
+        auroc = float(roc_auc_score(val_y[prim_idx], fl[prim_idx]))
+        ap_ = float(average_precision_score(val_y[prim_idx], fl[prim_idx]))
+        elapsed += time.time() - t_ep
+        row = {"epoch": epoch + 1, "train_loss": round(run_loss / max(1, n_seen), 5), "val_loss": round(val_loss, 5),
+               "val_auroc": round(auroc, 5), "val_ap": round(ap_, 5), "lr": f"{sched.get_last_lr()[0]:.2e}",
+               "seconds": round(time.time() - t_ep, 1)}
+        rows.append(row)
+        log.info("epoch %d: %s", epoch + 1, json.dumps(row))
+        if auroc > best:
+            best, bad = auroc, 0
+            meta = {**meta_base, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "val_metrics": {"source": primary, "auroc": round(auroc, 5), "average_precision": round(ap_, 5),
+                                    "loss": round(val_loss, 5), "epoch": epoch + 1}}
+            _save_shippable(out / "best.pt", model, meta, pos_weight)
+        else:
+            bad += 1
+        with open(log_path, "w", newline="") as f:
+            wr = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n")
+            wr.writeheader()
+            wr.writerows(rows)
+        _plot_curves(rows, out / "curves.png")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "best": best, "bad": bad, "rows": rows, "elapsed": elapsed,
+                    "rng": torch.get_rng_state(), "args": vars(args)}, ckpt_path)
+        if bad >= args.patience:
+            log.info("early stop: no better validation AUROC for %d epochs", bad)
+            break
+        if args.max_minutes and elapsed / 60 > args.max_minutes:
+            log.info("time budget of %.0f min reached", args.max_minutes)
+            break
+    summary = {"best_val_auroc": best, "epochs_run": len(rows), "train_minutes": round(elapsed / 60, 1),
+               "arch": args.arch, "img_size": args.img_size, "device": device.type,
+               "best_epoch": max(rows, key=lambda r: r["val_auroc"])["epoch"] if rows else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _save_shippable(path: Path, model: FractureNet, meta: dict, pos_weight: float) -> None:
+    """Save an fp16 model file whose fracture logit is on the natural probability scale: the
+    pos_weight used against the class imbalance shifts logits by log(pos_weight); undo it."""
+    import copy
+
+    m = copy.deepcopy(model).cpu().float()
+    with torch.no_grad():
+        m.fracture_head.bias -= math.log(pos_weight)
+    meta = {**meta, "training": {**meta["training"], "logit_offset_removed": round(math.log(pos_weight), 5)}}
+    save_model(path, m.to(memory_format=torch.contiguous_format), meta)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    print(json.dumps(train(parse_args(argv)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

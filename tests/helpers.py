@@ -1,0 +1,34 @@
+"""Tiny synthetic images and data trees for the tests (no ../shared needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def xray_like(seed: int, fractured: bool, size=(48, 40)) -> Image.Image:
+    """A grey 'bone' on a dark background; fractured ones carry a bright diagonal crack line."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    a = rng.normal(30, 8, (h, w))
+    # a randomly placed and sized 'bone', so that distinct images have distinct perceptual hashes
+    y0, x0 = rng.integers(0, h // 3), rng.integers(0, w // 3)
+    a[y0 : y0 + rng.integers(h // 3, 2 * h // 3), x0 : x0 + rng.integers(w // 4, w // 2)] += 120
+    a += rng.normal(0, 40, (4, 4)).repeat(h // 4 + 1, 0).repeat(w // 4 + 1, 1)[:h, :w]
+    if fractured:
+        for t in range(min(w, h) // 2):
+            a[h // 4 + t, w // 4 + t] = 255
+            a[h // 4 + t, w // 4 + t + 1] = 255
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+
+
+def class_tree(root: Path, n_per_class: int = 16, layout: str = "flat", names=("fractured", "not_fractured")) -> Path:
+    """ROOT/<class>/*.png (flat) or ROOT/<split>/<class>/*.png (split)."""
+    for label, cls in ((1, names[0]), (0, names[1])):
+        for i in range(n_per_class):
+            sub = root / (("train" if i % 2 else "test") if layout == "split" else "") / cls
+            sub.mkdir(parents=True, exist_ok=True)
+            xray_like(1000 * label + i, bool(label)).save(sub / f"img{label}_{i:03d}.png")
+    return root

@@ -1,0 +1,113 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.preprocess import ImageError, decode_image, letterbox, normalize, preprocess, unletterbox
+
+SPEC = {"img_size": 64, "mean": 0.3, "std": 0.2}
+
+
+def _png_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:
+    b = io.BytesIO()
+    img.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def test_sixteen_bit_png_is_stretched_to_8_bit():
+    a = np.linspace(1000, 5000, 64 * 48).reshape(48, 64).astype(np.uint16)
+    img = decode_image(_png_bytes(Image.fromarray(a)))
+    g = np.asarray(img)
+    assert img.mode == "L" and g.min() == 0 and g.max() == 255
+    assert g[0, 0] < g[-1, -1]  # order kept
+
+
+def test_rgba_transparent_area_becomes_black_and_colour_becomes_grey():
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[:, :15, 3] = 255  # left half opaque, right half transparent
+    g = np.asarray(decode_image(_png_bytes(Image.fromarray(rgba, "RGBA"))))
+    assert g[:, :15].mean() > 80 and g[:, 15:].max() == 0
+
+
+def test_palette_and_exif_orientation():
+    p = Image.fromarray(np.tile(np.arange(40, dtype=np.uint8), (10, 1))).convert("P")
+    assert decode_image(_png_bytes(p)).size == (40, 10)
+    img = Image.new("L", (40, 10), 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    data = _png_bytes(img, "JPEG", exif=exif.tobytes())
+    assert decode_image(data).size == (10, 40)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"this is a text file, not an image", "not an image"),
+        (_png_bytes(Image.new("L", (1, 1))), "at least 8x8"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    full = _png_bytes(Image.fromarray(rng.integers(0, 255, (200, 200), dtype=np.uint8)), "JPEG")
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        decode_image(full[: len(full) // 2])
+
+
+def test_huge_image_is_refused_before_decoding():
+    data = _png_bytes(Image.new("L", (12000, 8000)))  # 96 MP
+    with pytest.raises(ImageError, match="limit is 80 MP"):
+        decode_image(data)
+
+
+def test_dicom_monochrome1_is_inverted_and_rescaled(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Secret^Patient"
+    arr = np.zeros((32, 32), np.uint16)
+    arr[:, 16:] = 4000  # right half dense
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = arr.tobytes()
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    g = np.asarray(decode_image(tmp_path / "x.dcm"))
+    # MONOCHROME1: high values display dark, so the dense half must come out dark
+    assert g[:, 20:].mean() < 10 and g[:, :10].mean() > 245
+
+
+def test_letterbox_keeps_aspect_and_unletterbox_maps_back():
+    img = Image.new("L", (100, 50), 255)
+    sq, lb = letterbox(img, 64)
+    assert sq.shape == (64, 64) and (lb.new_w, lb.new_h) == (64, 32)
+    assert sq[lb.pad_y : lb.pad_y + lb.new_h].min() == 255 and sq[: lb.pad_y].max() == 0
+    m = np.zeros((64, 64), np.float32)
+    m[lb.pad_y : lb.pad_y + lb.new_h, 48:] = 1.0  # right quarter of the image area
+    back = unletterbox(m, lb)
+    assert back.shape == (50, 100)
+    assert back[:, 80:].mean() > 0.9 and back[:, :60].max() < 0.1
+
+
+def test_preprocess_output_and_normalisation():
+    x, lb, gray = preprocess(Image.new("RGB", (30, 60), (255, 255, 255)), SPEC)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert torch.isclose(x.max(), torch.tensor((1.0 - 0.3) / 0.2))
+    assert normalize(np.zeros((2, 8, 8), np.uint8), 0.3, 0.2).shape == (2, 3, 8, 8)

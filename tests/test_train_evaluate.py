@@ -1,0 +1,82 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+from model import evaluate as ev
+from model.network import load_model
+from model.train import parse_args, train
+from tests.helpers import class_tree
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    root = class_tree(tmp / "tiny", 21)
+    common = ["--data", str(root), "--arch", "seedcnn", "--img-size", "32", "--batch-size", "8", "--lr", "3e-3",
+              "--workers", "0", "--splits-dir", str(tmp / "splits"), "--cache-dir", str(tmp / "cache"),
+              "--out", str(tmp / "run"), "--patience", "99"]
+    first = train(parse_args(common + ["--epochs", "6", "--max-minutes", "0.0001"]))  # stops after epoch 1
+    rows_1 = list(csv.DictReader(open(tmp / "run" / "log.csv")))
+    summary = train(parse_args(common + ["--epochs", "6", "--resume"]))
+    return tmp, root, first, rows_1, summary
+
+
+def test_training_lowers_the_loss_and_resume_continues(trained):
+    tmp, _, first, rows_1, summary = trained
+    assert first["epochs_run"] == 1 and len(rows_1) == 1
+    rows = list(csv.DictReader(open(tmp / "run" / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # resumed at epoch 2, not from scratch
+    assert rows[0] == rows_1[0]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for name in ("best.pt", "last.ckpt", "curves.png", "summary.json"):
+        assert (tmp / "run" / name).is_file()
+
+
+def test_model_file_carries_its_metadata(trained):
+    tmp = trained[0]
+    blob = torch.load(tmp / "run" / "best.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point())
+    model, meta = load_model(tmp / "run" / "best.pt")
+    for key in ("arch", "img_size", "mean", "std", "class_names", "region_names", "cam_layer", "val_metrics"):
+        assert key in meta
+    assert meta["img_size"] == 32 and meta["class_names"] == ["not fractured", "fractured"]
+    assert len(meta["training"]["data"][0]["split_sha256"]) == 64
+    model.get_submodule(meta["cam_layer"])  # the Grad-CAM layer exists
+    assert not model.training
+
+
+def test_evaluate_matches_scikit_learn(trained, tmp_path):
+    run, root = trained[0] / "run", trained[1]
+    args = ["--model", str(run / "best.pt"), "--data", str(root), "--split", "all", "--out", str(tmp_path),
+            "--calibration", "", "--threshold", "0.4", "--bootstrap", "50", "--cache-dir", str(tmp_path / "c")]
+    ev.main(args)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    assert m["n"] == len(rows) == 42 and m["n_fractured"] == 21
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, p), abs=1e-4)
+    assert m["auroc_ci95"][0] <= m["auroc"] <= m["auroc_ci95"][1]
+    tn, fp, fn, tp = confusion_matrix(y, (p >= 0.4).astype(int)).ravel()
+    assert m["at_threshold"]["confusion_matrix"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    assert m["at_threshold"]["recall"] == pytest.approx(tp / (tp + fn), abs=1e-4)
+    assert m["at_threshold"]["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-4)
+    for png in ("roc.png", "pr.png", "confusion.png", "samples.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_compute_metrics_on_known_predictions():
+    from model.data import Sample
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.6, 0.7, 0.4, 0.2, 0.9])
+    samples = [Sample(path=None, image_id=str(i), source="s", label=int(l), group=str(i)) for i, l in enumerate(y)]
+    m = ev.compute_metrics(samples, np.zeros((6, 1)), p, 0.5, [], n_boot=20)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)  # 8/9
+    assert m["at_threshold"]["confusion_matrix"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}
+    assert m["at_threshold"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
