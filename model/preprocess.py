@@ -182,11 +182,11 @@ def unletterbox(square_map: np.ndarray, lb: Letterbox) -> np.ndarray:
 
 
 def normalize(squares: np.ndarray | torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (H,W), (N,H,W) or (N,1,H,W) -> float (3,H,W) / (N,3,H,W), replicated grey channels."""
+    """uint8 (H,W) -> float (3,H,W); a batch (N,H,W) or (N,1,H,W) -> (N,3,H,W). Grey replicated."""
     t = torch.as_tensor(squares)
     if t.ndim == 2:
         t = t.unsqueeze(0)
-    elif t.ndim == 3 and t.shape[0] != 1:
+    elif t.ndim == 3:  # always a batch, also when N == 1
         t = t.unsqueeze(1)
     x = (t.float() / 255.0 - mean) / std
     return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()

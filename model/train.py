@@ -75,7 +75,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", action="append", help="data root; repeat to combine several (first = model selection)")
     ap.add_argument("--arch", default="mobilenet_v3_large")
     ap.add_argument("--img-size", type=int, default=320)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=None, help="default 30; with --resume: a new schedule length")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -124,13 +124,11 @@ def train(args) -> dict:
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         keep = {k: getattr(args, k) for k in ("device", "workers", "threads", "max_minutes")}
-        epochs_override = args.epochs if "--epochs" in sys.argv else None
-        args = argparse.Namespace(**{**state["args"], **keep})
-        if epochs_override:
-            args.epochs = epochs_override
+        args = argparse.Namespace(**{**state["args"], **keep, **({"epochs": args.epochs} if args.epochs else {})})
         log.info("resuming %s at epoch %d", out, state["epoch"] + 1)
     if not args.data:
         raise SystemExit("--data is required")
+    args.epochs = args.epochs or 30
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

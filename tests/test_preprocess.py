@@ -111,3 +111,5 @@ def test_preprocess_output_and_normalisation():
     assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
     assert torch.isclose(x.max(), torch.tensor((1.0 - 0.3) / 0.2))
     assert normalize(np.zeros((2, 8, 8), np.uint8), 0.3, 0.2).shape == (2, 3, 8, 8)
+    assert normalize(np.zeros((1, 8, 8), np.uint8), 0.3, 0.2).shape == (1, 3, 8, 8)  # a batch of one
+    assert normalize(np.zeros((8, 8), np.uint8), 0.3, 0.2).shape == (3, 8, 8)
