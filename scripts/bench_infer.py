@@ -1,0 +1,76 @@
+"""Per-image CPU latency of the shipped model (2 threads): preprocessing, network, and the whole
+Predictor call with and without Grad-CAM. Writes assets/report/inference_benchmark.json.
+
+    python scripts/bench_infer.py [--model assets/model.pt] [--n 50]
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+
+from model.inference import setup_cpu_threads  # noqa: E402
+from model.network import load_model  # noqa: E402
+from model.preprocess import preprocess  # noqa: E402
+
+
+def timed(fn, n):
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(ts), 1), "p90_ms": round(sorted(ts)[int(0.9 * len(ts)) - 1], 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--out", default="assets/report/inference_benchmark.json")
+    args = ap.parse_args()
+    setup_cpu_threads(2)
+    shared = sorted(Path("../shared/data/fracatlas/images/Fractured").glob("*.jpg"))
+    if shared:
+        image = shared[0]
+    else:
+        from tests.helpers import xray_like
+
+        image = Path("/tmp/bench_xray.png")
+        xray_like(0, True, size=(373, 454)).save(image)
+    model, meta = load_model(args.model)
+    x, _, _ = preprocess(image, meta)
+    res = {"model": args.model, "arch": meta["arch"], "img_size": meta["img_size"], "threads": 2,
+           "cpu": platform.processor() or platform.machine(), "image_pixels": None, "n": args.n}
+
+    def forward():
+        with torch.inference_mode():
+            model(x.unsqueeze(0))
+
+    res["preprocess"] = timed(lambda: preprocess(image, meta), args.n)
+    res["network_batch1"] = timed(forward, args.n)
+    try:
+        from model.inference import Predictor
+
+        pred = Predictor(model_path=args.model)
+        res["predictor_no_cam"] = timed(lambda: pred.predict(image, cam_method=None), args.n)
+        res["predictor_with_gradcam"] = timed(lambda: pred.predict(image, cam_method="gradcam"), args.n)
+    except ImportError:
+        pass
+    from PIL import Image
+
+    res["image_pixels"] = list(Image.open(image).size)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The shipped assets/model.pt: small, self-describing, loads safely and predicts."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.inference import score_squares, sigmoid
+from model.network import load_model
+from model.preprocess import letterbox, preprocess
+from tests.helpers import xray_like
+
+MODEL = Path(__file__).resolve().parent.parent / "assets" / "model.pt"
+
+
+def test_shipped_model_is_small_and_loads_with_weights_only():
+    assert MODEL.stat().st_size < 50 * 2**20
+    blob = torch.load(MODEL, map_location="cpu", weights_only=True)
+    assert blob["format"] == "fracturelens-model/1"
+
+
+def test_shipped_model_predicts_and_records_its_training():
+    model, meta = load_model(MODEL)
+    for key in ("arch", "img_size", "mean", "std", "class_names", "region_names", "cam_layer", "val_metrics"):
+        assert key in meta
+    assert meta["class_names"] == ["not fractured", "fractured"]
+    assert meta["region_names"] == ["hand", "leg", "hip", "shoulder"]
+    # the split file the model was trained with is the committed one
+    root = MODEL.parent.parent
+    for d in meta["training"]["data"]:
+        assert hashlib.sha256((root / d["split_file"]).read_bytes()).hexdigest() == d["split_sha256"]
+    x, _, _ = preprocess(xray_like(0, True, size=(300, 380)), meta)
+    with torch.inference_mode():
+        out = model(x.unsqueeze(0))
+    assert out.shape == (1, 1 + len(meta["region_names"]))
+    p = float(sigmoid(out[0, 0].item()))
+    assert 0.0 < p < 1.0
+    # batched scoring gives the same logit as the single-image path
+    sq, _ = letterbox(xray_like(0, True, size=(300, 380)), meta["img_size"])
+    batched = score_squares(model, sq[None], meta["mean"], meta["std"])
+    assert batched[0, 0] == pytest.approx(out[0, 0].item(), abs=1e-4)
