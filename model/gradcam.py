@@ -1,0 +1,208 @@
+"""Grad-CAM (and the other CAM methods of pytorch-grad-cam) for the fracture output.
+
+    engine = CamEngine(model, meta)              # hooks the layer named in meta["cam_layer"]
+    with engine:                                  # releases the library's hooks on exit
+        out = engine.run(x, "gradcam")            # ONE forward pass: logits, features and the CAM
+    heat = to_original(out.cam_square[0], lb)     # back through the letterbox: (orig_h, orig_w) in [0, 1]
+    rgb = overlay(gray, heat, alpha=0.4)          # colour-mapped overlay on the decoded grayscale image
+
+Design notes (known traps of pytorch-grad-cam):
+- FractureNet returns (N, 1 + n_regions); the CAM target is the single fracture logit, so the network is
+  wrapped in `FractureLogit`, whose forward returns out[:, :1], and `BinaryClassifierOutputTarget(1)` is
+  used. The wrapper also keeps the full output and the penultimate features of the same forward, so one
+  pass gives the probability, the region logits, the X-ray-check features and the CAM.
+- The CAM objects are built once per engine (their constructor switches the model to eval mode) and their
+  hooks are released by the engine's `with` form / close(), which calls the library's own `with` exit.
+  The hooks also fire on plain forward passes, so every call clears what they stored (no growth over
+  calls: measured by scripts/eval_cam.py --memory, asserted in tests/test_gradcam.py).
+- The CAM call runs under torch.enable_grad() with inference mode off (never under inference_mode or
+  no_grad); the plain (no-CAM) forward runs under inference_mode.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+
+from model.preprocess import Letterbox, unletterbox
+
+DEFAULT_METHOD = "gradcam"
+# names offered to users -> pytorch-grad-cam class names
+CAM_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+}
+CAM_METHODS = tuple(CAM_CLASSES)
+
+
+def method_name(name: str) -> str:
+    """Normalise a user-given method name ('Grad-CAM++', 'gradcampp', 'EigenCAM', ...)."""
+    key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
+    key = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}.get(key, key)
+    if key not in CAM_CLASSES:
+        raise ValueError(f"unknown CAM method {name!r}; choose one of {', '.join(CAM_METHODS)}")
+    return key
+
+
+class FractureLogit(nn.Module):
+    """net -> (N, 1) fracture logit; stashes the full (N, 1 + R) output and the penultimate features."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.last_output: torch.Tensor | None = None
+        self.last_features: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.features(x)
+        out = self.net.heads(f)
+        self.last_features = f.detach()
+        self.last_output = out.detach()
+        return out[:, :1]
+
+
+@dataclass
+class CamOutput:
+    logits: np.ndarray  # (N, 1 + R) float32, column 0 = fracture logit
+    features: np.ndarray  # (N, D) float32 penultimate features
+    cam_square: np.ndarray | None  # (N, S, S) float32 in [0, 1] on the letterboxed square, or None
+
+    @property
+    def cam(self) -> np.ndarray | None:
+        return self.cam_square
+
+
+class CamEngine:
+    """CAMs for the fracture logit of one network. Thread-safe (a lock around every network call)."""
+
+    def __init__(self, model: nn.Module, meta: dict | None = None, layer: str | None = None):
+        layer = layer or (meta or {}).get("cam_layer")
+        if not layer:
+            raise ValueError("no CAM layer: the model meta has no 'cam_layer'")
+        self.model = model.eval()
+        self.wrapper = FractureLogit(model).eval()
+        self.layer_name = layer
+        self.target_layer = model.get_submodule(layer)
+        self._cams: dict[str, object] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    @staticmethod
+    def methods() -> list[str]:
+        return list(CAM_METHODS)
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def _cam(self, method: str):
+        """The CAM object for `method`: built once, entered (the library's `with` form), kept."""
+        if self._closed:
+            raise RuntimeError("this CamEngine was closed (its hooks were released)")
+        cam = self._cams.get(method)
+        if cam is None:
+            import pytorch_grad_cam
+
+            cls = getattr(pytorch_grad_cam, CAM_CLASSES[method])
+            cam = cls(model=self.wrapper, target_layers=[self.target_layer]).__enter__()
+            self._cams[method] = cam
+        return cam
+
+    def _clear(self) -> None:
+        for cam in self._cams.values():
+            cam.activations_and_grads.clear()
+            cam.outputs = None  # the library keeps the last output (and its autograd graph) otherwise
+        self.wrapper.last_output = self.wrapper.last_features = None
+
+    def close(self) -> None:
+        with self._lock:
+            for cam in self._cams.values():
+                cam.__exit__(None, None, None)  # the library's `with` exit: removes its hooks
+            self._cams.clear()
+            self._closed = True
+
+    def __enter__(self) -> "CamEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def n_hooks(self) -> int:
+        """Forward hooks registered on the CAM layer right now (for leak tests)."""
+        return len(self.target_layer._forward_hooks)
+
+    # -- calls ----------------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, method: str | None = DEFAULT_METHOD) -> CamOutput:
+        """x: (3, S, S) or (N, 3, S, S) normalised input. One forward pass for everything."""
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        with self._lock:
+            try:
+                if method is None:
+                    with torch.inference_mode():
+                        self.wrapper(x)
+                    cam_sq = None
+                else:
+                    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+                    cam = self._cam(method_name(method))
+                    with torch.inference_mode(False), torch.enable_grad():
+                        xi = x.detach().clone()  # a normal tensor even if x was made in inference mode
+                        cam_sq = cam(input_tensor=xi, targets=[BinaryClassifierOutputTarget(1)] * len(xi))
+                    self.model.zero_grad(set_to_none=True)
+                    cam_sq = np.nan_to_num(np.asarray(cam_sq, dtype=np.float32), nan=0.0)
+                logits = self.wrapper.last_output.float().cpu().numpy()
+                feats = self.wrapper.last_features.float().cpu().numpy()
+            finally:
+                self._clear()
+        return CamOutput(logits=logits, features=feats, cam_square=cam_sq)
+
+
+FractureCAM = CamEngine  # alias
+
+
+def to_original(cam_square: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """A (S, S) CAM on the letterboxed square -> (orig_h, orig_w) float32 in [0, 1], padding removed,
+    re-normalised over the image itself (its maximum is 1 unless the map is all 0)."""
+    m = np.clip(np.nan_to_num(unletterbox(np.asarray(cam_square, np.float32), lb)), 0.0, None)
+    top = float(m.max()) if m.size else 0.0
+    return (m / top).astype(np.float32) if top > 0 else np.zeros_like(m, dtype=np.float32)
+
+
+def hot_mask(cam: np.ndarray, level: float = 0.8) -> np.ndarray:
+    """Boolean mask of where the CAM is hottest (>= level x its maximum)."""
+    cam = np.asarray(cam, np.float32)
+    top = float(cam.max()) if cam.size else 0.0
+    return cam >= level * top if top > 0 else np.zeros(cam.shape, dtype=bool)
+
+
+def overlay(gray: Image.Image, cam: np.ndarray, alpha: float = 0.4, outline: bool = True,
+            colormap: str = "jet", outline_level: float = 0.8) -> Image.Image:
+    """Colour-mapped CAM over the grayscale image (RGB). alpha = heatmap opacity (0 = image only).
+    outline: a white contour around the hottest region (CAM >= outline_level x its maximum)."""
+    from matplotlib import colormaps
+
+    base = np.asarray(gray.convert("L"), dtype=np.float32) / 255.0
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != base.shape:  # tolerate a CAM at another resolution (e.g. a display-sized copy)
+        cam = np.asarray(Image.fromarray(cam, mode="F").resize(gray.size, Image.Resampling.BILINEAR))
+    cam = np.clip(np.nan_to_num(cam), 0.0, 1.0)
+    alpha = float(min(max(alpha, 0.0), 1.0))
+    heat = colormaps[colormap](cam)[..., :3].astype(np.float32)
+    rgb = (1.0 - alpha) * base[..., None] + alpha * heat
+    arr = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    if outline and cam.max() > 0:
+        mask = Image.fromarray((hot_mask(cam, outline_level) * 255).astype(np.uint8), "L")
+        width = max(3, round(max(gray.size) / 250)) | 1
+        edge = (np.asarray(mask.filter(ImageFilter.MaxFilter(width))) > 0) & ~(
+            np.asarray(mask.filter(ImageFilter.MinFilter(width))) > 0)
+        arr[edge] = 255
+    return Image.fromarray(arr, "RGB")

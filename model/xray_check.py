@@ -1,0 +1,546 @@
+"""Does an upload look like a radiograph this model was trained for?
+
+Signals, each measured against the X-rays of the training split (fit) and validation split (threshold):
+  colour    mean chroma (max - min of R, G, B) of the upload before it is made grey: X-rays are grey
+            (a fixed limit, COLOUR_LIMIT).
+  stats     Mahalanobis distance (Ledoit-Wolf) of 10 simple statistics of the letterboxed image
+            (brightness, contrast, dark/bright fractions, skew, gradients, high-frequency energy,
+            entropy, edge density, border vs centre): model-independent; catches grey photographs, text,
+            noise and flat images, and still works when the gate file belongs to another model file.
+  layers    Mahalanobis distance (Ledoit-Wolf) of the channel means and standard deviations of a few
+            early network layers (TAP_LAYERS), recorded by hooks during the prediction's own forward pass.
+  features / neighbours (optional, --signals): Mahalanobis / k-NN cosine distance of the penultimate
+            features. Measured on the development model (trained from random init on X-rays only) they
+            separate X-rays from other images poorly (AUROC ~0.65-0.69 alone), so they are off by default.
+Each distance is divided by its own 99.5th percentile on the validation X-rays; the largest ratio is
+compared with a threshold set on the VALIDATION X-rays (the 99.5th percentile of that maximum, so at
+most 0.5% of them are flagged). xray_score = 1 / (1 + r^4) with r = max(ratio / threshold,
+chroma / colour limit): 1 = typical X-ray, 0.5 = the threshold, towards 0 = far from any X-ray.
+
+    python -m model.xray_check --model assets/model.pt --data ../shared/data/fracatlas \
+        --data ../shared/data/multiregion --out assets/xray_check.npz
+
+The gate file (npz, float32) records the sha256 of the model file it was fitted for; the Predictor
+switches the network signals off (and says so in xray_reason) when it is used with another model file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger("model.xray_check")
+
+FORMAT = "fracturelens-xray-check/1"
+DEFAULT_PATH = Path("assets/xray_check.npz")
+COLOUR_LIMIT = 0.06  # mean chroma (0..1) above which an upload counts as a colour image
+VAL_QUANTILE = 0.995  # fraction of validation X-rays that must pass
+SCORE_POWER = 4.0
+STAT_NAMES = ("mean", "std", "dark_frac", "bright_frac", "skew", "grad_mean", "hf_ratio", "entropy",
+              "edge_frac", "border_minus_centre")
+
+
+# ----------------------------------------------------------------------------------------------
+# signals
+
+def chroma(source) -> float:
+    """Mean chroma (0 = grey, 1 = fully saturated) of an upload, from a <= 256 px thumbnail.
+    DICOM and undecodable inputs count as grey (decode_image reports the real errors)."""
+    try:
+        if isinstance(source, np.ndarray):
+            arr = source
+            if arr.ndim != 3 or arr.shape[-1] < 3:
+                return 0.0
+            img = Image.fromarray(np.ascontiguousarray(arr[..., :3]).astype(np.uint8) if arr.dtype == np.uint8
+                                  else _float_rgb(arr[..., :3]))
+        elif isinstance(source, Image.Image):
+            img = source
+        else:
+            data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+            if len(data) >= 132 and data[128:132] == b"DICM":
+                return 0.0
+            img = Image.open(io.BytesIO(data))
+            img.draft("RGB", (256, 256))
+        if img.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "LA"):
+            return 0.0
+        if img.mode in ("RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+        img = img.convert("RGB")
+        img = ImageOps.exif_transpose(img) if hasattr(img, "getexif") else img
+        img.thumbnail((256, 256))
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        return float((a.max(axis=-1) - a.min(axis=-1)).mean())
+    except Exception:  # noqa: BLE001 - the decoder raises the user-facing error
+        return 0.0
+
+
+def _float_rgb(arr: np.ndarray) -> np.ndarray:
+    a = np.asarray(arr, dtype=np.float64)
+    lo, hi = np.nanmin(a), np.nanmax(a)
+    return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def content(square: np.ndarray) -> np.ndarray:
+    """The part of a letterboxed square that is not all-black rows/columns (the padding)."""
+    sq = np.asarray(square)
+    rows, cols = np.flatnonzero(sq.max(axis=1) > 0), np.flatnonzero(sq.max(axis=0) > 0)
+    if len(rows) < 8 or len(cols) < 8:
+        return sq
+    return sq[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def image_stats(square: np.ndarray) -> np.ndarray:
+    """10 statistics (STAT_NAMES) of the image part of a uint8 letterboxed square."""
+    a = content(square).astype(np.float32) / 255.0
+    h, w = a.shape
+    mean, std = float(a.mean()), float(a.std())
+    skew = float(((a - mean) ** 3).mean() / (std**3 + 1e-6)) if std > 1e-4 else 0.0
+    gx, gy = np.abs(np.diff(a, axis=1)), np.abs(np.diff(a, axis=0))
+    grad = 0.5 * (gx.mean() + gy.mean())
+    lap = np.abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:])
+    hist = np.histogram(a, bins=32, range=(0.0, 1.0))[0].astype(np.float64)
+    p = hist / max(hist.sum(), 1)
+    entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+    edge = float(((gx[:-1, :] + gy[:, :-1]) > 0.08).mean())
+    bh, bw = max(1, h // 8), max(1, w // 8)
+    frame = np.concatenate([a[:bh].ravel(), a[-bh:].ravel(), a[:, :bw].ravel(), a[:, -bw:].ravel()])
+    centre = a[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    return np.array([
+        mean, std, float((a < 16 / 255).mean()), float((a > 240 / 255).mean()), float(np.clip(skew, -10, 10)),
+        float(grad), float(lap.mean() / (std + 0.02)), entropy, edge,
+        float(frame.mean() - (centre.mean() if centre.size else mean)),
+    ], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# the gate
+
+class Gaussian:
+    """Mean and precision of a Ledoit-Wolf Gaussian; distance() = Mahalanobis distance."""
+
+    def __init__(self, mean: np.ndarray, precision: np.ndarray):
+        self.mean = np.asarray(mean, np.float64)
+        self.precision = np.asarray(precision, np.float64)
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Gaussian":
+        from sklearn.covariance import LedoitWolf
+
+        lw = LedoitWolf(assume_centered=False).fit(np.asarray(x, np.float64))
+        return cls(lw.location_, lw.precision_)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        d = np.atleast_2d(np.asarray(x, np.float64)) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+
+class Neighbours:
+    """k-nearest-neighbour cosine distance of L2-normalised features to a bank of training features."""
+
+    def __init__(self, bank: np.ndarray, k: int = 10):
+        self.bank = np.asarray(bank, np.float32)
+        self.k = int(min(k, len(self.bank)))
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, np.float32))
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, k: int = 10) -> "Neighbours":
+        return cls(cls._unit(x).astype(np.float16), k)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        sim = self._unit(x) @ self.bank.T
+        kth = -np.partition(-sim, self.k - 1, axis=1)[:, self.k - 1]
+        return np.maximum(1.0 - kth.astype(np.float64), 0.0)
+
+
+# Intermediate layers whose channel means and standard deviations (pooled over space) are checked as
+# well: early layers describe texture and contrast, which separate photographs from radiographs better
+# than the penultimate features of a network trained only on X-rays.
+TAP_LAYERS = {
+    "mobilenet_v3_large": ["backbone.features.2", "backbone.features.4", "backbone.features.7"],
+    "mobilenet_v3_small": ["backbone.features.1", "backbone.features.3", "backbone.features.6"],
+    "seedcnn": ["backbone.features.0", "backbone.features.1"],
+    "resnet18": ["backbone.layer1", "backbone.layer2"],
+    "resnet34": ["backbone.layer1", "backbone.layer2"],
+    "resnet50": ["backbone.layer1", "backbone.layer2"],
+    "efficientnet_b0": ["backbone.features.2", "backbone.features.3", "backbone.features.4"],
+    "densenet121": ["backbone.features.denseblock1", "backbone.features.denseblock2"],
+}
+DEFAULT_SIGNALS = ("stats", "layers")
+
+
+class Taps:
+    """Forward hooks that keep the spatial mean and std of each channel of some layers (one forward)."""
+
+    def __init__(self, model, layers: list[str]):
+        self.layers = list(layers)
+        self._out: dict[str, np.ndarray] = {}
+        self._handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.layers]
+
+    def _hook(self, name):
+        def fn(module, inputs, output):
+            o = output.detach().float()
+            self._out[name] = np.concatenate([o.mean((2, 3)).cpu().numpy(), o.std((2, 3)).cpu().numpy()], axis=1)
+        return fn
+
+    def collect(self) -> np.ndarray:
+        """(N, sum of 2 x channels) for the last forward, then cleared."""
+        if not self.layers:
+            return np.zeros((0, 0), np.float32)
+        out = np.concatenate([self._out[n] for n in self.layers], axis=1)
+        self._out.clear()
+        return out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._out.clear()
+
+
+class XrayCheck:
+    """The fitted gate. `assess()` / `assess_batch()` give is_xray, xray_score and a short human reason.
+
+    Feature vectors are laid out as [penultimate features | pooled tap layers] (`network_features`).
+    Each distance signal is divided by its own 99.5th percentile on the validation X-rays; the largest of
+    them is compared with `threshold` (the 99.5th percentile of that maximum on the validation X-rays);
+    colour is compared with `colour_limit`."""
+
+    def __init__(self, signals: dict | None, scales: dict, threshold: float, stats_threshold: float,
+                 colour_limit: float = COLOUR_LIMIT, model_sha256: str | None = None, info: dict | None = None,
+                 layout: dict | None = None, tap_layers: list[str] | None = None):
+        self.signals = signals or {}  # name -> Gaussian | Neighbours
+        self.layout = layout or {}  # name -> [start, end) columns of the feature vector
+        self.tap_layers = list(tap_layers or [])
+        self.scales = {k: float(v) for k, v in scales.items()}
+        self.threshold, self.stats_threshold = float(threshold), float(stats_threshold)
+        self.colour_limit = float(colour_limit)
+        self.model_sha256 = model_sha256
+        self.info = info or {}
+        self.use_features = any(k != "stats" for k in self.signals)
+        self.note = ""
+
+    @property
+    def stats(self):
+        return self.signals.get("stats")
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def colour_only(cls, note: str) -> "XrayCheck":
+        """Fallback when no gate file is available: only the colour rule is applied."""
+        g = cls(None, {}, np.inf, np.inf)
+        g.note = note
+        return g
+
+    def distances(self, features: np.ndarray | None, stats: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw distance of each signal (features None or use_features False: statistics only)."""
+        stats = np.atleast_2d(stats)
+        out = {"stats": self.signals["stats"].distance(stats)}
+        if self.use_features and features is not None:
+            f = np.asarray(features, np.float64).reshape(len(stats), -1)
+            for name, sig in self.signals.items():
+                if name != "stats":
+                    a, b = self.layout[name]
+                    out[name] = sig.distance(f[:, a:b])
+        return out
+
+    @classmethod
+    def fit(cls, train_feats, train_stats, val_feats, val_stats, model_sha256: str | None = None,
+            quantile: float = VAL_QUANTILE, info: dict | None = None, k: int = 10,
+            layout: dict | None = None, tap_layers: list[str] | None = None,
+            signals: tuple[str, ...] = DEFAULT_SIGNALS) -> "XrayCheck":
+        """layout: {"features": [0, D], "layer:<name>": [a, b], ...} columns of the feature vectors
+        (default: all columns are penultimate features). signals: which of stats, features
+        (Mahalanobis of the penultimate features), neighbours (kNN cosine distance), layers (one
+        Mahalanobis distance per tap layer) to use."""
+        train_feats, val_feats = np.asarray(train_feats, np.float64), np.asarray(val_feats, np.float64)
+        layout = {k2: list(v) for k2, v in (layout or {"features": [0, train_feats.shape[1]]}).items()}
+        sig: dict = {"stats": Gaussian.fit(train_stats)}
+        lay: dict = {}
+        fa, fb = layout["features"]
+        taps = [v for name, v in layout.items() if name.startswith("layer:")]
+        if "layers" in signals and not taps:  # no tap layers for this network: use its penultimate features
+            signals = tuple(signals) + ("features",)
+        if "features" in signals:
+            sig["features"], lay["features"] = Gaussian.fit(train_feats[:, fa:fb]), [fa, fb]
+        if "neighbours" in signals:
+            sig["neighbours"], lay["neighbours"] = Neighbours.fit(train_feats[:, fa:fb], k), [fa, fb]
+        if "layers" in signals and taps:  # one Gaussian over the pooled statistics of all tap layers
+            a, b = min(v[0] for v in taps), max(v[1] for v in taps)
+            sig["layers"], lay["layers"] = Gaussian.fit(train_feats[:, a:b]), [a, b]
+        g = cls(sig, {}, 1.0, 1.0, COLOUR_LIMIT, model_sha256, layout=lay, tap_layers=tap_layers)
+        d = g.distances(val_feats, val_stats)
+        g.scales = {name: float(np.quantile(v, quantile, method="higher")) for name, v in d.items()}
+        r = np.max(np.stack([d[n] / g.scales[n] for n in d], axis=1), axis=1)
+        g.threshold = float(np.quantile(r, quantile, method="higher"))
+        rs = d["stats"] / g.scales["stats"]
+        g.stats_threshold = float(np.quantile(rs, quantile, method="higher"))
+        g.info = dict(info or {})
+        g.info.update(n_train=int(len(train_feats)), n_val=int(len(val_feats)), quantile=quantile,
+                      signals=list(d), tap_layers=list(tap_layers or []),
+                      val_flagged=float((r > g.threshold).mean()),
+                      val_flagged_stats_only=float((rs > g.stats_threshold).mean()),
+                      val_flagged_by_signal={n: float((d[n] / g.scales[n] > g.threshold).mean()) for n in d})
+        return g
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        names = list(self.signals)
+        arrays = {}
+        for i, n in enumerate(names):
+            s = self.signals[n]
+            if isinstance(s, Neighbours):
+                arrays[f"s{i}_bank"] = s.bank.astype(np.float16)
+                arrays[f"s{i}_k"] = np.array(s.k)
+            else:
+                arrays[f"s{i}_mean"] = s.mean.astype(np.float32)
+                arrays[f"s{i}_precision"] = s.precision.astype(np.float32)
+        meta = {"signals": names, "layout": self.layout, "tap_layers": self.tap_layers, "scales": self.scales}
+        np.savez_compressed(
+            path, format=np.array(FORMAT), model_sha256=np.array(self.model_sha256 or ""),
+            scalars=np.array([self.threshold, self.stats_threshold, self.colour_limit], dtype=np.float64),
+            meta=np.array(json.dumps(meta)), info=np.array(json.dumps(self.info)), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, model_sha256: str | None = None) -> "XrayCheck":
+        """Load a gate file. If `model_sha256` is given and differs from the one recorded, the network
+        signals are switched off (they belong to another network) and `note` says so."""
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != FORMAT:
+                raise ValueError(f"{path} is not a FractureLens X-ray check file ({FORMAT})")
+            thr, sthr, cl = (float(v) for v in z["scalars"])
+            meta = json.loads(str(z["meta"]))
+            sig = {}
+            for i, n in enumerate(meta["signals"]):
+                if f"s{i}_bank" in z.files:
+                    sig[n] = Neighbours(z[f"s{i}_bank"], int(z[f"s{i}_k"]))
+                else:
+                    sig[n] = Gaussian(z[f"s{i}_mean"], z[f"s{i}_precision"])
+            g = cls(sig, meta["scales"], thr, sthr, cl, str(z["model_sha256"]) or None, json.loads(str(z["info"])),
+                    meta["layout"], meta["tap_layers"])
+        if model_sha256 and g.model_sha256 and model_sha256 != g.model_sha256:
+            g.use_features = False
+            g.note = (f"the X-ray check file {Path(path).name} was fitted for another model file "
+                      "(sha256 mismatch): only colour and image statistics are checked")
+            log.warning(g.note)
+        return g
+
+    # -- use ------------------------------------------------------------------------------------
+    def ratios(self, features: np.ndarray | None, squares: np.ndarray | None, chromas,
+               stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per image: each signal divided by its limit (> 1 fails). `stats` may be given precomputed."""
+        if stats is None:
+            squares = np.asarray(squares)
+            if squares.ndim == 2:
+                squares = squares[None]
+            stats = np.stack([image_stats(s) for s in squares])
+        stats = np.atleast_2d(stats)
+        n = len(stats)
+        out = {"colour": np.asarray(chromas, np.float64).reshape(n) / self.colour_limit}
+        if self.stats is None:
+            return out
+        d = self.distances(features, stats)
+        if len(d) > 1:
+            for name, v in d.items():
+                out[name] = v / self.scales[name] / self.threshold
+        else:
+            out["stats"] = d["stats"] / self.scales["stats"] / self.stats_threshold
+        return out
+
+    def assess_batch(self, features, squares, chromas, stats: np.ndarray | None = None) -> list[dict]:
+        r = self.ratios(features, squares, chromas, stats)
+        names = list(r)
+        mat = np.stack([r[k] for k in names], axis=1)
+        res = []
+        for row in mat:
+            worst = int(np.argmax(row))
+            top = float(row[worst])
+            score = float(1.0 / (1.0 + max(top, 0.0) ** SCORE_POWER))
+            ok = bool(top <= 1.0)
+            if not ok and row[0] > 1.0:  # colour failing is the clearest explanation for a user
+                worst = 0
+            res.append({"is_xray": ok, "xray_score": score, "xray_reason": self._reason(ok, names[worst], score),
+                        "xray_ratios": {k: float(v) for k, v in zip(names, row)}})
+        return res
+
+    def assess(self, features: np.ndarray | None, square: np.ndarray, chroma_value: float) -> dict:
+        return self.assess_batch(None if features is None else np.asarray(features).reshape(1, -1),
+                                 np.asarray(square)[None], [chroma_value])[0]
+
+    def _reason(self, ok: bool, worst: str, score: float) -> str:
+        tail = f" ({self.note})" if self.note else ""
+        if ok:
+            return f"looks like a radiograph (X-ray score {score:.2f}){tail}"
+        if worst == "colour":
+            return "the image is in colour; X-rays are grayscale" + tail
+        if worst == "stats":
+            return "its brightness, contrast and texture do not look like a radiograph" + tail
+        return ("the network does not recognise it as a musculoskeletal X-ray like those it was trained on "
+                "(hand, leg, hip, shoulder)") + tail
+
+
+# ----------------------------------------------------------------------------------------------
+# fitting
+
+def network_features(model, squares: np.ndarray, mean: float, std: float, batch_size: int = 32,
+                     tap_layers: list[str] | None = None, return_layout: bool = False):
+    """[penultimate features | pooled tap layers] of uint8 squares (batched, inference mode): (N, F).
+
+    tap_layers: default TAP_LAYERS[model.arch]. With return_layout, also the column layout."""
+    import torch
+
+    from model.preprocess import normalize
+
+    if tap_layers is None:
+        tap_layers = TAP_LAYERS.get(getattr(model, "arch", ""), [])
+    taps = Taps(model, tap_layers)
+    out = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(squares), batch_size):
+                f = model.features(normalize(squares[i : i + batch_size][:, None], mean, std)).float().numpy()
+                t = taps.collect()
+                out.append(np.concatenate([f, t], axis=1) if t.size else f)
+    finally:
+        taps.close()
+    feats = np.concatenate(out) if out else np.zeros((0, getattr(model, "feature_dim", 1)), np.float32)
+    if not return_layout:
+        return feats
+    dim = int(getattr(model, "feature_dim", feats.shape[1]))
+    layout, pos = {"features": [0, dim]}, dim
+    for name in tap_layers:
+        ch = _channels(model, name)
+        layout[f"layer:{name}"] = [pos, pos + 2 * ch]
+        pos += 2 * ch
+    return feats, layout, list(tap_layers)
+
+
+def _channels(model, name: str) -> int:
+    import torch
+
+    sub = model.get_submodule(name)
+    seen = {}
+    def hook(module, inputs, output):  # returns None: the output is left alone
+        seen["c"] = int(output.shape[1])
+
+    h = sub.register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            model.features(torch.zeros(1, 3, 64, 64))
+    finally:
+        h.remove()
+    return int(seen["c"])
+
+
+def fit_main(argv=None) -> dict:
+    from model.cache import DEFAULT_CACHE_DIR
+    from model.inference import setup_cpu_threads
+    from model.network import load_model
+    from model.splits import file_sha256
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
+    ap.add_argument("--out", default=str(DEFAULT_PATH))
+    ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
+    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
+                    help="comma-separated: stats, layers, features, neighbours")
+    ap.add_argument("--report", default="assets/report/xray_check/fit.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    setup_cpu_threads(args.threads)
+    t0 = time.time()
+    model, meta = load_model(args.model)
+    size = int(meta["img_size"])
+    sha = file_sha256(args.model)
+    cache = None
+    if args.cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
+        key = f"v2-{sha[:16]}-{args.max_train}-" + "-".join(Path(d).resolve().name for d in args.data)
+        cache = Path(args.cache_dir) / f"xray-fit-{key}.npz"
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            parts = {sp: (z[f"{sp}_feats"], z[f"{sp}_stats"], z[f"{sp}_chroma"]) for sp in ("train", "val")}
+            per_source_val = json.loads(str(z["per_source_val"]))
+        log.info("features loaded from %s", cache)
+    else:
+        parts, per_source_val = _fit_features(args, model, meta, size)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, per_source_val=np.array(json.dumps(per_source_val)),
+                     **{f"{sp}_{k}": v for sp, p in parts.items() for k, v in zip(("feats", "stats", "chroma"), p)})
+    lay = per_source_val.pop("_layout")
+    gate = XrayCheck.fit(parts["train"][0], parts["train"][1], parts["val"][0], parts["val"][1],
+                         model_sha256=sha, layout=lay["layout"], tap_layers=lay["tap_layers"],
+                         signals=tuple(args.signals.split(",")),
+                         info={"model": str(args.model), "arch": meta["arch"], "img_size": size,
+                               "data": [Path(d).resolve().name for d in args.data]})
+    val_feats, val_stats, val_chroma = parts["val"]
+    rr = gate.ratios(val_feats, None, val_chroma, stats=val_stats)
+    r = np.max(np.stack(list(rr.values()), axis=1), axis=1)
+    gate.info["val_flagged_colour"] = float((val_chroma > gate.colour_limit).mean())
+    gate.info["val_chroma_p99"] = float(np.quantile(val_chroma, 0.99))
+    gate.info["val_flagged_total"] = float((r > 1).mean())
+    gate.info["val_flagged_by_source"] = {
+        name: {"n": n, "flagged": float((r[end - n : end] > 1).mean())} for name, (n, end) in per_source_val.items()}
+    gate.info["fit_seconds"] = round(time.time() - t0, 1)
+    gate.save(args.out)
+    summary = {"out": args.out, "size_mb": round(Path(args.out).stat().st_size / 1e6, 2),
+               "model_sha256": gate.model_sha256, "scales": gate.scales,
+               "threshold": gate.threshold, "stats_threshold": gate.stats_threshold,
+               "colour_limit": gate.colour_limit, **gate.info}
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def _fit_features(args, model, meta, size):
+    from model.cache import load_squares
+    from model.evaluate import select_samples
+
+    rng = np.random.default_rng(0)
+    parts = {}
+    per_source_val = {}
+    for split in ("train", "val"):
+        feats, stats, chromas = [], [], []
+        by_root = [(root, select_samples([root], split, args.splits_dir)) for root in args.data]
+        n_all = sum(len(s) for _, s in by_root)
+        for root, samples in by_root:
+            # one root at a time: the training run's per-data-set square caches are reused when present
+            squares, ok = load_squares(samples, size, args.cache_dir)
+            idx = np.flatnonzero(ok)
+            cap = int(round(args.max_train * len(samples) / max(n_all, 1)))
+            if split == "train" and len(idx) > cap:
+                idx = np.sort(rng.choice(idx, cap, replace=False))
+            sq = squares[idx]
+            log.info("%s %s: %d X-rays: features and statistics", Path(root).name, split, len(sq))
+            f, layout, taps = network_features(model, sq, meta["mean"], meta["std"], return_layout=True)
+            feats.append(f)
+            stats.append(np.stack([image_stats(s) for s in sq]))
+            chromas.append(np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx)))
+            if split == "val":
+                per_source_val[Path(root).resolve().name] = (len(chromas[-1]), int(sum(len(c) for c in chromas)))
+            del squares
+        parts[split] = (np.concatenate(feats), np.concatenate(stats), np.concatenate(chromas))
+    per_source_val["_layout"] = {"layout": layout, "tap_layers": taps}
+    return parts, per_source_val
+
+
+if __name__ == "__main__":
+    fit_main()

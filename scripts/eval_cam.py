@@ -1,0 +1,277 @@
+"""Does the Grad-CAM land on the fracture? And does the Predictor leak memory over many CAM calls?
+
+    python scripts/eval_cam.py --model assets/model.pt --data ../shared/data/fracatlas --out assets/report/cam
+
+On the FracAtlas TEST images that carry fracture boxes (annotations/COCO_fracture_masks_512.json, boxes in
+stored-image pixels), using the CAM the Predictor returns (original image geometry, letterbox removed):
+  pointing game   the CAM maximum lies inside a fracture box (a 5 px tolerance, as usual for the metric)
+  energy in box   the fraction of the CAM's total mass that lies inside the boxes
+Baselines: a centre Gaussian map (the "fractures are near the middle" prior) and the box-area fraction
+(what a uniform map puts in the boxes). pytorch-grad-cam's ROAD metric (ROADCombined: (LeRF - MoRF) / 2
+of the fracture logit after imputing pixels, higher = the map ranks pixels by their effect on the logit)
+is computed on a subset against a random smooth map. Sanity check: the same CAM from a randomly
+initialised network of the same architecture must score worse.
+--memory-calls N runs N Predictor.predict() calls with Grad-CAM on one image and records the RSS.
+Nothing here chooses anything: it only measures (the test split is used for reporting only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("eval_cam")
+TOL = 5  # pointing-game tolerance in pixels
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def boxed_test_images(root: Path, splits_dir: Path) -> list[tuple[Path, list[list[float]]]]:
+    import pandas as pd
+
+    coco = json.loads((root / "annotations" / "COCO_fracture_masks_512.json").read_text())
+    by_id = {im["id"]: im["file_name"] for im in coco["images"]}
+    boxes: dict[str, list] = {}
+    for a in coco["annotations"]:
+        boxes.setdefault(by_id[a["image_id"]], []).append([float(v) for v in a["bbox"]])
+    df = pd.read_csv(splits_dir / f"{root.resolve().name}.csv")
+    test = df[(df.split == "test") & (df.label == 1)]
+    out = []
+    for image_id in sorted(test.image_id.astype(str)):
+        name = Path(image_id).name
+        if name in boxes and (root / image_id).is_file():
+            out.append((root / image_id, boxes[name]))
+    return out
+
+
+def box_mask(shape: tuple[int, int], boxes, tol: int = 0) -> np.ndarray:
+    h, w = shape
+    m = np.zeros((h, w), bool)
+    for x, y, bw, bh in boxes:
+        x0, y0 = max(0, int(np.floor(x)) - tol), max(0, int(np.floor(y)) - tol)
+        x1, y1 = min(w, int(np.ceil(x + bw)) + tol), min(h, int(np.ceil(y + bh)) + tol)
+        m[y0:y1, x0:x1] = True
+    return m
+
+
+def centre_gaussian(shape: tuple[int, int], sigma: float = 0.25) -> np.ndarray:
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-(((xx - (w - 1) / 2) / (sigma * w)) ** 2 + ((yy - (h - 1) / 2) / (sigma * h)) ** 2) / 2).astype(
+        np.float32)
+
+
+def random_smooth(shape: tuple[int, int], rng: np.random.Generator, cells: int = 10) -> np.ndarray:
+    """A random map with CAM-like smoothness (a coarse uniform grid, bilinearly upsampled)."""
+    h, w = shape
+    coarse = rng.random((cells, cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+
+
+def localisation(cam: np.ndarray, boxes) -> dict:
+    inside = box_mask(cam.shape, boxes)
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    c = np.clip(cam.astype(np.float64), 0, None)
+    return {"hit": bool(box_mask(cam.shape, boxes, TOL)[y, x]),
+            "energy": float(c[inside].sum() / c.sum()) if c.sum() > 0 else 0.0,
+            "area": float(inside.mean())}
+
+
+def summarise(rows: list[dict]) -> dict:
+    hits = np.array([r["hit"] for r in rows], float)
+    en = np.array([r["energy"] for r in rows])
+    rng = np.random.default_rng(0)
+    boots = [(hits[i].mean(), en[i].mean()) for i in (rng.integers(0, len(rows), len(rows)) for _ in range(1000))]
+    b = np.array(boots)
+    return {"n": len(rows), "pointing_game": round(float(hits.mean()), 4),
+            "pointing_game_ci95": [round(float(v), 4) for v in np.quantile(b[:, 0], [0.025, 0.975])],
+            "energy_in_boxes": round(float(en.mean()), 4),
+            "energy_in_boxes_ci95": [round(float(v), 4) for v in np.quantile(b[:, 1], [0.025, 0.975])]}
+
+
+def to_square(cam: np.ndarray, size: int) -> np.ndarray:
+    """An original-geometry map -> the letterboxed (size x size) square (padding = 0)."""
+    h, w = cam.shape
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    px, py = (size - nw) // 2, (size - nh) // 2
+    out = np.zeros((size, size), np.float32)
+    out[py : py + nh, px : px + nw] = np.asarray(
+        Image.fromarray(cam.astype(np.float32), mode="F").resize((nw, nh), Image.Resampling.BILINEAR))
+    return out
+
+
+class _FractureOnly(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)[:, :1]
+
+
+def road_scores(model, meta, items, maps_by_name, percentiles) -> dict:
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    from model.preprocess import preprocess
+
+    metric = ROADCombined(percentiles=percentiles)
+    wrapped = _FractureOnly(model).eval()
+    size = int(meta["img_size"])
+    out = {k: [] for k in maps_by_name}
+    for i, (path, _) in enumerate(items):
+        x, _, _ = preprocess(path, meta)
+        x = x.unsqueeze(0)
+        for name, maps in maps_by_name.items():
+            sq = to_square(maps[i], size)[None]
+            out[name].append(float(np.ravel(metric(x, sq, [BinaryClassifierOutputTarget(1)], wrapped))[0]))
+    return {k: {"n": len(v), "road_combined": round(float(np.mean(v)), 4),
+                "road_combined_sd": round(float(np.std(v)), 4)} for k, v in out.items()}
+
+
+def random_model_file(meta: dict, path: Path, seed: int = 0) -> Path:
+    from model.network import FractureNet, save_model
+
+    torch.manual_seed(seed)
+    net = FractureNet(meta["arch"], n_regions=len(meta["region_names"])).eval()
+    save_model(path, net, {**meta, "init": "random (untrained sanity check)"})
+    return path
+
+
+def memory_run(predictor, image: Path, calls: int) -> dict:
+    marks, t0 = [], time.time()
+    predictor.predict(image, cam_method="gradcam")  # warm-up: builds the CAM object, allocator pools
+    gc.collect()
+    start = rss_mb()
+    for i in range(1, calls + 1):
+        res = predictor.predict(image, cam_method="gradcam")
+        del res
+        if i in (1, 10, 50) or i % 100 == 0 or i == calls:
+            gc.collect()
+            marks.append({"call": i, "rss_mb": round(rss_mb(), 1)})
+    hooks = None
+    eng = getattr(predictor, "engine", None)
+    if eng is not None and hasattr(eng, "n_hooks"):
+        hooks = int(eng.n_hooks)
+    return {"calls": calls, "image": image.name, "rss_after_warmup_mb": round(start, 1), "marks": marks,
+            "growth_mb_first100_to_end": round(marks[-1]["rss_mb"] - next(m["rss_mb"] for m in marks
+                                                                          if m["call"] >= min(100, calls)), 1),
+            "growth_mb_total": round(marks[-1]["rss_mb"] - start, 1), "hooks_on_cam_layer_after": hooks,
+            "seconds_per_call": round((time.time() - t0) / (calls + 1), 3), "torch_threads": torch.get_num_threads()}
+
+
+def table(res: dict) -> str:
+    lines = ["| map | n | pointing game (95% CI) | CAM energy in boxes (95% CI) |", "|---|---|---|---|"]
+    for name, s in res["localisation"].items():
+        lines.append(f"| {name} | {s['n']} | {s['pointing_game']:.3f} ({s['pointing_game_ci95'][0]:.2f}-"
+                     f"{s['pointing_game_ci95'][1]:.2f}) | {s['energy_in_boxes']:.3f} "
+                     f"({s['energy_in_boxes_ci95'][0]:.2f}-{s['energy_in_boxes_ci95'][1]:.2f}) |")
+    lines.append(f"\nMean box area fraction (what a uniform map puts inside the boxes): "
+                 f"{res['mean_box_area_fraction']:.3f}.")
+    if res.get("road"):
+        lines += ["", f"ROAD (pytorch-grad-cam ROADCombined, percentiles {res['road_percentiles']}, "
+                      "higher = better; fracture logit):", "", "| map | n | ROAD combined (sd) |", "|---|---|---|"]
+        for name, s in res["road"].items():
+            lines.append(f"| {name} | {s['n']} | {s['road_combined']:+.3f} ({s['road_combined_sd']:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    from model.inference import Predictor, setup_cpu_threads
+    from model.network import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--data", default="../shared/data/fracatlas")
+    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--out", default="assets/report/cam")
+    ap.add_argument("--methods", default="gradcam,gradcam++,eigencam", help="CAM methods to localise")
+    ap.add_argument("--max-images", type=int, default=0, help="0 = all boxed test images")
+    ap.add_argument("--road-n", type=int, default=10, help="images for ROAD (slow: a sparse solve per map)")
+    ap.add_argument("--road-percentiles", default="50")
+    ap.add_argument("--memory-calls", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_cpu_threads(args.threads)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from model.splits import file_sha256
+
+    items = boxed_test_images(Path(args.data), Path(args.splits_dir))
+    if args.max_images:
+        items = items[: args.max_images]
+    log.info("%d boxed test images", len(items))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    p = Predictor(args.model, calibration_path=None, xray_path=None)
+    meta = p.meta
+    rng = np.random.default_rng(0)
+    maps: dict[str, list[np.ndarray]] = {f"{m} (trained)": [] for m in methods}
+    t0 = time.time()
+    for path, _ in items:
+        for m in methods:
+            maps[f"{m} (trained)"].append(p.predict(path, cam_method=m)["cam"])
+    log.info("trained-network CAMs: %.1fs", time.time() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        rp = Predictor(str(random_model_file(meta, Path(tmp) / "random.pt")), calibration_path=None, xray_path=None)
+        maps["gradcam (random-init network)"] = [rp.predict(path, cam_method="gradcam")["cam"] for path, _ in items]
+    shapes = [m.shape for m in maps[f"{methods[0]} (trained)"]]
+    maps["centre Gaussian (baseline)"] = [centre_gaussian(s) for s in shapes]
+    maps["random smooth map (baseline)"] = [random_smooth(s, rng) for s in shapes]
+    loc = {}
+    for name, ms in maps.items():
+        loc[name] = summarise([localisation(m, b) for m, (_, b) in zip(ms, items)])
+    res = {"model": str(args.model), "model_sha256": file_sha256(args.model), "arch": meta["arch"],
+           "cam_layer": meta.get("cam_layer"), "data": Path(args.data).resolve().name, "split": "test",
+           "n_images": len(items), "tolerance_px": TOL, "localisation": loc,
+           "mean_box_area_fraction": round(float(np.mean([localisation(m, b)["area"] for m, (_, b) in
+                                                          zip(maps["centre Gaussian (baseline)"], items)])), 4)}
+    if args.road_n > 0:
+        pct = [int(v) for v in args.road_percentiles.split(",")]
+        sub = items[: args.road_n]
+        t1 = time.time()
+        road_maps = {k: maps[k][: len(sub)] for k in (f"{methods[0]} (trained)", "random smooth map (baseline)")}
+        res["road"] = road_scores(p.model, meta, sub, road_maps, pct)
+        res["road"].update(road_scores(p.model, meta, sub, {"gradcam (random-init network) on trained logit":
+                                                            maps["gradcam (random-init network)"][: len(sub)]},
+                                       pct))
+        res["road_percentiles"] = pct
+        log.info("ROAD: %.1fs", time.time() - t1)
+    if args.memory_calls > 0 and items:
+        log.info("memory: %d Grad-CAM calls", args.memory_calls)
+        res["memory"] = memory_run(p, items[0][0], args.memory_calls)
+        (out_dir / "memory.json").write_text(json.dumps(res["memory"], indent=2))
+    (out_dir / "cam_eval.json").write_text(json.dumps(res, indent=2))
+    md = table(res)
+    if "memory" in res:
+        m = res["memory"]
+        md += (f"\nMemory: {m['calls']} Predictor.predict() calls with Grad-CAM on one image: RSS "
+               f"{m['rss_after_warmup_mb']:.0f} MB after warm-up, "
+               + ", ".join(f"{k['rss_mb']:.0f} MB at call {k['call']}" for k in m["marks"])
+               + f" (growth {m['growth_mb_total']:+.1f} MB; {m['seconds_per_call']:.2f} s per call).\n")
+    (out_dir / "cam_eval.md").write_text(md)
+    print(md)
+    return res
+
+
+if __name__ == "__main__":
+    main()
