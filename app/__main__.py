@@ -1,0 +1,120 @@
+"""`python -m app`: serve the FractureLens page on http://127.0.0.1:7860 (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "assets" / "model.pt"
+DEFAULT_CALIBRATION = ROOT / "assets" / "calibration.json"
+DEFAULT_XRAY_CHECK = ROOT / "assets" / "xray_check.npz"
+DEFAULT_EXAMPLES = ROOT.parent / "shared" / "data"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m app", description="FractureLens web app (Gradio).")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; "
+                    "0.0.0.0 exposes the app to your network)")
+    ap.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    ap.add_argument("--share", action="store_true",
+                    help="ask Gradio for a temporary public *.gradio.live link (needs the internet)")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default assets/model.pt)")
+    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION),
+                    help="calibration file (default assets/calibration.json)")
+    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK),
+                    help="X-ray check file (default assets/xray_check.npz; without it only colour is checked)")
+    ap.add_argument("--report-dir", default=str(ROOT / "assets" / "report"),
+                    help="where the model card reads test metrics and plots (default assets/report)")
+    ap.add_argument("--examples", default=None,
+                    help=f"folder of example X-rays to offer (default {DEFAULT_EXAMPLES} when it exists)")
+    ap.add_argument("--max-file-size", type=float, default=50, metavar="MB", help="upload limit (default 50 MB)")
+    ap.add_argument("--upload-grace", type=float, default=20, metavar="S",
+                    help="delete each upload this many seconds after it is read (default 20; the "
+                    "grace lets two users send the same file at once)")
+    ap.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    return ap.parse_args(argv)
+
+
+def _fail(msg: str) -> None:
+    print(f"FractureLens: {msg}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model = Path(args.model)
+    if not model.is_file():
+        _fail(f"model file not found: {model} (train one with `python -m model.train`, or pass --model PATH)")
+    calibration = Path(args.calibration)
+    if not calibration.is_file():
+        print(f"FractureLens: calibration file not found: {calibration}; showing uncalibrated scores at "
+              "threshold 0.5 (make one with `python -m calibration.fit`)", file=sys.stderr)
+
+    # Before gradio is imported: no analytics/version pings, and uploads in a private temp folder
+    # (inside $GRADIO_TEMP_DIR when that is set) that is removed when the app stops; each upload is
+    # deleted as soon as it is read and Gradio deletes the images it serves after 15 minutes.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="fracturelens-", dir=parent or None)
+    os.environ["GRADIO_TEMP_DIR"] = tmp
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+
+    from app.handlers import Handlers
+    from app.ui import build_demo, find_examples, launch_kwargs
+    from model.inference import Predictor
+
+    try:
+        predictor = Predictor(model_path=str(model), calibration_path=str(calibration),
+                              xray_path=str(args.xray_check), device=args.device)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        _fail(f"could not load the model {model} ({type(exc).__name__}: {exc})")
+
+    examples_dir = args.examples or (str(DEFAULT_EXAMPLES) if DEFAULT_EXAMPLES.is_dir() else None)
+    if args.examples and not Path(args.examples).is_dir():
+        print(f"FractureLens: examples folder not found: {args.examples} (no examples shown)", file=sys.stderr)
+    examples = find_examples(examples_dir)
+
+    handlers = Handlers(predictor, upload_root=tmp, max_file_mb=args.max_file_size,
+                        delete_delay=args.upload_grace)
+    demo = build_demo(handlers, examples=examples, report_dir=Path(args.report_dir))
+    demo.queue(max_size=64, default_concurrency_limit=4)
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            max_file_size=f"{args.max_file_size:g}mb",
+            allowed_paths=[str(Path(p).parent) for p, _ in examples],
+            prevent_thread_lock=True,
+            show_error=True,
+            **launch_kwargs(),
+        )
+    except OSError as exc:
+        _fail(f"could not start the server on {args.host}:{args.port} ({exc})")
+    if args.share and not demo.share_url:
+        print(
+            "FractureLens: no public link: --share needs the internet (Gradio downloads its tunnel client "
+            f"and contacts its share server); still serving locally at http://{args.host}:{args.port}",
+            flush=True,
+        )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the temp folder is removed on `kill` too
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+        handlers.flush_deletions()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""The app's event handlers: plain functions around the Predictor, testable without a server.
+
+The network runs once per upload (`Handlers.analyze`); everything the page does afterwards (moving the
+target-recall slider, changing the heatmap opacity) works from the per-session cache that `analyze`
+returns, without touching the network. All model logic lives in `model/` and `calibration/`.
+
+Privacy: an uploaded file is read into memory and deleted from Gradio's upload folder right after
+(`delete_delay` seconds after its last read; only files inside `upload_root` are ever deleted); nothing
+about the image or its DICOM tags is logged.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DISPLAY_MAX = 1024  # longest side of the images the page shows (and keeps per session)
+DEFAULT_MAX_FILE_MB = 50
+RECALL_MIN, RECALL_MAX, RECALL_STEP = 0.80, 0.99, 0.01
+DEFAULT_OPACITY = 0.4
+PROB_LABEL = "Fracture probability (calibrated)"
+NO_FILE_MESSAGE = "Upload an X-ray (PNG, JPEG or DICOM) to analyse it."
+
+# Keys of the JSON the /predict endpoint returns (all plain JSON types)
+API_KEYS = (
+    "probability", "decision", "is_fracture", "threshold", "target_recall", "expected_specificity",
+    "expected_precision", "recall_lower_bound", "achievable", "operating_note", "is_xray", "xray_score",
+    "reason", "region", "regions", "raw_probability", "image_size",
+)
+
+
+class InputProblem(ValueError):
+    """An upload the app cannot analyse; str() is the message shown to the user."""
+
+
+@dataclass
+class Analysis:
+    """What one session keeps after an upload: the result without the network's tensors, and
+    display-sized copies of the decoded image and its heatmap (for opacity/slider changes)."""
+
+    result: dict
+    gray: Image.Image
+    cam: np.ndarray | None  # uint8 0..255 (1 byte a pixel: sessions stay small)
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars/arrays -> JSON types, recursively."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _path_of(file: Any) -> str | None:
+    """Gradio hands a file as a str path (type='filepath'); accept objects with .path/.name too."""
+    if file is None:
+        return None
+    if isinstance(file, (str, os.PathLike)):
+        return os.fspath(file)
+    for attr in ("path", "name"):
+        p = getattr(file, attr, None)
+        if isinstance(p, str):
+            return p
+    if isinstance(file, dict) and isinstance(file.get("path"), str):
+        return file["path"]
+    return None
+
+
+def _fit(img: Image.Image, cam: np.ndarray | None, max_side: int) -> tuple[Image.Image, np.ndarray | None]:
+    w, h = img.size
+    s = max_side / max(w, h)
+    if s >= 1:
+        return img, cam
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    img = img.resize(size, Image.Resampling.LANCZOS)
+    if cam is not None:
+        cam = np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+        cam = np.clip(cam, 0.0, 1.0)
+    return img, cam
+
+
+def pct(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{100 * x:.{digits}f}%"
+
+
+class Handlers:
+    """One instance per app around the Predictor (loaded once; it serialises its own network calls)."""
+
+    def __init__(self, predictor, upload_root: str | os.PathLike | None = None,
+                 max_file_mb: float = DEFAULT_MAX_FILE_MB, display_max: int = DISPLAY_MAX,
+                 cam_method: str | None = "gradcam", delete_delay: float = 0.0):
+        self.p = predictor
+        self.upload_root = Path(upload_root).resolve() if upload_root else None
+        self.max_bytes = int(max_file_mb * 1024 * 1024)
+        self.display_max = display_max
+        self.cam_method = cam_method
+        self._protected: set[Path] = set()
+        self.delete_delay = float(delete_delay)
+        self._timers: dict[Path, threading.Timer] = {}
+        self._timers_lock = threading.Lock()
+
+    def protect(self, path: str | os.PathLike) -> None:
+        """Never delete this file (example X-rays that Gradio copied into its cache)."""
+        self._protected.add(Path(path).resolve())
+
+    # ------------------------------------------------------------------------------------------
+    # input
+
+    @property
+    def default_target(self) -> float:
+        t = float(getattr(self.p, "default_target", 0.95) or 0.95)
+        return min(max(t, RECALL_MIN), RECALL_MAX)
+
+    def _read_upload(self, file: Any) -> bytes:
+        """The upload's bytes; the temp file is deleted right away when it is Gradio's."""
+        path = _path_of(file)
+        if path is None:
+            raise InputProblem(NO_FILE_MESSAGE)
+        p = Path(path)
+        try:
+            if not p.is_file():
+                raise InputProblem("The uploaded file is no longer available; please upload it again.")
+            size = p.stat().st_size
+            if size == 0:
+                raise InputProblem("Could not read this file: the file is empty.")
+            if size > self.max_bytes:
+                raise InputProblem(
+                    f"Could not read this file: it is {size / 2**20:.0f} MB; the limit is {self.max_bytes / 2**20:.0f} MB."
+                )
+            return p.read_bytes()
+        finally:
+            self._discard(p)
+
+    def _discard(self, p: Path) -> None:
+        """Delete an upload we have read (never example files, never anything outside upload_root).
+
+        Gradio stores uploads by content hash, so two users sending the same file share one path:
+        with a grace period the file is deleted `delete_delay` s after its last read, and only if no
+        newer upload replaced it meanwhile (then the newer one's own request deletes it)."""
+        if self.upload_root is None:
+            return
+        try:
+            rp = p.resolve()
+            if rp in self._protected or not rp.is_relative_to(self.upload_root) or not rp.is_file():
+                return
+            ino = rp.stat().st_ino
+        except OSError:
+            return
+        if self.delete_delay <= 0:
+            self._unlink(rp, ino)
+            return
+        with self._timers_lock:
+            old = self._timers.pop(rp, None)
+            if old is not None:
+                old.cancel()
+            t = threading.Timer(self.delete_delay, self._unlink, (rp, ino))
+            t.daemon = True
+            self._timers[rp] = t
+            t.start()
+
+    def _unlink(self, rp: Path, ino: int) -> None:
+        with self._timers_lock:
+            self._timers.pop(rp, None)
+        try:
+            if rp.stat().st_ino != ino:  # a newer identical upload: its own request will delete it
+                self._discard(rp)
+                return
+            rp.unlink()
+            parent = rp.parent
+            if parent != self.upload_root and not any(parent.iterdir()):
+                parent.rmdir()
+        except OSError:
+            pass
+
+    def flush_deletions(self) -> None:
+        """Delete every upload still waiting for its grace period (used at shutdown and in tests)."""
+        with self._timers_lock:
+            pending = list(self._timers.items())
+            self._timers.clear()
+        for rp, t in pending:
+            t.cancel()
+            try:
+                rp.unlink()
+                if rp.parent != self.upload_root and not any(rp.parent.iterdir()):
+                    rp.parent.rmdir()
+            except OSError:
+                pass
+
+    def _run(self, data: bytes, target: float, cam_method: str | None) -> dict:
+        from model.preprocess import ImageError
+
+        try:
+            return self.p.predict(data, target_recall=target, cam_method=cam_method)
+        except ImageError as exc:
+            raise InputProblem(f"Could not read this file: {str(exc).rstrip('.')}.") from None
+        except MemoryError:
+            raise InputProblem("Could not read this file: the image is too large to process.") from None
+        except Exception as exc:  # noqa: BLE001 - never show a traceback (or image data) to the user
+            log.error("analysis failed (%s)", type(exc).__name__)
+            raise InputProblem(
+                f"Could not analyse this file ({type(exc).__name__}). Please try a PNG, JPEG or DICOM X-ray."
+            ) from None
+
+    def _target(self, target_recall: Any) -> float:
+        try:
+            t = float(target_recall)
+        except (TypeError, ValueError):
+            return self.default_target
+        if not math.isfinite(t):
+            return self.default_target
+        return min(max(t, RECALL_MIN), RECALL_MAX)
+
+    # ------------------------------------------------------------------------------------------
+    # views
+
+    def label_value(self, result: dict | None) -> dict | None:
+        """gr.Label payload: the decision as the heading, the calibrated probability as the bar."""
+        if not result:
+            return None
+        return {"label": result["decision"],
+                "confidences": [{"label": PROB_LABEL, "confidence": float(result["probability"])}]}
+
+    def operating_markdown(self, target_recall: Any, result: dict | None = None) -> str:
+        """The threshold in force for this target and its expected specificity/precision, with a
+        warning where the validation positives are too few to guarantee the target."""
+        t = self._target(target_recall)
+        d = self.p.decide(float(result["probability"]) if result else 0.5, t)
+        note = (d.get("operating_note") or "").strip()
+        calibrated = getattr(self.p, "calibration", True) is not None and d.get("expected_specificity") is not None
+        if not calibrated:
+            lines = [f"**Threshold in force: {d['threshold']:.3f}** (fixed)",
+                     f"⚠️ **The target recall cannot be applied.** {note}"]
+        else:
+            lines = [
+                f"**Threshold in force: {d['threshold']:.3f}** for a target recall of {pct(t)}",
+                f"Expected on the validation operating curve: specificity **{pct(d.get('expected_specificity'))}**, "
+                f"precision **{pct(d.get('expected_precision'))}**"
+                + (f"; recall is at least {pct(d.get('recall_lower_bound'), 1)} with 95% confidence."
+                   if d.get("recall_lower_bound") is not None else "."),
+            ]
+            if not d.get("achievable", True):
+                lines.append(f"⚠️ **The target cannot be guaranteed.** {note}")
+        if result:
+            what = "Calibrated probability" if calibrated else "Probability (uncalibrated)"
+            lines.insert(1, f"{what} {result['probability']:.3f} → **{d['decision']}**")
+        return "\n\n".join(lines)
+
+    @staticmethod
+    def warning_html(result: dict | None) -> str:
+        if not result or result.get("is_xray", True):
+            return ""
+        reason = html.escape(str(result.get("xray_reason") or "it failed the X-ray check"))
+        return (
+            '<div class="fl-warning" role="alert"><strong>⚠️ This does not look like an X-ray; '
+            f"the result is not meaningful.</strong><br>Reason: {reason}</div>"
+        )
+
+    @staticmethod
+    def error_html(message: str) -> str:
+        return f'<div class="fl-error" role="alert">{html.escape(message)}</div>'
+
+    def overlay_image(self, state: Analysis | None, opacity: Any = DEFAULT_OPACITY) -> Image.Image | None:
+        if state is None or state.cam is None:
+            return None
+        from model.gradcam import overlay
+
+        try:
+            a = float(opacity)
+        except (TypeError, ValueError):
+            a = DEFAULT_OPACITY
+        cam = state.cam.astype(np.float32) / 255.0 if state.cam.dtype == np.uint8 else state.cam
+        return overlay(state.gray, cam, alpha=min(max(a, 0.0), 1.0))
+
+    def api_json(self, result: dict) -> dict:
+        out = {k: result.get(k) for k in API_KEYS if k != "reason"}
+        out["reason"] = result.get("xray_reason") or ""
+        return _plain({k: out[k] for k in API_KEYS})
+
+    # ------------------------------------------------------------------------------------------
+    # events
+
+    def analyze(self, file: Any, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY) -> dict:
+        """Upload -> one network pass (+ Grad-CAM). Returns a dict of component values."""
+        target = self._target(target_recall)
+        empty = {
+            "state": None, "label": None, "regions": None, "image": None, "overlay": None,
+            "warning": "", "operating": self.operating_markdown(target), "json": None,
+        }
+        try:
+            data = self._read_upload(file)
+            res = self._run(data, target, self.cam_method)
+        except InputProblem as exc:
+            msg = str(exc)
+            return {**empty, "status": self.error_html(msg) if file is not None else "", "message": msg}
+        gray, cam = _fit(res["gray"], res.get("cam"), self.display_max)
+        if cam is not None:
+            cam = np.clip(np.rint(np.asarray(cam, np.float32) * 255), 0, 255).astype(np.uint8)
+        result = {k: v for k, v in res.items() if k not in ("gray", "cam")}
+        state = Analysis(result=_plain(result), gray=gray, cam=cam)
+        return {
+            "state": state,
+            "status": "",
+            "message": "",
+            "label": self.label_value(state.result),
+            "regions": state.result.get("regions") or None,
+            "image": gray,
+            "overlay": self.overlay_image(state, opacity),
+            "warning": self.warning_html(state.result),
+            "operating": self.operating_markdown(target, state.result),
+            "json": self.api_json(state.result),
+        }
+
+    def redecide(self, state: Analysis | None, target_recall: Any) -> dict:
+        """Slider moved: re-decide from the cached probability; no network call."""
+        target = self._target(target_recall)
+        if state is None:
+            return {"state": None, "label": None, "operating": self.operating_markdown(target), "json": None}
+        d = self.p.decide(float(state.result["probability"]), target)
+        result = {**state.result, **_plain(d)}
+        new = Analysis(result=result, gray=state.gray, cam=state.cam)
+        return {"state": new, "label": self.label_value(result),
+                "operating": self.operating_markdown(target, result), "json": self.api_json(result)}
+
+    def predict_api(self, file: Any, target_recall: Any = None) -> dict:
+        """The /predict endpoint: file + target recall -> JSON (no heatmap). Raises InputProblem."""
+        if target_recall is None:
+            target = self.default_target
+        else:
+            try:
+                target = float(target_recall)
+            except (TypeError, ValueError):
+                target = float("nan")
+            if not RECALL_MIN - 1e-9 <= target <= RECALL_MAX + 1e-9:
+                raise InputProblem(
+                    f"target_recall must be a number between {RECALL_MIN:.2f} and {RECALL_MAX:.2f}."
+                )
+        data = self._read_upload(file)
+        res = self._run(data, target, None)
+        return self.api_json(res)

@@ -1,0 +1,227 @@
+"""The Gradio Blocks page. Interface only: all decisions come from the Predictor via app.handlers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from app.handlers import (
+    DEFAULT_OPACITY,
+    NO_FILE_MESSAGE,
+    RECALL_MAX,
+    RECALL_MIN,
+    RECALL_STEP,
+    Handlers,
+    InputProblem,
+)
+from app.model_card import NOT_A_DEVICE, REPORT_DIR, model_card_markdown, report_plots
+
+TITLE = "FractureLens"
+SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
+SUSPECTED_COLOR, CLEAR_COLOR = "#fecaca", "#bbf7d0"  # light tints: the dark text stays readable
+EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+CSS = """
+#banner {background: #fff7e0; border: 1px solid #e0b300; border-radius: 8px; padding: 6px 14px;}
+#banner p {margin: 0;}
+.fl-warning {background: #fde8e8; border: 2px solid #c81e1e; color: #7f1d1d; border-radius: 8px;
+             padding: 12px 16px; font-size: 1.1em; margin-bottom: 4px;}
+.fl-error {background: #fff1e6; border: 2px solid #d9480f; color: #7c2d12; border-radius: 8px;
+           padding: 10px 14px; font-size: 1.05em;}
+#pred .output-class {font-size: 1.6em;}
+footer {display: none !important;}
+"""
+
+HOW_TO = (
+    "Drop a radiograph (PNG, JPEG or DICOM) on the box. The network runs once; the target-recall slider "
+    "then re-decides instantly from the cached probability. Higher recall = fewer missed fractures, more "
+    "false alarms."
+)
+
+
+def theme() -> gr.themes.Base:
+    """Default look with system fonts only: the page loads no web fonts (works fully offline)."""
+    return gr.themes.Default(primary_hue="blue", font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+
+
+def find_examples(root: str | os.PathLike | None, n: int = 4) -> list[tuple[str, str]]:
+    """A few (path, label) example X-rays from a folder: FracAtlas layout
+    (images/Fractured, images/Non_fractured) or class folders or plain files. Nothing is copied."""
+    if not root:
+        return []
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    fa = root / "fracatlas" / "images" if (root / "fracatlas" / "images").is_dir() else root / "images"
+    groups: list[tuple[str, list[Path]]] = []
+    if (fa / "Fractured").is_dir():
+        for cls, label in (("Fractured", "fractured"), ("Non_fractured", "not fractured")):
+            files = sorted(p for p in (fa / cls).iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+            groups.append((label, files))
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES)
+        groups.append(("", files))
+    out: list[tuple[str, str]] = []
+    per = max(1, n // len(groups))
+    for label, files in groups:
+        if not files:
+            continue
+        step = max(1, len(files) // per)
+        for p in files[::step][:per]:
+            out.append((str(p), f"{p.name} ({label})" if label else p.name))
+    return out[:n]
+
+
+def _define_decision_label() -> type:
+    """gr.Label whose heading is the thresholded decision (not the top confidence).
+
+    Its value is a LabelData dict {"label": decision, "confidences": [{"label", "confidence"}]}.
+    A subclass (not an instance attribute) because Gradio rebuilds a component from its class when an
+    event updates its properties (the colour here). Gradio's component metaclass writes a .pyi stub
+    next to the defining module for editors; that is switched off while the class is defined so that
+    importing the app never writes into the source tree."""
+    from gradio.components.label import LabelConfidence, LabelData
+
+    class DecisionLabel(gr.Label):
+        is_template = True  # rendered by gr.Label's frontend
+
+        def postprocess(self, value):
+            if isinstance(value, dict) and isinstance(value.get("confidences"), list):
+                return LabelData(label=str(value["label"]),
+                                 confidences=[LabelConfidence(**c) for c in value["confidences"]])
+            return super().postprocess(value)
+
+    return DecisionLabel
+
+
+def _without_pyi(define):
+    import gradio.component_meta as component_meta
+
+    original = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *a, **k: None
+    try:
+        return define()
+    finally:
+        component_meta.create_or_modify_pyi = original
+
+
+DecisionLabel = _without_pyi(_define_decision_label)
+
+
+def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None,
+               report_dir: Path | None = None) -> gr.Blocks:
+    h = handlers
+    meta = getattr(h.p, "meta", {}) or {}
+    default_target = h.default_target
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(300, 900)) as demo:
+        gr.Markdown(f"# {TITLE}\nFracture triage for musculoskeletal X-rays.")
+        gr.Markdown("⚠️ " + NOT_A_DEVICE, elem_id="banner")
+        state = gr.State(None, time_to_live=900)  # per-session cache, dropped after 15 min
+        with gr.Tabs():
+            with gr.Tab("Analyse", id="analyse"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=280):
+                        xray = gr.File(label="X-ray (PNG, JPEG or DICOM)", elem_id="xray",
+                                       file_count="single", type="filepath", height=140)
+                        status = gr.HTML("", elem_id="status", visible=False)
+                        recall = gr.Slider(RECALL_MIN, RECALL_MAX, value=default_target, step=RECALL_STEP,
+                                           label="Target recall (sensitivity)", elem_id="recall",
+                                           info="Share of fractures the threshold is chosen to catch")
+                        operating = gr.Markdown(h.operating_markdown(default_target), elem_id="oppoint")
+                        opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05,
+                                            label="Heatmap opacity", elem_id="opacity")
+                        if examples:
+                            gr.Examples(examples=[[p] for p, _ in examples], inputs=[xray],
+                                        example_labels=[lab for _, lab in examples],
+                                        label="Example X-rays (click one)", elem_id="examples")
+                        gr.Markdown(HOW_TO)
+                    with gr.Column(scale=5):
+                        warning = gr.HTML("", elem_id="warning", visible=False)
+                        with gr.Row():
+                            pred = DecisionLabel(label="Decision", elem_id="pred", scale=3)
+                            regions = gr.Label(label="Body region the model sees", num_top_classes=4,
+                                               elem_id="region", scale=2)
+                        with gr.Row():
+                            image = gr.Image(label="X-ray as the model reads it", elem_id="input_view",
+                                             interactive=False, type="pil", format="png", height=460,
+                                             buttons=["fullscreen"])
+                            overlay = gr.Image(label="Grad-CAM heatmap", elem_id="cam", interactive=False,
+                                               type="pil", format="png", height=460, buttons=["fullscreen"])
+                        with gr.Accordion("Result as JSON (what /predict returns)", open=False):
+                            details = gr.JSON(label="Result", elem_id="json")
+            with gr.Tab("Model card", id="card"):
+                report = Path(report_dir) if report_dir else REPORT_DIR
+                plots = report_plots(report)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        gr.Markdown(model_card_markdown(meta, report, getattr(h.p, "model_sha256", None)),
+                                    elem_id="model_card")
+                    if plots:
+                        with gr.Column(scale=2, elem_id="card_plots"):
+                            for caption, path in plots:
+                                gr.Image(str(path), label=caption, interactive=False, buttons=["fullscreen"],
+                                         format="png", show_label=True)
+
+        def decision(value):
+            """The decision label, tinted: red for "Fracture suspected", green otherwise."""
+            if not value:
+                return gr.update(value=None, color=None)
+            suspected = value["label"].startswith("Fracture")
+            return gr.update(value=value, color=SUSPECTED_COLOR if suspected else CLEAR_COLOR)
+
+        analysis_outputs = [state, status, pred, regions, image, overlay, warning, operating, details]
+
+        def on_file(file, target, alpha):
+            v = h.analyze(file, target, alpha)
+            if v["message"] and file is not None:
+                gr.Warning(v["message"])
+            return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
+                    v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
+                    v["operating"], v["json"])
+
+        def on_recall(st, target):
+            v = h.redecide(st, target)
+            return v["state"], decision(v["label"]), v["operating"], v["json"]
+
+        def on_opacity(st, alpha):
+            return h.overlay_image(st, alpha)
+
+        def predict(file, target_recall):
+            """X-ray file + target recall -> JSON: probability, decision, threshold, expected
+            specificity/precision, is_xray, reason, body region."""
+            if file is None:
+                raise gr.Error(NO_FILE_MESSAGE)
+            try:
+                return h.predict_api(file, target_recall)
+            except InputProblem as exc:
+                raise gr.Error(str(exc)) from None
+
+        # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
+        xray.change(on_file, [xray, recall, opacity], analysis_outputs, api_visibility="private",
+                    concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(
+            on_recall, [state, recall], [state, pred, operating, details], api_visibility="private",
+            show_progress="hidden", concurrency_limit=None)
+        recall.change(on_recall, [state, recall], [state, pred, operating, details], api_name="redecide",
+                      api_visibility="undocumented", trigger_mode="always_last", show_progress="hidden",
+                      concurrency_limit=None)
+        opacity.change(on_opacity, [state, opacity], overlay, api_visibility="private",
+                       trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
+        # The JSON API: a hidden trigger using the visible file and slider components as its inputs.
+        api_trigger = gr.Button(visible=False)
+        api_trigger.click(predict, [xray, recall], details, api_name="predict", concurrency_id="model",
+                          concurrency_limit=1)
+
+    # Example files are copied into Gradio's cache once at build time; never delete those copies.
+    for block in demo.blocks.values():
+        for p in getattr(block, "keep_in_cache", ()):
+            h.protect(p)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    # state_session_capacity: at most this many sessions keep a cached analysis (~2 MB each)
+    return {"theme": theme(), "css": CSS, "footer_links": ["api"], "state_session_capacity": 256}

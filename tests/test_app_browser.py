@@ -1,0 +1,203 @@
+"""Drive the real page with Debian's chromium through Playwright's Python API.
+
+Needs /usr/bin/chromium (`apt-get install -y chromium`; never `playwright install`); skipped without it.
+Set FRACTURELENS_SCREENSHOT=assets/screenshots/app.png to save the README screenshot from this test.
+Every page checks that the browser never contacts a host other than 127.0.0.1 (works offline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.serve import running_app
+from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, synthetic_xray
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed"),
+]
+LOCAL = ("http://127.0.0.1", "data:", "blob:")
+
+
+def _report_dir(root: Path) -> Path:
+    """A tiny report folder in the layout of `model.evaluate` / `calibration.report` (made here, so the
+    test does not depend on the committed reports)."""
+    (root / "test").mkdir(parents=True)
+    (root / "test" / "metrics.json").write_text(json.dumps({
+        "data": ["synthetic"], "split": "test", "n": 100, "n_fractured": 20, "auroc": 0.8123,
+        "auroc_ci95": [0.7, 0.9], "at_threshold": {"threshold": 0.1, "recall": 0.95, "specificity": 0.4}}))
+    Image.new("RGB", (320, 240), (40, 90, 200)).save(root / "test" / "roc.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not MODEL.is_file():
+        pytest.fail(f"model file missing: {MODEL}")
+    tmp = tmp_path_factory.mktemp("gradio-temp")
+    examples = tmp_path_factory.mktemp("examples")  # two synthetic example X-rays to click
+    for i in (1, 2):
+        synthetic_xray(300, 380, seed=20 + i).save(examples / f"example_{i}.png")
+    report = _report_dir(tmp_path_factory.mktemp("report"))
+    args = [*SERVER_ARGS, "--examples", str(examples), "--report-dir", str(report)]
+    with running_app(args, env={"GRADIO_TEMP_DIR": str(tmp)}) as (url, log):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@contextlib.contextmanager
+def local_page(browser, url, **kw):
+    """A page on the app; fails if the page requested anything from another host."""
+    page = browser.new_page(**kw)
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(LOCAL) else None)
+    page.goto(url, wait_until="load")
+    try:
+        yield page
+    finally:
+        page.close()
+    assert outside == [], f"the page contacted other hosts: {outside}"
+
+
+def _threshold(text: str) -> float:
+    m = re.search(r"Threshold in force: ([0-9.]+)", text)
+    assert m, text
+    return float(m.group(1))
+
+
+def _move_slider(page, elem_id: str, key: str, steps: int) -> None:
+    rng = page.locator(f"#{elem_id} input[type=range]")
+    rng.focus()
+    for _ in range(steps):
+        rng.press(key)
+
+
+def test_upload_decision_heatmap_slider(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    png = tmp_path / "synthetic_xray.png"
+    synthetic_xray(560, 720, seed=11).save(png)
+    with local_page(browser, server, viewport={"width": 1360, "height": 1000}) as page:
+        expect(page.locator("#banner")).to_contain_text("not a medical device", timeout=30000)
+        before = _threshold(page.locator("#oppoint").inner_text())
+
+        page.locator("#xray input[type=file]").set_input_files(str(png))
+        expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
+        decision = page.locator("#pred .output-class").inner_text().strip()
+        assert decision in DECISIONS
+        expect(page.locator("#pred")).to_contain_text("Fracture probability (calibrated)")
+        heat = page.locator("#cam img").first
+        heat.wait_for(state="visible", timeout=20000)
+        expect(heat).to_have_js_property("complete", True)
+        assert heat.evaluate("img => img.naturalWidth") > 0
+        expect(page.locator("#input_view img").first).to_be_visible()
+        expect(page.locator("#region .output-class")).not_to_be_empty()
+        expect(page.locator("#oppoint")).to_contain_text("Calibrated probability")
+        assert _threshold(page.locator("#oppoint").inner_text()) == pytest.approx(before, abs=1e-3)
+        expect(page.locator("#warning .fl-warning")).to_have_count(0)  # a radiograph-like image
+
+        # heatmap opacity: the overlay is re-blended (new image) without re-running the analysis
+        src = heat.get_attribute("src")
+        _move_slider(page, "opacity", "ArrowRight", 6)
+        expect(page.locator("#cam img").first).not_to_have_attribute("src", src, timeout=10000)
+
+        # target-recall slider from the keyboard: 0.95 -> 0.85 (ten steps of 0.01)
+        _move_slider(page, "recall", "ArrowLeft", 10)
+        expect(page.locator("#recall input[type=number]")).to_have_value(re.compile(r"^0\.85"), timeout=5000)
+        expect(page.locator("#oppoint")).to_contain_text("target recall of 85%", timeout=10000)
+        after = _threshold(page.locator("#oppoint").inner_text())
+        assert after > before, "a lower target recall must raise the threshold in force"
+        assert page.locator("#pred .output-class").inner_text().strip() in DECISIONS
+
+        # back to the default for the screenshot, with the decision and the threshold in force on screen
+        _move_slider(page, "recall", "ArrowRight", 10)
+        _move_slider(page, "opacity", "ArrowLeft", 6)
+        expect(page.locator("#oppoint")).to_contain_text("target recall of 95%", timeout=10000)
+        assert _threshold(page.locator("#oppoint").inner_text()) == pytest.approx(before, abs=1e-3)
+        shot = os.environ.get("FRACTURELENS_SCREENSHOT")
+        if shot:
+            Path(shot).parent.mkdir(parents=True, exist_ok=True)
+            page.wait_for_timeout(800)
+            page.screenshot(path=shot, full_page=True)
+
+
+def test_non_xray_shows_the_warning(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:300, 0:400]
+    rgb = np.stack([(xx * 0.6) % 255, (yy * 0.8) % 255, 255 - (xx + yy) % 255], -1) + rng.normal(0, 20, (300, 400, 3))
+    photo = tmp_path / "holiday_photo.png"
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(photo)
+    with local_page(browser, server) as page:
+        page.locator("#xray input[type=file]").set_input_files(str(photo))
+        warning = page.locator("#warning .fl-warning")
+        expect(warning).to_contain_text("This does not look like an X-ray; the result is not meaningful",
+                                        timeout=30000)
+        expect(warning).to_contain_text("Reason:")
+        expect(warning).to_be_visible()
+
+
+def test_unreadable_file_shows_a_clear_message(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello, I am text")
+    with local_page(browser, server) as page:
+        page.locator("#xray input[type=file]").set_input_files(str(bad))
+        expect(page.locator("#status .fl-error")).to_contain_text("Could not read this file", timeout=30000)
+        expect(page.locator("#pred .output-class")).to_have_count(0)
+
+
+def test_model_card_tab(server, browser):
+    from playwright.sync_api import expect
+
+    with local_page(browser, server) as page:
+        page.get_by_role("tab", name="Model card").click()
+        card = page.locator("#model_card")
+        expect(card).to_contain_text("Training data", timeout=20000)
+        expect(card).to_contain_text("0.812 (95% CI 0.700 to 0.900)")  # from the report folder
+        expect(card).to_contain_text("Limitations")
+        expect(card).to_contain_text("not a medical device")
+        plot = page.locator("#card_plots img").first
+        expect(plot).to_be_visible()
+        assert plot.evaluate("img => img.naturalWidth") == 320
+
+
+def test_clicking_an_example_analyses_it(server, browser):
+    from playwright.sync_api import expect
+
+    with local_page(browser, server) as page:
+        page.locator("#examples").get_by_text("example_2.png").click()
+        expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
+        assert page.locator("#pred .output-class").inner_text().strip() in DECISIONS
+        page.locator("#cam img").first.wait_for(state="visible", timeout=20000)
+        # the example file itself is kept (only uploads are deleted): click it again, same answer
+        first = page.locator("#oppoint").inner_text()
+        page.locator("#xray button[aria-label='Clear']").first.click()
+        expect(page.locator("#oppoint")).not_to_contain_text("Calibrated probability", timeout=10000)
+        expect(page.locator("#pred .output-class")).to_have_count(0)
+        page.locator("#examples").get_by_text("example_2.png").click()
+        expect(page.locator("#oppoint")).to_have_text(first, timeout=30000)
+        expect(page.locator("#status .fl-error")).to_have_count(0)

@@ -1,0 +1,181 @@
+"""The /predict API against a live local server: gradio_client, plain HTTP (curl), concurrency,
+upload cleanup, and --share when the machine is offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.handlers import API_KEYS
+from app.serve import running_app
+from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, _dicom_bytes, synthetic_xray
+
+ARGS = SERVER_ARGS
+GRACE = 3.0  # --upload-grace for the test server
+
+
+@pytest.fixture(scope="module")
+def temp_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gradio-temp")
+
+
+@pytest.fixture(scope="module")
+def server(temp_root):
+    if not MODEL.is_file():
+        pytest.fail(f"model file missing: {MODEL}")
+    with running_app([*ARGS, "--upload-grace", str(GRACE), "--max-file-size", "2"], env={"GRADIO_TEMP_DIR": str(temp_root)}) as (url, log):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def xray_png(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("img") / "upload_me_xray.png"
+    synthetic_xray(360, 480, seed=5).save(p)
+    return p
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def test_predict_with_gradio_client(server, xray_png):
+    from gradio_client import handle_file
+
+    c = _client(server)
+    out = c.predict(handle_file(str(xray_png)), 0.95, api_name="/predict")
+    assert set(out) == set(API_KEYS)
+    assert out["decision"] in DECISIONS and 0 <= out["probability"] <= 1
+    assert out["target_recall"] == pytest.approx(0.95)
+    assert isinstance(out["is_xray"], bool) and isinstance(out["reason"], str)
+    assert out["image_size"] == [360, 480]
+    low = c.predict(handle_file(str(xray_png)), 0.80, api_name="/predict")
+    high = c.predict(handle_file(str(xray_png)), 0.99, api_name="/predict")
+    assert low["probability"] == pytest.approx(out["probability"]) == pytest.approx(high["probability"])
+    assert low["threshold"] >= out["threshold"] >= high["threshold"]
+    for r in (low, out, high):
+        assert r["is_fracture"] == (r["decision"] == "Fracture suspected")
+
+
+def test_dicom_through_the_api(server, tmp_path):
+    from gradio_client import handle_file
+
+    f = tmp_path / "study.dcm"
+    f.write_bytes(_dicom_bytes(monochrome1=True))
+    out = _client(server).predict(handle_file(str(f)), 0.95, api_name="/predict")
+    assert out["decision"] in DECISIONS and out["image_size"] == [256, 320]
+    assert "SECRET" not in json.dumps(out)
+
+
+def test_bad_upload_gives_the_message(server, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(AppError, match="Could not read this file: the file is not an image"):
+        _client(server).predict(handle_file(str(bad)), 0.95, api_name="/predict")
+    with pytest.raises(AppError, match="less than minimum value 0.8"):  # the slider's own range check
+        _client(server).predict(handle_file(str(bad)), 0.3, api_name="/predict")
+
+
+def test_upload_size_cap(server, tmp_path):
+    """The server refuses uploads over --max-file-size (2 MB here) before any analysis."""
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client checks first
+        _client(server).predict(handle_file(str(big)), 0.95, api_name="/predict")
+    import httpx
+
+    with big.open("rb") as fh:  # and the server refuses it too
+        r = httpx.post(server + "/gradio_api/upload", files={"files": ("big.png", fh, "image/png")}, timeout=30)
+    assert r.status_code == 413, (r.status_code, r.text[:200])
+
+
+def test_plain_http_two_step_curl(server, xray_png):
+    """The README's curl example, run as written."""
+    if not shutil.which("curl"):
+        pytest.skip("curl not installed")
+    script = f"""
+set -e
+URL={server}
+FILE=$(curl -s -F "files=@{xray_png}" $URL/gradio_api/upload | tr -d '[]"')
+EVENT=$(curl -s -H "Content-Type: application/json" \\
+  -d "{{\\"data\\": [{{\\"path\\": \\"$FILE\\", \\"meta\\": {{\\"_type\\": \\"gradio.FileData\\"}}}}, 0.95]}}" \\
+  $URL/gradio_api/call/predict | cut -d'"' -f4)
+curl -s -N $URL/gradio_api/call/predict/$EVENT
+"""
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "event: complete" in lines, r.stdout
+    data = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))
+    assert data[0]["decision"] in DECISIONS and set(data[0]) == set(API_KEYS)
+
+
+def test_concurrent_users(server, xray_png):
+    from gradio_client import handle_file
+
+    results, errors = [], []
+
+    def user():
+        try:
+            c = _client(server)
+            for _ in range(2):
+                results.append(c.predict(handle_file(str(xray_png)), 0.9, api_name="/predict"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=user) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 8
+    assert len({round(r["probability"], 6) for r in results}) == 1
+
+
+def test_uploads_are_not_kept(server, temp_root, xray_png):
+    from gradio_client import handle_file
+
+    _client(server).predict(handle_file(str(xray_png)), 0.95, api_name="/predict")
+    time.sleep(GRACE + 1.5)
+    leftovers = [p for p in temp_root.rglob("*") if p.is_file() and p.name == xray_png.name]
+    assert leftovers == [], "an upload was left on disk after its request"
+    assert all(p.name.startswith("fracturelens-") for p in temp_root.iterdir())
+
+
+def test_page_has_no_external_resources(server):
+    html = urllib.request.urlopen(server, timeout=10).read().decode()
+    for host in ("fonts.googleapis", "fonts.gstatic", "cdn.jsdelivr", "unpkg.com", "googletagmanager"):
+        assert host not in html
+
+
+def test_share_offline_explains_and_keeps_serving(tmp_path):
+    """--share with no internet (simulated with a dead proxy): one line of explanation, local app works."""
+    dead = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+            "GRADIO_TEMP_DIR": str(tmp_path)}
+    with running_app([*ARGS, "--share"], env=dead) as (url, log):
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline:
+            text = Path(log).read_text()
+            if "FractureLens: no public link" in text:
+                break
+            time.sleep(0.2)
+        assert "FractureLens: no public link" in text and url.split("//")[1] in text, text
+        assert urllib.request.urlopen(url + "/gradio_api/info", timeout=5).status == 200
+    assert not any(tmp_path.iterdir()), "the private temp folder is removed when the app stops"

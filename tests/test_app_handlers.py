@@ -1,0 +1,391 @@
+"""Unit tests of the app's handler functions (no server), on images made here.
+
+The model file is assets/model.pt (override with FRACTURELENS_TEST_MODEL / FRACTURELENS_TEST_CALIBRATION).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from app.handlers import API_KEYS, NO_FILE_MESSAGE, RECALL_MAX, RECALL_MIN, Analysis, Handlers, InputProblem
+from app.model_card import NOT_A_DEVICE, model_card_markdown
+from app.ui import find_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
+CALIBRATION = Path(os.environ.get("FRACTURELENS_TEST_CALIBRATION", ROOT / "assets" / "calibration.json"))
+XRAY_CHECK = Path(os.environ.get("FRACTURELENS_TEST_XRAY_CHECK", ROOT / "assets" / "xray_check.npz"))
+SERVER_ARGS = ["--model", str(MODEL), "--calibration", str(CALIBRATION), "--xray-check", str(XRAY_CHECK)]
+DECISIONS = {"Fracture suspected", "No fracture detected"}
+
+
+def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
+    """A grey radiograph-like picture: dark field, soft tissue, two bright 'bones' with a gap, noise."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", (w, h), 12)
+    d = ImageDraw.Draw(img)
+    d.ellipse([w * 0.18, -h * 0.1, w * 0.82, h * 1.1], fill=70)  # soft tissue
+    d.rounded_rectangle([w * 0.40, h * 0.05, w * 0.52, h * 0.47], radius=int(w * 0.05), fill=215)
+    d.rounded_rectangle([w * 0.41, h * 0.50, w * 0.53, h * 0.95], radius=int(w * 0.05), fill=205)
+    d.rounded_rectangle([w * 0.44, h * 0.08, w * 0.48, h * 0.44], radius=6, fill=150)  # marrow
+    img = img.filter(ImageFilter.GaussianBlur(3))
+    a = np.asarray(img, np.float32) + rng.normal(0, 6, (h, w))
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A syntactically valid PNG that claims w x h pixels (tiny file; decoding it would need w*h bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _dicom_bytes(monochrome1: bool = True) -> bytes:
+    """A synthetic CR DICOM with rescale + window and a fake patient name (must never be shown)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(synthetic_xray(256, 320), np.uint16) * 16
+    if monochrome1:
+        arr = arr.max() - arr
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName = "Doe^Jane^SECRET"
+    ds.PatientID = "SECRET-ID-123"
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = arr.tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def predictor():
+    if not MODEL.is_file():
+        pytest.fail(f"model file missing: {MODEL} (set FRACTURELENS_TEST_MODEL)")
+    from model.inference import Predictor
+
+    return Predictor(model_path=str(MODEL), calibration_path=str(CALIBRATION), xray_path=str(XRAY_CHECK),
+                     device="cpu")
+
+
+class CountingPredictor:
+    """Wraps the real Predictor and counts network passes."""
+
+    def __init__(self, p):
+        self._p, self.predict_calls = p, 0
+
+    def predict(self, *a, **k):
+        self.predict_calls += 1
+        return self._p.predict(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+
+@pytest.fixture
+def uploads(tmp_path) -> Path:
+    d = tmp_path / "gradio-uploads"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def handlers(predictor, uploads) -> Handlers:
+    return Handlers(CountingPredictor(predictor), upload_root=uploads)
+
+
+@pytest.fixture
+def fast_handlers(predictor, uploads) -> Handlers:
+    """No Grad-CAM (half the work) for tests that are not about the heatmap."""
+    return Handlers(CountingPredictor(predictor), upload_root=uploads, cam_method=None)
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+def _check_ok(v: dict, h: Handlers) -> None:
+    cam = h.cam_method is not None
+    assert v["message"] == "" and v["status"] == ""
+    assert isinstance(v["state"], Analysis)
+    r = v["state"].result
+    assert r["decision"] in DECISIONS
+    assert 0.0 <= r["probability"] <= 1.0
+    assert v["label"]["label"] == r["decision"]
+    assert v["label"]["confidences"][0]["confidence"] == pytest.approx(r["probability"])
+    assert isinstance(v["image"], Image.Image)
+    if cam:
+        assert isinstance(v["overlay"], Image.Image) and v["overlay"].size == v["image"].size
+    else:
+        assert v["overlay"] is None
+    assert max(v["image"].size) <= h.display_max
+    assert f"{r['threshold']:.3f}" in v["operating"] and "Threshold in force" in v["operating"]
+    assert set(v["json"]) == set(API_KEYS)
+    json.dumps(v["json"])  # plain JSON
+    assert set(v["regions"]) == set(r["regions"])
+
+
+def test_analyze_png_deletes_upload_and_caches_result(handlers, uploads):
+    f = _save(synthetic_xray(), uploads / "xray.png")
+    v = handlers.analyze(str(f), 0.95, 0.4)
+    _check_ok(v, handlers)
+    assert not f.exists(), "the upload must be deleted once it is read"
+    assert handlers.p.predict_calls == 1
+    assert v["state"].result["target_recall"] == pytest.approx(0.95)
+
+
+def test_analyze_keeps_files_outside_the_upload_folder(fast_handlers, tmp_path):
+    f = _save(synthetic_xray(), tmp_path / "mine.jpg", quality=90)
+    _check_ok(fast_handlers.analyze(str(f), 0.9), fast_handlers)
+    assert f.exists()
+
+
+def test_large_image_is_shown_downscaled_with_matching_heatmap(handlers, uploads):
+    f = _save(synthetic_xray(1800, 2400), uploads / "big.png")
+    v = handlers.analyze(str(f), 0.95)
+    _check_ok(v, handlers)
+    assert v["image"].size == (768, 1024)
+    assert v["state"].cam.shape == (1024, 768)
+    assert v["json"]["image_size"] == [1800, 2400]
+
+
+def test_slider_redecides_from_cache_without_the_network(fast_handlers, uploads):
+    handlers = fast_handlers
+    f = _save(synthetic_xray(seed=3), uploads / "x.png")
+    v = handlers.analyze(str(f), 0.95)
+    calls = handlers.p.predict_calls
+    prob = v["state"].result["probability"]
+    thresholds = []
+    for t in (RECALL_MIN, 0.9, 0.95, RECALL_MAX):
+        r = handlers.redecide(v["state"], t)
+        ref = handlers.p.decide(prob, t)
+        assert r["state"].result["threshold"] == pytest.approx(ref["threshold"])
+        assert r["label"]["label"] == ref["decision"]
+        assert r["json"]["probability"] == pytest.approx(prob)
+        assert f"{ref['threshold']:.3f}" in r["operating"]
+        if not ref["achievable"]:
+            assert "cannot be guaranteed" in r["operating"] or "cannot be applied" in r["operating"]
+        thresholds.append(ref["threshold"])
+    assert handlers.p.predict_calls == calls, "moving the slider must not run the network"
+    assert thresholds == sorted(thresholds, reverse=True), "a higher target recall never raises the threshold"
+    # the slider works before any upload too (it shows the threshold in force)
+    r = handlers.redecide(None, 0.9)
+    assert r["label"] is None and "Threshold in force" in r["operating"]
+
+
+def test_uncalibrated_model_says_the_target_cannot_be_applied(uploads):
+    from model.inference import Predictor
+
+    p = Predictor(model_path=str(MODEL), calibration_path=None, xray_path=str(XRAY_CHECK), device="cpu")
+    h = Handlers(p, upload_root=uploads, cam_method=None)
+    v = h.analyze(str(_save(synthetic_xray(), uploads / "x.png")), 0.95)
+    assert v["state"] is not None
+    assert "The target recall cannot be applied" in v["operating"] and "Probability (uncalibrated)" in v["operating"]
+    assert v["json"]["threshold"] == pytest.approx(0.5) and v["json"]["achievable"] is False
+
+
+def test_opacity_reblends_from_cache(handlers, uploads):
+    v = handlers.analyze(str(_save(synthetic_xray(), uploads / "x.png")), 0.95)
+    calls = handlers.p.predict_calls
+    lo = np.asarray(handlers.overlay_image(v["state"], 0.1), np.float32)
+    hi = np.asarray(handlers.overlay_image(v["state"], 0.9), np.float32)
+    assert lo.shape == hi.shape and np.abs(lo - hi).mean() > 1.0
+    assert handlers.p.predict_calls == calls
+    assert handlers.overlay_image(None, 0.5) is None
+
+
+def test_16bit_png_and_rgba_are_analysed(fast_handlers, uploads):
+    handlers = fast_handlers
+    a16 = (np.asarray(synthetic_xray(), np.uint16) * 257).astype(np.uint16)
+    f16 = uploads / "x16.png"
+    Image.fromarray(a16).save(f16)
+    assert Image.open(f16).mode.startswith("I")
+    _check_ok(handlers.analyze(str(f16), 0.95), handlers)
+    rgba = synthetic_xray().convert("RGBA")
+    rgba.putalpha(200)
+    _check_ok(handlers.analyze(str(_save(rgba, uploads / "rgba.png")), 0.95), handlers)
+
+
+@pytest.mark.parametrize("monochrome1", [True, False])
+def test_dicom_is_analysed_and_tags_never_shown(fast_handlers, uploads, monochrome1):
+    handlers = fast_handlers
+    f = uploads / "study.dcm"
+    f.write_bytes(_dicom_bytes(monochrome1))
+    v = handlers.analyze(str(f), 0.95)
+    _check_ok(v, handlers)
+    shown = json.dumps(v["json"]) + v["operating"] + v["warning"] + v["status"] + json.dumps(v["label"])
+    assert "SECRET" not in shown and "Doe" not in shown
+    # bones are bright in the displayed image whatever the photometric interpretation
+    g = np.asarray(v["image"], np.float32)
+    h_, w_ = g.shape
+    assert g[int(h_ * 0.25), int(w_ * 0.46)] > g[int(h_ * 0.5), int(w_ * 0.05)] + 80
+
+
+def _truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    synthetic_xray().save(buf, format="JPEG", quality=90)
+    return buf.getvalue()[: len(buf.getvalue()) // 3]
+
+
+BAD_INPUTS = {
+    "text renamed .png": ("notes.png", b"this is a text file, not an image\n" * 20, "not an image"),
+    "truncated JPEG": ("cut.jpg", _truncated_jpeg(), "damaged or truncated"),
+    "1x1 image": ("dot.png", None, "1x1"),
+    "20000x20000 image": ("huge.png", _png_header_only(20000, 20000), "too large"),
+    "empty file": ("empty.png", b"", "empty"),
+    "broken DICOM": ("broken.dcm", b"\0" * 128 + b"DICM" + b"\x02\x00garbage" * 10, "DICOM"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's warnings about the broken DICOM
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_inputs_give_a_clear_message(handlers, uploads, name):
+    fname, data, expect = BAD_INPUTS[name]
+    f = uploads / fname
+    if data is None:
+        Image.new("L", (1, 1), 128).save(f)
+    else:
+        f.write_bytes(data)
+    v = handlers.analyze(str(f), 0.95)
+    assert v["state"] is None and v["label"] is None and v["overlay"] is None and v["image"] is None
+    assert v["message"].startswith("Could not read this file") and expect in v["message"], v["message"]
+    assert "Traceback" not in v["message"]
+    assert expect.split()[0] in v["status"] and "fl-error" in v["status"]
+    assert "Threshold in force" in v["operating"]
+    assert not f.exists(), "a rejected upload is deleted too"
+    with pytest.raises(InputProblem, match="Could not read this file"):
+        f.write_bytes(data if data is not None else b"")
+        handlers.predict_api(str(f), 0.95)
+
+
+def test_no_file_and_missing_file(handlers, uploads):
+    v = handlers.analyze(None, 0.95)
+    assert v["state"] is None and v["status"] == "" and v["message"] == NO_FILE_MESSAGE
+    v = handlers.analyze(str(uploads / "gone.png"), 0.95)
+    assert "upload it again" in v["message"]
+
+
+def test_upload_size_cap(predictor, uploads):
+    h = Handlers(predictor, upload_root=uploads, max_file_mb=0.001)
+    v = h.analyze(str(_save(synthetic_xray(), uploads / "x.png")), 0.95)
+    assert "the limit is" in v["message"]
+
+
+def test_predict_api_json(fast_handlers, uploads):
+    handlers = fast_handlers
+    out = handlers.predict_api(str(_save(synthetic_xray(), uploads / "x.png")), 0.9)
+    assert list(out) == list(API_KEYS)
+    assert json.loads(json.dumps(out)) == out
+    assert out["decision"] in DECISIONS and isinstance(out["is_xray"], bool)
+    assert out["target_recall"] == pytest.approx(0.9)
+    assert out["is_fracture"] == (out["decision"] == "Fracture suspected")
+    assert isinstance(out["reason"], str)
+    for bad in (0.5, 1.5, "abc", float("nan")):
+        with pytest.raises(InputProblem, match="target_recall"):
+            handlers.predict_api(str(_save(synthetic_xray(), uploads / "y.png")), bad)
+
+
+def test_warning_html():
+    assert Handlers.warning_html({"is_xray": True}) == ""
+    w = Handlers.warning_html({"is_xray": False, "xray_reason": "colourful <photo>"})
+    assert "This does not look like an X-ray; the result is not meaningful" in w
+    assert "colourful &lt;photo&gt;" in w
+
+
+def test_non_xray_photo_shows_the_warning(fast_handlers, uploads):
+    handlers = fast_handlers
+    """A colourful photo-like picture must fail the X-ray check and say so prominently."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:300, 0:400]
+    rgb = np.stack([(xx * 0.6) % 255, (yy * 0.8) % 255, 255 - (xx + yy) % 255], -1) + rng.normal(0, 20, (300, 400, 3))
+    f = _save(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), uploads / "photo.png")
+    v = handlers.analyze(str(f), 0.95)
+    assert v["state"] is not None
+    assert v["state"].result["is_xray"] is False
+    assert "This does not look like an X-ray" in v["warning"]
+    assert v["json"]["reason"]
+
+
+def test_find_examples(tmp_path):
+    assert find_examples(None) == [] and find_examples(tmp_path / "missing") == []
+    for cls in ("Fractured", "Non_fractured"):
+        d = tmp_path / "fracatlas" / "images" / cls
+        d.mkdir(parents=True)
+        for i in range(5):
+            synthetic_xray(40, 40, i).save(d / f"IMG{i}.jpg")
+    ex = find_examples(tmp_path, n=4)
+    assert len(ex) == 4
+    assert sum("(fractured)" in lab for _, lab in ex) == 2
+    assert all(Path(p).is_file() for p, _ in ex)
+
+
+def test_model_card(predictor):
+    md = model_card_markdown(predictor.meta)
+    assert NOT_A_DEVICE in md and predictor.meta["arch"] in md
+    assert "Limitations" in md and "Training data" in md
+
+
+def test_missing_model_exits_with_one_line():
+    r = subprocess.run([sys.executable, "-m", "app", "--model", "/nonexistent/model.pt"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model file not found" in lines[0]
+
+
+def test_model_card_reads_the_committed_reports(tmp_path):
+    """(appended by app-helper A, owner of app/model_card.py) The card shows the reports' own numbers."""
+    from app.model_card import report_plots
+
+    meta = {"arch": "mobilenet_v3_large", "img_size": 320, "init": "random", "region_names": ["hand", "leg"],
+            "training": {"data": [{"data": "fracatlas"}], "n_train": 2438, "n_val": 488}}
+    md = model_card_markdown(meta, tmp_path)
+    assert "No test report found" in md and "2438 training, 488 validation" in md
+    assert report_plots(tmp_path) == []
+    (tmp_path / "test").mkdir()
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "test" / "metrics.json").write_text(json.dumps({
+        "data": ["fracatlas"], "split": "test", "n": 488, "n_fractured": 87, "auroc": 0.7596,
+        "auroc_ci95": [0.7011, 0.8123], "average_precision": 0.4102,
+        "threshold_from": {"target_recall": 0.95},
+        "at_threshold": {"threshold": 0.055, "recall": 0.9425, "specificity": 0.3017, "precision": 0.2262},
+        "per_region": {"hand": {"n": 200, "n_fractured": 40, "auroc": 0.7512}}}))
+    (tmp_path / "calibration" / "report.json").write_text(json.dumps({
+        "split": "test", "temperature": 1.075, "ece_before": 0.0496, "ece_after": 0.0451, "model_sha256": "abc",
+        "targets": [{"target": 0.99, "threshold": 0.042, "recall": 0.943, "recall_ci": [0.871, 0.981],
+                     "specificity": 0.165, "precision": 0.197, "achievable": False}]}))
+    for rel in ("test/roc.png", "test/pr.png", "calibration/reliability_test.png", "calibration/operating_curve_val.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    md = model_card_markdown(meta, tmp_path, model_sha256="def")
+    assert "0.760 (95% CI 0.701 to 0.812)" in md and "| Recall at the default threshold | 0.943 |" in md
+    assert "target recall of 95%" in md and "| hand | 200 | 40 | 0.751 |" in md
+    assert "0.050 before, 0.045 after" in md and "| 99% | 0.042 | 94.3% (87.1% to 98.1%) |" in md
+    assert "different model file" in md and NOT_A_DEVICE in md
+    plots = report_plots(tmp_path)
+    assert [p.name for _, p in plots] == ["roc.png", "pr.png", "reliability_test.png", "operating_curve_val.png"]
