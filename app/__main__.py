@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="delete each upload this many seconds after it is read (default 20; the "
                     "grace lets two users send the same file at once)")
     ap.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for the network (default 1: on a busy 2-core machine 2 threads measured "
+                         "41 ms vs 2,224 ms per image, see assets/report/inference_benchmark_2threads_busy.json)")
     return ap.parse_args(argv)
 
 
@@ -70,8 +73,9 @@ def main(argv=None) -> None:
 
     from app.handlers import Handlers
     from app.ui import build_demo, find_examples, launch_kwargs
-    from model.inference import Predictor
+    from model.inference import Predictor, setup_cpu_threads
 
+    setup_cpu_threads(args.threads)
     try:
         predictor = Predictor(model_path=str(model), calibration_path=str(calibration),
                               xray_path=str(args.xray_check), device=args.device)

@@ -34,9 +34,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="assets/model.pt")
     ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="assets/report/inference_benchmark.json")
     args = ap.parse_args()
-    setup_cpu_threads(2)
+    setup_cpu_threads(args.threads)
     shared = sorted(Path("../shared/data/fracatlas/images/Fractured").glob("*.jpg"))
     if shared:
         image = shared[0]
@@ -47,7 +48,8 @@ def main():
         xray_like(0, True, size=(373, 454)).save(image)
     model, meta = load_model(args.model)
     x, _, _ = preprocess(image, meta)
-    res = {"model": args.model, "arch": meta["arch"], "img_size": meta["img_size"], "threads": 2,
+    res = {"model": args.model, "arch": meta["arch"], "img_size": meta["img_size"], "threads": args.threads,
+           "load_average_at_start": [round(x, 2) for x in __import__("os").getloadavg()],
            "cpu": platform.processor() or platform.machine(), "image_pixels": None, "n": args.n}
 
     def forward():
