@@ -87,10 +87,7 @@ class Predictor:
         self.calibration_note = NO_CALIBRATION_NOTE
         if calibration_path:
             try:
-                try:
-                    from calibration import Calibration
-                except ImportError:
-                    from calibration.calibrator import Calibration
+                from calibration import Calibration
 
                 cal = Calibration.load(calibration_path)
                 if hasattr(cal, "matches_model") and getattr(cal, "model_sha256", None) \

@@ -107,10 +107,14 @@ def _pil_to_gray(img: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(img)))
     if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent areas become black
-        return Image.alpha_composite(black, rgba).convert("L")
+        return on_black(img).convert("L")
     return img.convert("L")  # RGB, P, CMYK, YCbCr, ...
+
+
+def on_black(img: Image.Image) -> Image.Image:
+    """Composite an image with transparency onto black (transparent areas become black), as RGBA."""
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
 
 
 def decode_image(source: Source) -> Image.Image:

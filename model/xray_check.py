@@ -54,6 +54,8 @@ STAT_NAMES = ("mean", "std", "dark_frac", "bright_frac", "skew", "grad_mean", "h
 def chroma(source) -> float:
     """Mean chroma (0 = grey, 1 = fully saturated) of an upload, from a <= 256 px thumbnail.
     DICOM and undecodable inputs count as grey (decode_image reports the real errors)."""
+    from model.preprocess import _is_dicom, on_black
+
     try:
         if isinstance(source, np.ndarray):
             arr = source
@@ -65,15 +67,14 @@ def chroma(source) -> float:
             img = source
         else:
             data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
-            if len(data) >= 132 and data[128:132] == b"DICM":
+            if _is_dicom(data[:132]):
                 return 0.0
             img = Image.open(io.BytesIO(data))
             img.draft("RGB", (256, 256))
         if img.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "LA"):
             return 0.0
         if img.mode in ("RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            img = on_black(img)
         img = img.convert("RGB")
         img = ImageOps.exif_transpose(img) if hasattr(img, "getexif") else img
         img.thumbnail((256, 256))
