@@ -141,7 +141,7 @@ class Predictor:
         """Analyse one image (path, bytes, PIL image or array). Raises model.preprocess.ImageError."""
         from model.gradcam import method_name, to_original
         from model.preprocess import decode_image, letterbox
-        from model.xray_check import chroma
+        from model.xray_check import chroma, dicom_modality
 
         if cam_method is not None:
             cam_method = method_name(cam_method)  # ValueError for an unknown name, before any work
@@ -157,7 +157,7 @@ class Predictor:
         prob = self.probability(logit)
         reg = sigmoid(logits[1:]) if len(logits) > 1 else np.zeros(0)
         regions = {n: float(v) for n, v in zip(self.region_names, reg)}
-        check = self.xray.assess(feats[0], square, chroma(source))
+        check = self.xray.assess(feats[0], square, chroma(source), dicom_modality(source))
         res = {
             "probability": prob,
             "raw_probability": float(sigmoid(logit)),

@@ -7,7 +7,8 @@ Positives: the TEST-split X-rays of each data root (never used to fit or set the
 threshold comes from the validation split). Negatives: images that packages ship (scikit-learn's sample
 images, every scikit-image `data` image that loads offline, incl. the grey, astronomical, microscopy,
 retina and CT-phantom ones), each in colour and/or grey, inverted, cropped, resized and rotated, plus
-generated images (text, noise, flat colours, gradients, stripes, shapes). None of them is used to fit
+generated images (text, noise, flat colours, gradients, stripes, shapes), plus the CT, MR, ultrasound
+and other non-radiograph DICOM files that pydicom ships (as DICOM and as PNG). None of them is used to fit
 anything. The images go through the same decode -> letterbox -> network -> gate path as Predictor.predict
 (checked on a sample). Writes metrics.json, scores.csv, table.md and scores.png to --out.
 """
@@ -28,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.xray_check import XrayCheck, chroma, image_stats, network_features  # noqa: E402
+from model.xray_check import XrayCheck, chroma, dicom_modality, image_stats, network_features  # noqa: E402
 
 log = logging.getLogger("eval_xray_check")
 
@@ -165,12 +166,50 @@ def generated_images(rng: np.random.Generator):
         yield f"gen:shapes{k}", "generated pattern", img
 
 
-def non_xray_set(seed: int = 0) -> list[tuple[str, str, Image.Image]]:
+def other_modality_images() -> list[tuple[str, str, object]]:
+    """CT, MR, ultrasound, nuclear-medicine and other non-radiograph DICOM files that pydicom ships: each
+    distinct image twice, as the DICOM file (its Modality tag is checked) and as an 8-bit PNG of its
+    pixels (pixels only, as a screenshot or export would arrive)."""
+    import hashlib
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from model.preprocess import decode_image
+    from model.xray_check import RADIOGRAPH_MODALITIES
+
+    folder = Path(get_testdata_file("CT_small.dcm")).parent
+    out, seen = [], set()
+    for f in sorted(folder.glob("*.dcm")):
+        data = f.read_bytes()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                modality = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).get("Modality", "")).upper()
+                grey = decode_image(data)
+        except Exception:  # noqa: BLE001 - no pixel data or no decoder for it
+            continue
+        if modality in RADIOGRAPH_MODALITIES or not modality:
+            continue
+        key = hashlib.sha256(np.asarray(grey.resize((32, 32))).tobytes()).hexdigest()
+        if key in seen:  # the same picture in another transfer syntax
+            continue
+        seen.add(key)
+        out.append((f"pydicom:{f.stem}|dicom", f"other modality {modality} DICOM", data))
+        buf = io.BytesIO()
+        grey.save(buf, format="PNG")
+        out.append((f"pydicom:{f.stem}|png", f"other modality {modality} PNG", Image.open(io.BytesIO(buf.getvalue()))))
+    return out
+
+
+def non_xray_set(seed: int = 0) -> list[tuple[str, str, object]]:
     rng = np.random.default_rng(seed)
     out = []
     for name, group, img in package_images():
         out.extend(variants(name, group, img, rng))
     out.extend(generated_images(rng))
+    out.extend(other_modality_images())
     return out
 
 
@@ -204,20 +243,20 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    cache = Path(args.cache_dir) / f"xray-eval-{sha[:16]}-{args.split}-{args.max_xrays}.npz" if args.cache_dir else None
+    cache = Path(args.cache_dir) / f"xray-eval-v3-{sha[:16]}-{args.split}-{args.max_xrays}.npz" if args.cache_dir else None
     neg = non_xray_set()
     loaded = False
     if cache is not None and cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 names, groups, truth = list(z["names"]), list(z["groups"]), z["truth"]
-                feats, stats, chromas = z["feats"], z["stats"], z["chromas"]
+                feats, stats, chromas, modalities = z["feats"], z["stats"], z["chromas"], list(z["modalities"])
             loaded = True
             log.info("features loaded from %s", cache)
         except Exception as exc:  # noqa: BLE001 - a partial/old cache file: recompute
             log.warning("ignoring the feature cache %s (%s)", cache, type(exc).__name__)
     if not loaded:
-        names, groups, truth, feats, stats, chromas = [], [], [], [], [], []
+        names, groups, truth, feats, stats, chromas, modalities = [], [], [], [], [], [], []
         for root in args.data:
             samples = select_samples([root], args.split, args.splits_dir)
             if args.max_xrays:
@@ -227,6 +266,7 @@ def main(argv=None) -> dict:
             feats.append(network_features(model, squares[idx], meta["mean"], meta["std"]))
             stats += [image_stats(squares[i]) for i in idx]
             chromas += [chroma(samples[i].path) for i in idx]
+            modalities += [dicom_modality(samples[i].path) or "" for i in idx]
             src = Path(root).resolve().name
             names += [f"{src}:{samples[i].image_id}" for i in idx]
             groups += [f"X-ray {src} {args.split}"] * len(idx)
@@ -241,6 +281,7 @@ def main(argv=None) -> dict:
             feats.append(network_features(model, sq, meta["mean"], meta["std"]))
             stats += [image_stats(s) for s in sq]
             chromas += [chroma(img) for _, _, img in chunk]
+            modalities += [dicom_modality(img) or "" for _, _, img in chunk]
         names += [n for n, _, _ in neg]
         groups += [g for _, g, _ in neg]
         truth += [0] * len(neg)
@@ -249,12 +290,12 @@ def main(argv=None) -> dict:
         if cache is not None:
             tmp = cache.with_name(cache.stem + ".partial.npz")
             np.savez(tmp, names=np.array(names), groups=np.array(groups), truth=truth, feats=feats, stats=stats,
-                     chromas=chromas)
+                     chromas=chromas, modalities=np.array(modalities))
             tmp.replace(cache)
     if args.features_only:
         return {}
     gate = XrayCheck.load(args.gate, model_sha256=sha)
-    results = gate.assess_batch(feats, None, chromas, stats=stats)
+    results = gate.assess_batch(feats, None, chromas, stats=stats, modalities=[m or None for m in modalities])
     rows = list(zip(names, groups, [int(t) for t in truth], results))
     res = results[len(results) - len(neg):]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,33 @@ def class_tree(root: Path, n_per_class: int = 16, layout: str = "flat", names=("
             sub.mkdir(parents=True, exist_ok=True)
             xray_like(1000 * label + i, bool(label)).save(sub / f"img{label}_{i:03d}.png")
     return root
+
+
+def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False) -> bytes:
+    """A DICOM file (12-bit in 16, rescale + window) holding `arr` (uint16, <= 4095), with a fake
+    patient name and ID that must never be shown or logged."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(arr, np.uint16)
+    if monochrome1:
+        arr = arr.max() - arr
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName = "Doe^Jane^SECRET"
+    ds.PatientID = "SECRET-ID-123"
+    ds.Modality = modality
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = arr.tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from app.handlers import API_KEYS, NO_FILE_MESSAGE, RECALL_MAX, RECALL_MIN, Analysis, Handlers, InputProblem
 from app.model_card import NOT_A_DEVICE, model_card_markdown
 from app.ui import find_examples
+from tests.helpers import dicom_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
@@ -56,31 +57,7 @@ def _png_header_only(w: int, h: int) -> bytes:
 
 def _dicom_bytes(monochrome1: bool = True) -> bytes:
     """A synthetic CR DICOM with rescale + window and a fake patient name (must never be shown)."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    arr = np.asarray(synthetic_xray(256, 320), np.uint16) * 16
-    if monochrome1:
-        arr = arr.max() - arr
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.PatientName = "Doe^Jane^SECRET"
-    ds.PatientID = "SECRET-ID-123"
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = arr.tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    return dicom_bytes(np.asarray(synthetic_xray(256, 320), np.uint16) * 16, "CR", monochrome1)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ from PIL import Image
 
 from model.network import FractureNet
 from model.preprocess import letterbox
-from model.xray_check import COLOUR_LIMIT, DEFAULT_PATH, XrayCheck, chroma, image_stats, network_features
-from tests.helpers import xray_like
+from model.xray_check import (COLOUR_LIMIT, DEFAULT_PATH, XrayCheck, chroma, dicom_modality, image_stats, lbp_histogram,
+                               network_features)
+from tests.helpers import dicom_bytes, xray_like
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE, MEAN, STD = 64, 0.2, 0.25
@@ -50,6 +51,41 @@ def test_image_stats_are_finite_for_degenerate_images():
         assert np.isfinite(image_stats(a)).all()
 
 
+def test_lbp_histogram_separates_smooth_from_textured():
+    flat = np.full((64, 64), 0.5, np.float32)
+    h = lbp_histogram(flat)
+    assert h.shape == (10,) and np.isclose((h**2).sum(), 1.0) and np.isclose(h[0], 1.0)  # no brighter neighbour
+    noise = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    hn = lbp_histogram(noise)
+    assert np.isclose((hn**2).sum(), 1.0) and hn[9] ** 2 > 0.4  # mostly non-uniform patterns
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))  # brighter to the right: an edge pattern
+    assert np.argmax(lbp_histogram(ramp)) == 3  # 3 brighter neighbours in a row (uniform code 3)
+    assert np.isfinite(lbp_histogram(np.zeros((4, 4), np.float32))).all()
+
+
+def test_dicom_modality_fails_ct_and_mr_but_not_radiographs(fitted, tmp_path):
+    net, gate, _ = fitted
+    pixels = np.asarray(xray_like(3, False, size=(96, 80)), np.uint16) * 16
+    sq = letterbox(xray_like(3, False, size=(96, 80)), SIZE)[0]
+    feats = network_features(net, sq[None], MEAN, STD)
+    base = gate.assess(feats[0], sq, 0.0)
+    for modality, foreign in (("CT", True), ("MR", True), ("US", True), ("CR", False), ("DX", False)):
+        data = dicom_bytes(pixels, modality)
+        f = tmp_path / f"{modality}.dcm"
+        f.write_bytes(data)
+        assert dicom_modality(data) == modality and dicom_modality(f) == modality
+        r = gate.assess(feats[0], sq, 0.0, dicom_modality(f))
+        if foreign:
+            assert not r["is_xray"] and r["xray_score"] < 1e-6 and modality in r["xray_reason"]
+            assert "SECRET" not in r["xray_reason"]
+        else:
+            assert r == base  # a radiograph modality changes nothing
+    png = io.BytesIO()
+    xray_like(3, False).save(png, format="PNG")
+    assert dicom_modality(png.getvalue()) is None and dicom_modality(tmp_path / "missing.dcm") is None
+    assert dicom_modality(b"\0" * 128 + b"DICM" + b"garbage") is None
+
+
 @pytest.fixture(scope="module")
 def fitted():
     """A gate fitted in the test on synthetic X-ray-like images with a tiny random network."""
@@ -62,7 +98,7 @@ def fitted():
     tr, va = squares(range(0, 160)), squares(range(1000, 1080))
     gate = XrayCheck.fit(network_features(net, tr, MEAN, STD), np.stack([image_stats(s) for s in tr]),
                          network_features(net, va, MEAN, STD), np.stack([image_stats(s) for s in va]),
-                         model_sha256="a" * 64)
+                         model_sha256="a" * 64, signals=("stats", "layers"))  # the opt-in network signal too
     return net, gate, squares
 
 
@@ -116,12 +152,20 @@ def test_shipped_gate_file_loads_and_matches_the_shipped_model():
         from model.splits import file_sha256
 
         assert gate.model_sha256 == file_sha256(model), "the gate was fitted for another model file"
-        assert XrayCheck.load(path, model_sha256=file_sha256(model)).use_features
+        assert XrayCheck.load(path, model_sha256=file_sha256(model)).note == ""  # no mismatch warning
+
+
+def test_shipped_gate_flags_grey_and_colour_photos_without_the_network():
+    """The shipped gate's default signals (colour, DICOM modality, image statistics) need no network."""
+    gate = XrayCheck.load(ROOT / DEFAULT_PATH)
+    size = int(gate.info.get("img_size", 320))
+    nat = natural_images()
+    sq = np.stack([letterbox(im.convert("L"), size)[0] for im in nat.values()])
+    res = gate.assess_batch(None, sq, [chroma(im) for im in nat.values()])
+    assert [r["is_xray"] for r in res] == [False] * len(nat), {n: r["xray_score"] for n, r in zip(nat, res)}
 
 
 @pytest.mark.realdata
-@pytest.mark.xfail(strict=True, reason="known gap (issue 5): the shipped gate (AUROC 0.986) still passes some grey "
-                   "photographs such as skimage's camera; strict, so this turns red once it is fixed")
 def test_shipped_gate_on_real_xrays_and_photos(shared_data):
     model = ROOT / "assets" / "model.pt"
     if not model.is_file() or not (ROOT / DEFAULT_PATH).is_file():
