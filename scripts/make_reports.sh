@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Regenerate every committed report under assets/ from the shipped model (a few minutes on 2 cores).
-# usage: scripts/make_reports.sh [FRACATLAS_DIR] [MULTIREGION_DIR]
+# Regenerate the committed reports under assets/ from the shipped model. The evaluations take a few
+# minutes on 2 cores; the X-ray check, Grad-CAM and benchmark steps 10-20 minutes more; refitting the
+# calibration and the X-ray gate (the files the app loads) only with --refit.
+# The architecture screen (hours) is separate: scripts/compare.sh, compare_eval.sh, compare_table.py.
+# usage: scripts/make_reports.sh [FRACATLAS_DIR] [MULTIREGION_DIR] [--refit]
 set -euo pipefail
-fa=${1:-../shared/data/fracatlas}; mr=${2:-../shared/data/multiregion}
+fa=${1:-../shared/data/fracatlas}; mr=${2:-../shared/data/multiregion}; refit=${3:-}
 m=assets/model.pt
+if [ "$refit" = "--refit" ]; then
+  python -m calibration.fit --model $m --data "$fa" --split val
+  python -m model.xray_check --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
+fi
 python -m model.evaluate --model $m --data "$fa" --split val  --out assets/report/val
 python -m model.evaluate --model $m --data "$fa" --split test --out assets/report/test
 python -m model.evaluate --model $m --data "$mr" --split test --out assets/report/multiregion_test
+python -m calibration.report --model $m --data "$fa" --split test --out assets/report/calibration
+python scripts/dev_xray_check.py --model $m --data "$fa" --data "$mr"
+python scripts/eval_xray_check.py --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \
+  --out assets/report/xray_check
+python scripts/eval_cam.py --model $m --data "$fa" --out assets/report/cam
+python scripts/bench_infer.py --threads 1 --out assets/report/inference_benchmark.json
+python scripts/bench_app.py
