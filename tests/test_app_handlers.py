@@ -32,16 +32,26 @@ DECISIONS = {"Fracture suspected", "No fracture detected"}
 
 
 def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
-    """A grey radiograph-like picture: dark field, soft tissue, two bright 'bones' with a gap, noise."""
+    """A grey radiograph-like picture: a flat dark field, blurred soft tissue, two bright 'bones' with a
+    gap and a marrow channel, trabecular grain, and quantum noise that grows with the signal (so the
+    background stays flat, as in real radiographs; uniform noise everywhere makes the X-ray check see a
+    photograph's texture)."""
     rng = np.random.default_rng(seed)
-    img = Image.new("L", (w, h), 12)
-    d = ImageDraw.Draw(img)
-    d.ellipse([w * 0.18, -h * 0.1, w * 0.82, h * 1.1], fill=70)  # soft tissue
-    d.rounded_rectangle([w * 0.40, h * 0.05, w * 0.52, h * 0.47], radius=int(w * 0.05), fill=215)
-    d.rounded_rectangle([w * 0.41, h * 0.50, w * 0.53, h * 0.95], radius=int(w * 0.05), fill=205)
-    d.rounded_rectangle([w * 0.44, h * 0.08, w * 0.48, h * 0.44], radius=6, fill=150)  # marrow
-    img = img.filter(ImageFilter.GaussianBlur(3))
-    a = np.asarray(img, np.float32) + rng.normal(0, 6, (h, w))
+    tissue = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(tissue).ellipse([w * 0.18, -h * 0.1, w * 0.82, h * 1.1], fill=60)
+    tissue = np.asarray(tissue.filter(ImageFilter.GaussianBlur(15)), np.float32)
+    bone = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(bone)
+    d.rounded_rectangle([w * 0.40, h * 0.05, w * 0.52, h * 0.47], radius=int(w * 0.05), fill=140)
+    d.rounded_rectangle([w * 0.41, h * 0.50, w * 0.53, h * 0.95], radius=int(w * 0.05), fill=130)
+    d.rounded_rectangle([w * 0.44, h * 0.08, w * 0.48, h * 0.44], radius=6, fill=0)  # marrow
+    bone = np.asarray(bone.filter(ImageFilter.GaussianBlur(4)), np.float32)
+    grain = np.asarray(Image.fromarray(rng.integers(0, 256, (h // 6 + 1, w // 6 + 1), dtype=np.uint8)).resize(
+        (w, h), Image.Resampling.BICUBIC), np.float32) / 255 - 0.5
+    signal = tissue + bone * (1 + 0.3 * grain)
+    noise = np.asarray(Image.fromarray(np.clip(rng.normal(128, 8, (h, w)), 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(1.0)), np.float32) - 128
+    a = 8 + signal + noise * np.sqrt(signal / 200)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
@@ -135,6 +145,7 @@ def test_analyze_png_deletes_upload_and_caches_result(handlers, uploads):
     assert not f.exists(), "the upload must be deleted once it is read"
     assert handlers.p.predict_calls == 1
     assert v["state"].result["target_recall"] == pytest.approx(0.95)
+    assert v["state"].result["is_xray"], v["state"].result["xray_reason"]  # radiograph-like: no warning
 
 
 def test_analyze_keeps_files_outside_the_upload_folder(fast_handlers, tmp_path):
