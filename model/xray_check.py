@@ -552,7 +552,7 @@ def fit_main(argv=None) -> dict:
     size = int(meta["img_size"])
     sha = file_sha256(args.model)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir, with_sources=True)
+                                         args.cache_dir)
     lay = per_source_val.pop("_layout")
     # the 1% false-alarm budget on validation X-rays covers colour too: the (few) tinted X-rays that
     # the colour rule flags are taken out of the statistics' share
@@ -585,13 +585,13 @@ def fit_main(argv=None) -> dict:
 
 
 def fit_features(model_path, model, meta: dict, data: list[str], max_train: int = 1500,
-                 splits_dir: str = "assets/splits", cache_dir: str | None = None, with_sources: bool = False):
+                 splits_dir: str = "assets/splits", cache_dir: str | None = None):
     """(features, statistics, chroma) of the training X-rays (a random subset of max_train) and of all
-    validation X-rays of the data roots: {"train": (...), "val": (...)}, cached per model file. Returns
-    (parts, layout, tap_layers), or (parts, per_source_val) with with_sources (for fit_main)."""
+    validation X-rays of the data roots, cached per model file. Returns (parts, per_source_val):
+    parts = {"train": (...), "val": (...)}; per_source_val = {root name: (n, end row in val)} plus
+    "_layout": {"layout": feature column layout, "tap_layers": [...]}."""
     from model.splits import file_sha256
 
-    size = int(meta["img_size"])
     cache = None
     if cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
         key = f"v3-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
@@ -602,34 +602,31 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
             per_source_val = json.loads(str(z["per_source_val"]))
         log.info("features loaded from %s", cache)
     else:
-        parts, per_source_val = _fit_features(argparse.Namespace(data=data, max_train=max_train, splits_dir=splits_dir,
-                                                                 cache_dir=cache_dir), model, meta, size)
+        parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, per_source_val=np.array(json.dumps(per_source_val)),
                      **{f"{sp}_{k}": v for sp, p in parts.items() for k, v in zip(("feats", "stats", "chroma"), p)})
-    if with_sources:
-        return parts, per_source_val
-    lay = per_source_val["_layout"]
-    return parts, lay["layout"], lay["tap_layers"]
+    return parts, per_source_val
 
 
-def _fit_features(args, model, meta, size):
+def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
     from model.cache import load_squares
     from model.evaluate import select_samples
 
+    size = int(meta["img_size"])
     rng = np.random.default_rng(0)
     parts = {}
     per_source_val = {}
     for split in ("train", "val"):
         feats, stats, chromas = [], [], []
-        by_root = [(root, select_samples([root], split, args.splits_dir)) for root in args.data]
+        by_root = [(root, select_samples([root], split, splits_dir)) for root in data]
         n_all = sum(len(s) for _, s in by_root)
         for root, samples in by_root:
             # one root at a time: the training run's per-data-set square caches are reused when present
-            squares, ok = load_squares(samples, size, args.cache_dir)
+            squares, ok = load_squares(samples, size, cache_dir)
             idx = np.flatnonzero(ok)
-            cap = int(round(args.max_train * len(samples) / max(n_all, 1)))
+            cap = int(round(max_train * len(samples) / max(n_all, 1)))
             if split == "train" and len(idx) > cap:
                 idx = np.sort(rng.choice(idx, cap, replace=False))
             sq = squares[idx]

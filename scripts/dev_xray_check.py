@@ -76,8 +76,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     setup_cpu_threads(args.threads)
     model, meta = load_model(args.model)
-    parts, layout, taps = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                       args.cache_dir)
+    parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
+                                         args.cache_dir)
+    layout, taps = per_source_val["_layout"]["layout"], per_source_val["_layout"]["tap_layers"]
     (trf, trs, _), (vaf, vas, vac) = parts["train"], parts["val"]
     neg = development_images()
     sq = np.stack([letterbox(decode_image(img), int(meta["img_size"]))[0] for _, _, img in neg])
