@@ -36,7 +36,12 @@ NO_FILE_MESSAGE = "Upload an X-ray (PNG, JPEG or DICOM) to analyse it."
 API_KEYS = (
     "probability", "decision", "is_fracture", "threshold", "target_recall", "expected_specificity",
     "expected_precision", "recall_lower_bound", "achievable", "operating_note", "is_xray", "xray_score",
-    "reason", "region", "regions", "raw_probability", "image_size",
+    "reason", "region", "regions", "raw_probability", "image_size", "cam_peak", "boxes",
+)
+HEATMAP_NOTE = (
+    "Colours: Grad-CAM, the image areas that pushed the fracture score up (red = most). Red boxes: regions "
+    "the localisation head marks as fracture, drawn when the decision is \"Fracture suspected\", with their "
+    "probability. Neither is a diagnosis; the maps can point at the wrong place."
 )
 
 
@@ -52,6 +57,7 @@ class Analysis:
     result: dict
     gray: Image.Image
     cam: np.ndarray | None  # uint8 0..255 (1 byte a pixel: sessions stay small)
+    scale: float = 1.0  # display size / original size (the boxes are in original pixels)
 
 
 def _plain(v: Any) -> Any:
@@ -206,11 +212,11 @@ class Handlers:
             except OSError:
                 pass
 
-    def _run(self, data: bytes, target: float, cam_method: str | None) -> dict:
+    def _run(self, data: bytes, target: float, cam_method: str | None, reveal: bool = False) -> dict:
         from model.preprocess import ImageError
 
         try:
-            return self.p.predict(data, target_recall=target, cam_method=cam_method)
+            return self.p.predict(data, target_recall=target, cam_method=cam_method, reveal=reveal)
         except ImageError as exc:
             raise InputProblem(f"Could not read this file: {str(exc).rstrip('.')}.") from None
         except MemoryError:
@@ -233,18 +239,25 @@ class Handlers:
     # ------------------------------------------------------------------------------------------
     # views
 
-    def label_value(self, result: dict | None) -> dict | None:
-        """gr.Label payload: the decision as the heading, the calibrated probability as the bar."""
+    def label_value(self, result: dict | None, reveal: bool = False) -> dict | None:
+        """gr.Label payload: the decision as the heading, the calibrated probability as the bar. For an
+        image that failed the X-ray check the probability is withheld unless `reveal`."""
         if not result:
             return None
+        if not result.get("is_xray", True) and not reveal:
+            return {"label": result["decision"], "confidences": []}
+        if result.get("probability") is None:
+            return {"label": result["decision"], "confidences": []}
+        name = PROB_LABEL if result.get("is_xray", True) else "Withheld probability (not meaningful: not an X-ray)"
         return {"label": result["decision"],
-                "confidences": [{"label": PROB_LABEL, "confidence": float(result["probability"])}]}
+                "confidences": [{"label": name, "confidence": float(result["probability"])}]}
 
     def operating_markdown(self, target_recall: Any, result: dict | None = None) -> str:
         """The threshold in force for this target and its expected specificity/precision, with a
         warning where the validation positives are too few to guarantee the target."""
         t = self._target(target_recall)
-        d = self.p.decide(float(result["probability"]) if result else 0.5, t)
+        prob = result.get("probability") if result else None
+        d = self.p.decide(0.5 if prob is None else float(prob), t)
         note = (d.get("operating_note") or "").strip()
         calibrated = getattr(self.p, "calibration", True) is not None and d.get("expected_specificity") is not None
         if not calibrated:
@@ -260,9 +273,13 @@ class Handlers:
             ]
             if not d.get("achievable", True):
                 lines.append(f"⚠️ **The target cannot be guaranteed.** {note}")
-        if result:
+        if result and not result.get("is_xray", True):
+            lines.insert(1, "**Not assessed**: the image failed the X-ray check, so no fracture result is given.")
+        elif result and prob is not None:
             what = "Calibrated probability" if calibrated else "Probability (uncalibrated)"
-            lines.insert(1, f"{what} {result['probability']:.3f} → **{d['decision']}**")
+            side = "at or above" if float(prob) >= d["threshold"] else "below"
+            lines.insert(1, f"{what} **{pct(float(prob), 1)}**, {side} the threshold {pct(d['threshold'], 1)} "
+                            f"→ **{d['decision']}**")
         return "\n\n".join(lines)
 
     @staticmethod
@@ -271,8 +288,9 @@ class Handlers:
             return ""
         reason = html.escape(str(result.get("xray_reason") or "it failed the X-ray check"))
         return (
-            '<div class="fl-warning" role="alert"><strong>⚠️ This does not look like an X-ray; '
-            f"the result is not meaningful.</strong><br>Reason: {reason}</div>"
+            '<div class="fl-warning" role="alert"><strong>⚠️ Not assessed: this does not look like a '
+            f"radiograph.</strong><br>Reason: {reason}<br>The fracture result is withheld; tick "
+            "\"Show the withheld result\" to see it anyway (it is not meaningful for this image).</div>"
         )
 
     @staticmethod
@@ -288,11 +306,21 @@ class Handlers:
             a = float(opacity)
         except (TypeError, ValueError):
             a = DEFAULT_OPACITY
+        from model.gradcam import draw_boxes
+
         cam = state.cam.astype(np.float32) / 255.0 if state.cam.dtype == np.uint8 else state.cam
-        return overlay(state.gray, cam, alpha=min(max(a, 0.0), 1.0))
+        img = overlay(state.gray, cam, alpha=min(max(a, 0.0), 1.0))
+        boxes = state.result.get("boxes") or []
+        if state.result.get("is_fracture") and boxes:
+            img = draw_boxes(img, [[v * state.scale for v in b[:4]] + list(b[4:]) for b in boxes])
+        return img
 
     def api_json(self, result: dict) -> dict:
+        """The /predict JSON. For an image that failed the X-ray check, the probabilities and boxes
+        are withheld (null / []) whatever the Predictor was asked to reveal."""
         out = {k: result.get(k) for k in API_KEYS if k != "reason"}
+        if not result.get("is_xray", True):
+            out.update(probability=None, raw_probability=None, boxes=[])
         out["reason"] = result.get("xray_reason") or ""
         return _plain({k: out[k] for k in API_KEYS})
 
@@ -308,15 +336,15 @@ class Handlers:
         }
         try:
             data = self._read_upload(file)
-            res = self._run(data, target, self.cam_method)
+            res = self._run(data, target, self.cam_method, reveal=True)
         except InputProblem as exc:
             msg = str(exc)
             return {**empty, "status": self.error_html(msg) if file is not None else "", "message": msg}
         gray, cam = _fit(res["gray"], res.get("cam"), self.display_max)
         if cam is not None:
             cam = np.clip(np.rint(np.asarray(cam, np.float32) * 255), 0, 255).astype(np.uint8)
-        result = {k: v for k, v in res.items() if k not in ("gray", "cam")}
-        state = Analysis(result=_plain(result), gray=gray, cam=cam)
+        result = {k: v for k, v in res.items() if k not in ("gray", "cam", "loc_map")}
+        state = Analysis(result=_plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["gray"].size[0])
         return {
             "state": state,
             "status": "",
@@ -330,19 +358,23 @@ class Handlers:
             "json": self.api_json(state.result),
         }
 
-    def redecide(self, state: Analysis | None, target_recall: Any) -> dict:
-        """Slider moved: re-decide from the cached probability; no network call."""
+    def redecide(self, state: Analysis | None, target_recall: Any, reveal: Any = False,
+                 opacity: Any = DEFAULT_OPACITY) -> dict:
+        """Slider moved (or the withheld result revealed): re-decide from the cached probability; no
+        network call. The overlay is redrawn because the boxes follow the decision."""
         target = self._target(target_recall)
         if state is None:
-            return {"state": None, "label": None, "operating": self.operating_markdown(target), "json": None}
-        d = self.p.decide(float(state.result["probability"]), target)
+            return {"state": None, "label": None, "operating": self.operating_markdown(target), "json": None,
+                    "overlay": None}
+        d = self.p.decide(float(state.result["probability"]), target, is_xray=bool(state.result.get("is_xray", True)))
         result = {**state.result, **_plain(d)}
-        new = Analysis(result=result, gray=state.gray, cam=state.cam)
-        return {"state": new, "label": self.label_value(result),
-                "operating": self.operating_markdown(target, result), "json": self.api_json(result)}
+        new = Analysis(result=result, gray=state.gray, cam=state.cam, scale=state.scale)
+        return {"state": new, "label": self.label_value(result, reveal=bool(reveal)),
+                "operating": self.operating_markdown(target, result), "json": self.api_json(result),
+                "overlay": self.overlay_image(new, opacity)}
 
     def predict_api(self, file: Any, target_recall: Any = None) -> dict:
-        """The /predict endpoint: file + target recall -> JSON (no heatmap). Raises InputProblem."""
+        """The /predict endpoint: file + target recall -> JSON (with cam_peak and boxes). Raises InputProblem."""
         if target_recall is None:
             target = self.default_target
         else:
@@ -355,5 +387,5 @@ class Handlers:
                     f"target_recall must be a number between {RECALL_MIN:.2f} and {RECALL_MAX:.2f}."
                 )
         data = self._read_upload(file)
-        res = self._run(data, target, None)
+        res = self._run(data, target, self.cam_method)
         return self.api_json(res)

@@ -9,6 +9,7 @@ import gradio as gr
 
 from app.handlers import (
     DEFAULT_OPACITY,
+    HEATMAP_NOTE,
     NO_FILE_MESSAGE,
     RECALL_MAX,
     RECALL_MIN,
@@ -22,6 +23,7 @@ TITLE = "FractureLens"
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
 SUSPECTED_COLOR, CLEAR_COLOR = "#fecaca", "#bbf7d0"  # light tints: the dark text stays readable
+NOT_ASSESSED_COLOR = "#e5e7eb"
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 
 CSS = """
@@ -141,6 +143,8 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                         gr.Markdown(HOW_TO)
                     with gr.Column(scale=5):
                         warning = gr.HTML("", elem_id="warning", visible=False)
+                        reveal = gr.Checkbox(False, label="Show the withheld result (not meaningful for a "
+                                             "non-X-ray)", elem_id="reveal", visible=False)
                         with gr.Row():
                             pred = DecisionLabel(label="Decision", elem_id="pred", scale=3)
                             regions = gr.Label(label="Body region the model sees", num_top_classes=4,
@@ -149,8 +153,11 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                             image = gr.Image(label="X-ray as the model reads it", elem_id="input_view",
                                              interactive=False, type="pil", format="png", height=460,
                                              buttons=["fullscreen"])
-                            overlay = gr.Image(label="Grad-CAM heatmap", elem_id="cam", interactive=False,
-                                               type="pil", format="png", height=460, buttons=["fullscreen"])
+                            with gr.Column():
+                                overlay = gr.Image(label="Grad-CAM heatmap and fracture boxes", elem_id="cam",
+                                                   interactive=False, type="pil", format="png", height=460,
+                                                   buttons=["fullscreen"])
+                                gr.Markdown(HEATMAP_NOTE, elem_id="cam_note")
                         with gr.Accordion("Result as JSON (what /predict returns)", open=False):
                             details = gr.JSON(label="Result", elem_id="json")
             with gr.Tab("Model card", id="card"):
@@ -167,13 +174,15 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                          format="png", show_label=True)
 
         def decision(value):
-            """The decision label, tinted: red for "Fracture suspected", green otherwise."""
+            """The decision label, tinted: red for "Fracture suspected", green for "No fracture
+            detected", grey for "Not assessed"."""
             if not value:
                 return gr.update(value=None, color=None)
-            suspected = value["label"].startswith("Fracture")
-            return gr.update(value=value, color=SUSPECTED_COLOR if suspected else CLEAR_COLOR)
+            colour = {"Fracture suspected": SUSPECTED_COLOR, "No fracture detected": CLEAR_COLOR}.get(
+                value["label"], NOT_ASSESSED_COLOR)
+            return gr.update(value=value, color=colour)
 
-        analysis_outputs = [state, status, pred, regions, image, overlay, warning, operating, details]
+        analysis_outputs = [state, status, pred, regions, image, overlay, warning, reveal, operating, details]
 
         def on_file(file, target, alpha):
             v = h.analyze(file, target, alpha)
@@ -181,18 +190,20 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                 gr.Warning(v["message"])
             return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
                     v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
-                    v["operating"], v["json"])
+                    gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
 
-        def on_recall(st, target):
-            v = h.redecide(st, target)
-            return v["state"], decision(v["label"]), v["operating"], v["json"]
+        def on_recall(st, target, show, alpha):
+            v = h.redecide(st, target, show, alpha)
+            return v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"]
 
         def on_opacity(st, alpha):
             return h.overlay_image(st, alpha)
 
         def predict(file, target_recall):
             """X-ray file + target recall -> JSON: probability, decision, threshold, expected
-            specificity/precision, is_xray, reason, body region."""
+            specificity/precision, is_xray, reason, body region, cam_peak ([x, y] of the Grad-CAM
+            maximum) and boxes ([[x0, y0, x1, y1, score], ...]), in the image's pixels. An image that
+            fails the X-ray check gets decision "Not assessed" and probability null."""
             if file is None:
                 raise gr.Error(NO_FILE_MESSAGE)
             try:
@@ -203,11 +214,13 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
         # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
         xray.change(on_file, [xray, recall, opacity], analysis_outputs, api_visibility="private",
                     concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(
-            on_recall, [state, recall], [state, pred, operating, details], api_visibility="private",
-            show_progress="hidden", concurrency_limit=None)
-        recall.change(on_recall, [state, recall], [state, pred, operating, details], api_name="redecide",
-                      api_visibility="undocumented", trigger_mode="always_last", show_progress="hidden",
-                      concurrency_limit=None)
+            on_recall, [state, recall, reveal, opacity], [state, pred, operating, details, overlay],
+            api_visibility="private", show_progress="hidden", concurrency_limit=None)
+        recall.change(on_recall, [state, recall, reveal, opacity], [state, pred, operating, details, overlay],
+                      api_name="redecide", api_visibility="undocumented", trigger_mode="always_last",
+                      show_progress="hidden", concurrency_limit=None)
+        reveal.change(on_recall, [state, recall, reveal, opacity], [state, pred, operating, details, overlay],
+                      api_visibility="private", show_progress="hidden", concurrency_limit=None)
         opacity.change(on_opacity, [state, opacity], overlay, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
         # The JSON API: a hidden trigger using the visible file and slider components as its inputs.

@@ -62,12 +62,17 @@ class FractureLogit(nn.Module):
         self.net = net
         self.last_output: torch.Tensor | None = None
         self.last_features: torch.Tensor | None = None
+        self.last_heat: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net.features(x)
+        if hasattr(self.net, "forward_maps"):
+            f, heat = self.net.forward_maps(x)
+        else:
+            f, heat = self.net.features(x), None
         out = self.net.heads(f)
         self.last_features = f.detach()
         self.last_output = out.detach()
+        self.last_heat = None if heat is None else heat.detach()
         return out[:, :1]
 
 
@@ -76,6 +81,7 @@ class CamOutput:
     logits: np.ndarray  # (N, 1 + R) float32, column 0 = fracture logit
     features: np.ndarray  # (N, D) float32 penultimate features
     cam_square: np.ndarray | None  # (N, S, S) float32 in [0, 1] on the letterboxed square, or None
+    heat: np.ndarray | None = None  # (N, h, w) localisation-head logits, or None without the head
 
     @property
     def cam(self) -> np.ndarray | None:
@@ -85,7 +91,8 @@ class CamOutput:
 class CamEngine:
     """CAMs for the fracture logit of one network. Thread-safe (a lock around every network call)."""
 
-    def __init__(self, model: nn.Module, meta: dict | None = None, layer: str | None = None):
+    def __init__(self, model: nn.Module, meta: dict | None = None, layer: str | None = None,
+                 short_backward: bool = True):
         layer = layer or (meta or {}).get("cam_layer")
         if not layer:
             raise ValueError("no CAM layer: the model meta has no 'cam_layer'")
@@ -96,6 +103,14 @@ class CamEngine:
         self._cams: dict[str, object] = {}
         self._lock = threading.RLock()
         self._closed = False
+        self._frozen: list[nn.Parameter] = []
+        if short_backward and any(True for _ in self.target_layer.parameters()):
+            # CAMs need gradients at the target layer only: with the parameters below it frozen the
+            # backward pass stops there (no parameter gradients for the rest of the network).
+            keep = {id(q) for q in self.target_layer.parameters()}
+            self._frozen = [q for q in model.parameters() if q.requires_grad and id(q) not in keep]
+            for q in self._frozen:
+                q.requires_grad_(False)
 
     @staticmethod
     def methods() -> list[str]:
@@ -119,13 +134,16 @@ class CamEngine:
         for cam in self._cams.values():
             cam.activations_and_grads.clear()
             cam.outputs = None  # the library keeps the last output (and its autograd graph) otherwise
-        self.wrapper.last_output = self.wrapper.last_features = None
+        self.wrapper.last_output = self.wrapper.last_features = self.wrapper.last_heat = None
 
     def close(self) -> None:
         with self._lock:
             for cam in self._cams.values():
                 cam.__exit__(None, None, None)  # the library's `with` exit: removes its hooks
             self._cams.clear()
+            for q in self._frozen:
+                q.requires_grad_(True)
+            self._frozen = []
             self._closed = True
 
     def __enter__(self) -> "CamEngine":
@@ -161,18 +179,23 @@ class CamEngine:
                     cam_sq = np.nan_to_num(np.asarray(cam_sq, dtype=np.float32), nan=0.0)
                 logits = self.wrapper.last_output.float().cpu().numpy()
                 feats = self.wrapper.last_features.float().cpu().numpy()
+                heat = self.wrapper.last_heat
+                heat = None if heat is None else heat.float().cpu().numpy()
             finally:
                 self._clear()
-        return CamOutput(logits=logits, features=feats, cam_square=cam_sq)
+        return CamOutput(logits=logits, features=feats, cam_square=cam_sq, heat=heat)
 
 
 FractureCAM = CamEngine  # alias
 
 
-def to_original(cam_square: np.ndarray, lb: Letterbox) -> np.ndarray:
+def to_original(cam_square: np.ndarray, lb: Letterbox, normalise: bool = True) -> np.ndarray:
     """A (S, S) CAM on the letterboxed square -> (orig_h, orig_w) float32 in [0, 1], padding removed,
-    re-normalised over the image itself (its maximum is 1 unless the map is all 0)."""
+    re-normalised over the image itself (its maximum is 1 unless the map is all 0). normalise=False
+    keeps the values (a probability map)."""
     m = np.clip(np.nan_to_num(unletterbox(np.asarray(cam_square, np.float32), lb)), 0.0, None)
+    if not normalise:
+        return m.astype(np.float32)
     top = float(m.max()) if m.size else 0.0
     return (m / top).astype(np.float32) if top > 0 else np.zeros_like(m, dtype=np.float32)
 
@@ -206,3 +229,20 @@ def overlay(gray: Image.Image, cam: np.ndarray, alpha: float = 0.4, outline: boo
             np.asarray(mask.filter(ImageFilter.MinFilter(width))) > 0)
         arr[edge] = 255
     return Image.fromarray(arr, "RGB")
+
+
+def draw_boxes(img: Image.Image, boxes, colour=(255, 64, 64)) -> Image.Image:
+    """Draw [[x0, y0, x1, y1, score], ...] (the image's pixels) with their scores; returns a new RGB image."""
+    from PIL import ImageDraw
+
+    out = img.convert("RGB")
+    if not boxes:
+        return out
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 300))
+    for b in boxes:
+        x0, y0, x1, y1 = (float(v) for v in b[:4])
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        if len(b) > 4:
+            draw.text((x0 + width, max(0.0, y0 - 12 - width)), f"{100 * float(b[4]):.0f}%", fill=colour)
+    return out

@@ -22,21 +22,33 @@ def score_squares(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
-) -> np.ndarray:
-    """uint8 (N, S, S) letterboxed squares -> float32 (N, 1 + n_regions) logits (column 0: fracture)."""
+    tta: bool = False,
+    with_heat: bool = False,
+):
+    """uint8 (N, S, S) letterboxed squares -> float32 (N, 1 + n_regions) logits (column 0: fracture).
+
+    tta: average the logits of each image and its horizontal mirror. with_heat: also return the
+    localisation head's (N, h, w) heatmap logits (None for a network without the head), from the
+    unflipped pass."""
     model.eval()
-    outs = []
+    outs, heats = [], []
     device = torch.device(device)
     for start in range(0, len(squares), batch_size):
         x = normalize(squares[start : start + batch_size], mean, std).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            y = model(x)
+            f, heat = model.forward_maps(x) if hasattr(model, "forward_maps") else (None, None)
+            y = model.heads(f) if f is not None else model(x)
+            if tta:
+                y = 0.5 * (y + model(torch.flip(x, dims=[-1])))
         outs.append(y.float().cpu())
-    if not outs:
-        return np.zeros((0, 1), dtype=np.float32)
-    return torch.cat(outs).numpy()
+        if heat is not None:
+            heats.append(heat.float().cpu())
+    logits = torch.cat(outs).numpy() if outs else np.zeros((0, 1), dtype=np.float32)
+    if with_heat:
+        return logits, (torch.cat(heats).numpy() if heats else None)
+    return logits
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -50,6 +62,23 @@ NO_CALIBRATION_NOTE = "no calibration file: uncalibrated score, threshold 0.5"
 MISMATCH_CALIBRATION_NOTE = ("the calibration file belongs to another model file: uncalibrated score, "
                              "threshold 0.5")
 DECISIONS = ("No fracture detected", "Fracture suspected")
+NOT_ASSESSED = "Not assessed"  # the decision when the X-ray check fails: no verdict on a non-X-ray
+BOX_MIN_SCORE = 0.2  # localisation-head regions below this peak probability are not reported
+
+
+def heat_square(heat_logits: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) localisation-head logits -> (size, size) probabilities on the letterboxed square."""
+    t = torch.as_tensor(np.asarray(heat_logits, dtype=np.float32))[None, None]
+    up = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.sigmoid(up)[0, 0].numpy()
+
+
+def peak_xy(m: np.ndarray) -> list[int] | None:
+    """[x, y] of a map's maximum (pixel indices), None for an empty or all-zero map."""
+    if m is None or not np.size(m) or not float(np.max(m)) > 0:
+        return None
+    y, x = np.unravel_index(int(np.argmax(m)), np.shape(m))
+    return [int(x), int(y)]
 
 
 class Predictor:
@@ -117,8 +146,9 @@ class Predictor:
             return float(self.calibration.probability(float(logit)))
         return float(sigmoid(float(logit)))
 
-    def decide(self, probability: float, target_recall: float | None = None) -> dict:
-        """The decision for a (calibrated) probability at a target recall: no network call."""
+    def decide(self, probability: float, target_recall: float | None = None, is_xray: bool = True) -> dict:
+        """The decision for a (calibrated) probability at a target recall: no network call. An image
+        that failed the X-ray check gets no verdict (decision "Not assessed", is_fracture None)."""
         if self.calibration is not None:
             op = self.calibration.operating_point(self.default_target if target_recall is None else target_recall)
             thr = float(op["threshold"])
@@ -133,12 +163,21 @@ class Predictor:
                    "expected_specificity": None, "expected_precision": None, "recall_lower_bound": None,
                    "achievable": False,
                    "operating_note": self.calibration_note.replace("threshold 0.5", f"threshold {thr:g}")}
+        if not is_xray:
+            return {"decision": NOT_ASSESSED, "is_fracture": None, **out}
         is_fr = bool(float(probability) >= thr)
         return {"decision": DECISIONS[is_fr], "is_fracture": is_fr, **out}
 
     # -- the network ----------------------------------------------------------------------------
-    def predict(self, source, target_recall: float | None = None, cam_method: str | None = "gradcam") -> dict:
-        """Analyse one image (path, bytes, PIL image or array). Raises model.preprocess.ImageError."""
+    def predict(self, source, target_recall: float | None = None, cam_method: str | None = "gradcam",
+                reveal: bool = False) -> dict:
+        """Analyse one image (path, bytes, PIL image or array). Raises model.preprocess.ImageError.
+
+        For an image that fails the X-ray check the decision is "Not assessed" and the probabilities
+        are withheld (None) unless reveal=True. cam_peak: [x, y] of the Grad-CAM's maximum in the
+        image's pixels; boxes: the localisation head's [[x0, y0, x1, y1, score], ...] (most
+        confident first; [] without a head or below BOX_MIN_SCORE)."""
+        from model.boxes import heat_to_boxes
         from model.gradcam import method_name, to_original
         from model.preprocess import decode_image, letterbox
         from model.xray_check import chroma, dicom_modality
@@ -151,26 +190,38 @@ class Predictor:
         with self._lock:
             out = self.engine.run(x, cam_method)  # the taps' hooks record the same forward pass
             taps = self.taps.collect()
+            if self.meta.get("tta"):  # the mirrored image too (the model file says whether it was chosen)
+                with torch.inference_mode():
+                    mirrored = self.model(torch.flip(x, dims=[-1])[None]).float().cpu().numpy()
         feats = np.concatenate([out.features, taps], axis=1) if taps.size else out.features
         logits = out.logits[0]
+        if self.meta.get("tta"):
+            logits = 0.5 * (logits + mirrored[0])
         logit = float(logits[0])
         prob = self.probability(logit)
         reg = sigmoid(logits[1:]) if len(logits) > 1 else np.zeros(0)
         regions = {n: float(v) for n, v in zip(self.region_names, reg)}
         check = self.xray.assess(feats[0], square, chroma(source), dicom_modality(source))
+        cam = None if out.cam_square is None else to_original(out.cam_square[0], lb)
+        loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
+        boxes = [] if loc_map is None else heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE)
+        shown = check["is_xray"] or reveal
         res = {
-            "probability": prob,
-            "raw_probability": float(sigmoid(logit)),
-            "logit": logit,
-            **self.decide(prob, target_recall),
+            "probability": prob if shown else None,
+            "raw_probability": float(sigmoid(logit)) if shown else None,
+            "logit": logit if shown else None,
+            **self.decide(prob, target_recall, is_xray=check["is_xray"]),
             "regions": regions,
             "region": max(regions, key=regions.get) if regions else None,
             "is_xray": check["is_xray"],
             "xray_score": check["xray_score"],
             "xray_reason": check["xray_reason"],
             "image_size": [int(gray.size[0]), int(gray.size[1])],
-            "cam": None if out.cam_square is None else to_original(out.cam_square[0], lb),
+            "cam": cam,
             "cam_method": cam_method,
+            "cam_peak": peak_xy(cam),
+            "boxes": boxes if shown else [],
+            "loc_map": None if loc_map is None else to_original(loc_map, lb, normalise=False),
             "gray": gray,
         }
         return res

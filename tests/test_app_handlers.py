@@ -302,7 +302,7 @@ def test_predict_api_json(fast_handlers, uploads):
 def test_warning_html():
     assert Handlers.warning_html({"is_xray": True}) == ""
     w = Handlers.warning_html({"is_xray": False, "xray_reason": "colourful <photo>"})
-    assert "This does not look like an X-ray; the result is not meaningful" in w
+    assert "Not assessed: this does not look like a radiograph" in w
     assert "colourful &lt;photo&gt;" in w
 
 
@@ -312,12 +312,28 @@ def test_non_xray_photo_shows_the_warning(fast_handlers, uploads):
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:300, 0:400]
     rgb = np.stack([(xx * 0.6) % 255, (yy * 0.8) % 255, 255 - (xx + yy) % 255], -1) + rng.normal(0, 20, (300, 400, 3))
-    f = _save(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), uploads / "photo.png")
+    photo = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    f = _save(photo, uploads / "photo.png")
     v = handlers.analyze(str(f), 0.95)
     assert v["state"] is not None
     assert v["state"].result["is_xray"] is False
-    assert "This does not look like an X-ray" in v["warning"]
+    assert "does not look like a radiograph" in v["warning"]
     assert v["json"]["reason"]
+    # no verdict: the decision is "Not assessed" and the probability is hidden (page and JSON)
+    assert v["label"] == {"label": "Not assessed", "confidences": []}
+    assert v["json"]["decision"] == "Not assessed" and v["json"]["is_fracture"] is None
+    assert v["json"]["probability"] is None and v["json"]["boxes"] == []
+    assert "Not assessed" in v["operating"] and "%" not in v["operating"].split("\n\n")[1]
+    # revealed on request, labelled as not meaningful; moving the slider keeps "Not assessed"
+    shown = handlers.redecide(v["state"], 0.90, reveal=True)
+    assert shown["label"]["label"] == "Not assessed"
+    conf = shown["label"]["confidences"][0]
+    assert "not meaningful" in conf["label"] and conf["confidence"] == pytest.approx(v["state"].result["probability"])
+    assert handlers.redecide(v["state"], 0.90)["label"]["confidences"] == []
+    assert shown["json"]["probability"] is None
+    # the API never reveals it
+    api = handlers.predict_api(str(_save(photo, uploads / "photo2.png")), 0.95)
+    assert api["decision"] == "Not assessed" and api["probability"] is None
 
 
 def test_find_examples(tmp_path):

@@ -119,11 +119,15 @@ def test_gate_for_another_model_is_reported(model_file, tmp_path):
         assert not p.predict(grey_photo, cam_method=None)["is_xray"]
 
 
-def test_colour_upload_is_flagged_but_still_scored(predictor):
+def test_colour_upload_is_not_assessed_and_its_probability_withheld(predictor):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     r = predictor.predict(rgb, cam_method=None)
     assert r["is_xray"] is False and "colour" in r["xray_reason"] and r["xray_score"] < 0.5
-    assert 0.0 <= r["probability"] <= 1.0
+    assert r["decision"] == "Not assessed" and r["is_fracture"] is None
+    assert r["probability"] is None and r["raw_probability"] is None and r["logit"] is None
+    shown = predictor.predict(rgb, cam_method=None, reveal=True)
+    assert shown["decision"] == "Not assessed" and 0.0 <= shown["probability"] <= 1.0
+    assert predictor.decide(shown["probability"], is_xray=False)["decision"] == "Not assessed"
 
 
 @pytest.mark.parametrize("bad", [b"", b"definitely not an image", b"\x89PNG\r\n\x1a\n\x00\x00"])

