@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "assets" / "model.pt"
 DEFAULT_CALIBRATION = ROOT / "assets" / "calibration.json"
 DEFAULT_XRAY_CHECK = ROOT / "assets" / "xray_check.npz"
-DEFAULT_EXAMPLES = ROOT.parent / "shared" / "data"
+DEFAULT_EXAMPLES = ROOT / "assets" / "examples"  # three FracAtlas test-split X-rays (CC BY 4.0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

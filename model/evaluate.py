@@ -53,7 +53,7 @@ def score_data(
     samples = select_samples(roots, split, splits_dir)
     squares, ok = load_squares(samples, int(meta["img_size"]), cache_dir)
     samples = [s for s, k in zip(samples, ok) if k]
-    logits = score_squares(model, squares[ok], meta["mean"], meta["std"], batch_size)
+    logits = score_squares(model, squares[ok], meta["mean"], meta["std"], batch_size, tta=bool(meta.get("tta")))
     return samples, logits, meta
 
 

@@ -6,6 +6,8 @@ On the FracAtlas TEST images that carry fracture boxes (annotations/COCO_fractur
 stored-image pixels), using the CAM the Predictor returns (original image geometry, letterbox removed):
   pointing game   the CAM maximum lies inside a fracture box (a 5 px tolerance, as usual for the metric)
   energy in box   the fraction of the CAM's total mass that lies inside the boxes
+The same for the localisation head's heatmap when the model has one (model file meta "loc_head"),
+and for its most confident box ("top box": its centre inside a fracture box, same tolerance).
 Baselines: a centre Gaussian map (the "fractures are near the middle" prior) and the box-area fraction
 (what a uniform map puts in the boxes). pytorch-grad-cam's ROAD metric (ROADCombined: (LeRF - MoRF) / 2
 of the fracture logit after imputing pixels, higher = the map ranks pixels by their effect on the logit)
@@ -95,6 +97,12 @@ def localisation(cam: np.ndarray, boxes) -> dict:
             "area": float(inside.mean())}
 
 
+def localisation_point(box, boxes) -> bool:
+    """Is the centre of a predicted [x0, y0, x1, y1, ...] box inside a (tolerance-widened) fracture box?"""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return any(x - TOL <= cx <= x + bw + TOL and y - TOL <= cy <= y + bh + TOL for x, y, bw, bh in boxes)
+
+
 def summarise(rows: list[dict]) -> dict:
     hits = np.array([r["hit"] for r in rows], float)
     en = np.array([r["energy"] for r in rows])
@@ -180,11 +188,12 @@ def memory_run(predictor, image: Path, calls: int) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = ["| map | n | pointing game (95% CI) | CAM energy in boxes (95% CI) |", "|---|---|---|---|"]
+    lines = ["| map | n | pointing game (95% CI) | map energy in boxes (95% CI) |", "|---|---|---|---|"]
     for name, s in res["localisation"].items():
+        energy = ("n/a" if s["energy_in_boxes"] is None else f"{s['energy_in_boxes']:.3f} "
+                  f"({s['energy_in_boxes_ci95'][0]:.2f}-{s['energy_in_boxes_ci95'][1]:.2f})")
         lines.append(f"| {name} | {s['n']} | {s['pointing_game']:.3f} ({s['pointing_game_ci95'][0]:.2f}-"
-                     f"{s['pointing_game_ci95'][1]:.2f}) | {s['energy_in_boxes']:.3f} "
-                     f"({s['energy_in_boxes_ci95'][0]:.2f}-{s['energy_in_boxes_ci95'][1]:.2f}) |")
+                     f"{s['pointing_game_ci95'][1]:.2f}) | {energy} |")
     lines.append(f"\nMean box area fraction (what a uniform map puts inside the boxes): "
                  f"{res['mean_box_area_fraction']:.3f}.")
     if res.get("road"):
@@ -226,11 +235,18 @@ def main(argv=None) -> dict:
     meta = p.meta
     rng = np.random.default_rng(0)
     maps: dict[str, list[np.ndarray]] = {f"{m} (trained)": [] for m in methods}
+    head, top_boxes = [], []
     t0 = time.time()
     for path, _ in items:
         for m in methods:
-            maps[f"{m} (trained)"].append(p.predict(path, cam_method=m)["cam"])
-    log.info("trained-network CAMs: %.1fs", time.time() - t0)
+            r = p.predict(path, cam_method=m, reveal=True)
+            maps[f"{m} (trained)"].append(r["cam"])
+            if m == methods[0] and r.get("loc_map") is not None:
+                head.append(r["loc_map"])
+                top_boxes.append(r["boxes"][0] if r["boxes"] else None)
+    if head:
+        maps["localisation head (trained)"] = head
+    log.info("trained-network maps: %.1fs", time.time() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         rp = Predictor(str(random_model_file(meta, Path(tmp) / "random.pt")), calibration_path=None, xray_path=None)
         maps["gradcam (random-init network)"] = [rp.predict(path, cam_method="gradcam")["cam"] for path, _ in items]
@@ -240,6 +256,15 @@ def main(argv=None) -> dict:
     loc = {}
     for name, ms in maps.items():
         loc[name] = summarise([localisation(m, b) for m, (_, b) in zip(ms, items)])
+    if head:
+        hits = np.array([b is not None and localisation_point(b, bx) for b, (_, bx) in zip(top_boxes, items)], float)
+        rng_b = np.random.default_rng(0)
+        boots = [hits[rng_b.integers(0, len(hits), len(hits))].mean() for _ in range(1000)]
+        loc["localisation head: top box centre in a fracture box"] = {
+            "n": len(hits), "pointing_game": round(float(hits.mean()), 4),
+            "pointing_game_ci95": [round(float(v), 4) for v in np.quantile(boots, [0.025, 0.975])],
+            "energy_in_boxes": None, "energy_in_boxes_ci95": None,
+            "images_with_a_box": int(sum(b is not None for b in top_boxes))}
     res = {"model": str(args.model), "model_sha256": file_sha256(args.model), "arch": meta["arch"],
            "cam_layer": meta.get("cam_layer"), "data": Path(args.data).resolve().name, "split": "test",
            "n_images": len(items), "tolerance_px": TOL, "localisation": loc,

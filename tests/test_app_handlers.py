@@ -393,3 +393,31 @@ def test_model_card_reads_the_committed_reports(tmp_path):
     assert "different model file" in md and NOT_A_DEVICE in md
     plots = report_plots(tmp_path)
     assert [p.name for _, p in plots] == ["roc.png", "pr.png", "reliability_test.png", "operating_curve_val.png"]
+
+
+def test_boxes_are_drawn_only_when_a_fracture_is_suspected(predictor):
+    """The overlay shows the localisation boxes (scaled to the display copy) for "Fracture suspected"."""
+    h = Handlers(predictor)
+    gray = Image.new("L", (200, 100), 90)
+    cam = np.zeros((100, 200), np.uint8)
+    box = [40.0, 20.0, 120.0, 80.0, 0.9]  # original pixels; the display copy is half size
+    result = {"is_fracture": True, "boxes": [box], "decision": "Fracture suspected"}
+    shown = np.asarray(h.overlay_image(Analysis(result=result, gray=gray, cam=cam, scale=0.5), 0.0))
+    plain = np.asarray(h.overlay_image(Analysis(result={**result, "is_fracture": False}, gray=gray, cam=cam,
+                                                scale=0.5), 0.0))
+    red = (shown[..., 0] > 200) & (shown[..., 1] < 100)
+    assert red[10:41, 20].all() and red[10, 20:61].all()  # the box's left and top edges, at half scale
+    assert not red[50:, 70:].any()  # nothing far outside it
+    assert not ((plain[..., 0] > 200) & (plain[..., 1] < 100)).any()
+
+
+def test_committed_examples_are_offered_and_attributed():
+    """A fresh clone has example X-rays (FracAtlas test split, CC BY 4.0) with their attribution."""
+    from app.__main__ import DEFAULT_EXAMPLES
+
+    ex = find_examples(DEFAULT_EXAMPLES)
+    assert len(ex) == 3 and all(Path(p).suffix == ".png" for p, _ in ex)
+    note = (DEFAULT_EXAMPLES / "ATTRIBUTION.md").read_text()
+    assert "CC BY 4.0" in note and "10.1038/s41597-023-02432-4" in note
+    for p, _ in ex:
+        assert Path(p).name in note
