@@ -24,23 +24,27 @@ NOT_A_DEVICE = (
 )
 
 INTENDED_USE = (
-    "Research and teaching: showing how a small fracture classifier, a calibrated probability, a "
-    "recall-targeted threshold and a Grad-CAM heatmap behave on musculoskeletal radiographs."
+    "Research and teaching: showing how a fracture classifier fine-tuned from ImageNet features, a "
+    "calibrated probability, a recall-targeted threshold, a Grad-CAM heatmap and box-supervised fracture "
+    "regions behave on musculoskeletal radiographs."
 )
 
 LIMITATIONS = """\
-- Trained on a few thousand public radiographs (see Training data) of the hand, leg, hip and shoulder
-  from a small number of hospitals and machines, from random initialisation. Performance on other
-  sites, scanners, patient groups, children or other body parts is unknown and probably worse.
-- Image-level answer only: it does not localise or grade fractures. The Grad-CAM heatmap shows which
-  pixels moved the score; it is not a fracture outline and can highlight hardware, text or edges.
+- Fine-tuned from ImageNet EfficientNet-Lite0 weights on a few thousand public radiographs (see
+  Training data) of the hand, leg, hip and shoulder from a small number of hospitals and machines.
+  Performance on other sites, scanners, patient groups, children or other body parts is unknown and
+  probably worse; on the second data set it was never trained on it is close to chance (see the README).
+- The answer is per image. The red boxes come from a localisation head trained on FracAtlas's fracture
+  boxes; they mark where the model thinks a fracture is, often the right bone but not always the right
+  spot, and they are drawn only when the decision is "Fracture suspected". The Grad-CAM heatmap shows
+  which pixels moved the score; it is not a fracture outline and can highlight hardware, text or edges.
 - Subtle, non-displaced and old/healing fractures are the ones most often missed; casts, plates and
   screws confuse it (orthopaedic hardware is a shortcut: nearly all such images are fractured).
 - The threshold for a target recall comes from a finite validation set; the promise is statistical
   (see the note under the slider), not a per-patient guarantee. Precision depends on how common
   fractures are where it is used.
-- The X-ray check only flags inputs that look unlike radiographs; passing it does not make an image
-  suitable.
+- The X-ray check only flags inputs that look unlike radiographs (then no verdict is given); passing it
+  does not make an image suitable.
 """
 
 # (caption, candidate paths relative to the report folder: the first that exists is shown)

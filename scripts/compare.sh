@@ -12,7 +12,7 @@ run() {
   local tag=$1; shift
   [ -f "$out/$tag/summary.json" ] && { echo "skip $tag (done)"; return; }
   local extra=(); [ -f "$out/$tag/last.ckpt" ] && extra=(--resume)
-  python -m model.train --threads 2 --workers 0 --epochs "$epochs" --out "$out/$tag" "$@" "${extra[@]}" \
+  python -m model.train --threads 2 --workers 0 --epochs "$epochs" --weights none --loc-weight 0 --out "$out/$tag" "$@" "${extra[@]}" \
     > "$out/$tag.log" 2>&1 && echo "done $tag" || echo "FAILED $tag"
 }
 # the seeds' recipe: small plain CNN, 150 px, Adam (no weight decay) + BCE

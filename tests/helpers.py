@@ -63,3 +63,42 @@ def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+def fracatlas_tree(root: Path, n: int = 14, size=(48, 40)) -> Path:
+    """A tiny FracAtlas layout: images/{Fractured,Non_fractured}, dataset.csv, image_meta.csv (one
+    near-duplicate pair, one label conflict, one truncated file, one csv/folder disagreement) and
+    annotations/COCO_fracture_masks_512.json with a box around each fractured image's crack line."""
+    import csv
+    import json
+
+    (root / "images" / "Fractured").mkdir(parents=True)
+    (root / "images" / "Non_fractured").mkdir(parents=True)
+    rows, meta = [], []
+    for i in range(2 * n):
+        label = int(i < n)
+        name = f"IMG{i:07d}.jpg"
+        xray_like(i, bool(label), size).save(root / "images" / ("Fractured" if label else "Non_fractured") / name)
+        region = ["hand", "leg", "hip", "shoulder"][i % 4]
+        # IMG0000000's csv row disagrees with its folder (as IMG0003298 does in FracAtlas)
+        rows.append([name] + [int(region == r) for r in ("hand", "leg", "hip", "shoulder")] + [0, int(i == 1), 0, 0 if i == 0 else label, label, 1, 0, 0])
+        dup = "7" if i in (2, 3) else ("9" if i in (4, n + 4) else "")  # 9: conflicting labels
+        meta.append([name, "x", 0, 0, 0, 0, 1, "md5", int(i == 2 * n - 1), dup])
+    with open(root / "dataset.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow("image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,fracture_count,frontal,lateral,oblique".split(","))
+        w.writerows(rows)
+    w_, h_ = size
+    side = min(w_, h_) // 2
+    box = [w_ // 4, h_ // 4, side + 2, side]  # COCO x, y, width, height of xray_like's crack line
+    coco = {"images": [{"id": i, "width": w_, "height": h_, "file_name": f"IMG{i:07d}.jpg"} for i in range(n)],
+            "annotations": [{"id": i, "image_id": i, "category_id": 0, "bbox": box, "area": box[2] * box[3],
+                             "iscrowd": 0, "segmentation": []} for i in range(n)],
+            "categories": [{"id": 0, "name": "fractured"}]}
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "COCO_fracture_masks_512.json").write_text(json.dumps(coco))
+    with open(root / "image_meta.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow("image_id,folder,orig_w,orig_h,new_w,new_h,scale,orig_md5,truncated_source,dup_group".split(","))
+        w.writerows(meta)
+    return root

@@ -5,7 +5,7 @@ from PIL import ImageOps
 
 from model.data import class_of_folder, copy_base, read_root
 from model.splits import load_splits, make_split_file, summarize
-from tests.helpers import class_tree, xray_like
+from tests.helpers import class_tree, xray_like, fracatlas_tree
 
 
 @pytest.mark.parametrize(
@@ -34,32 +34,10 @@ def test_class_folder_reader(tmp_path, layout):
     assert len({s.group for s in res.samples}) == 12
 
 
-def _fracatlas_tree(root, n=14):
-    (root / "images" / "Fractured").mkdir(parents=True)
-    (root / "images" / "Non_fractured").mkdir(parents=True)
-    rows, meta = [], []
-    for i in range(2 * n):
-        label = int(i < n)
-        name = f"IMG{i:07d}.jpg"
-        xray_like(i, bool(label)).save(root / "images" / ("Fractured" if label else "Non_fractured") / name)
-        region = ["hand", "leg", "hip", "shoulder"][i % 4]
-        # IMG0000000's csv row disagrees with its folder (as IMG0003298 does in FracAtlas)
-        rows.append([name] + [int(region == r) for r in ("hand", "leg", "hip", "shoulder")] + [0, int(i == 1), 0, 0 if i == 0 else label, label, 1, 0, 0])
-        dup = "7" if i in (2, 3) else ("9" if i in (4, n + 4) else "")  # 9: conflicting labels
-        meta.append([name, "x", 0, 0, 0, 0, 1, "md5", int(i == 2 * n - 1), dup])
-    with open(root / "dataset.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow("image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,fracture_count,frontal,lateral,oblique".split(","))
-        w.writerows(rows)
-    with open(root / "image_meta.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow("image_id,folder,orig_w,orig_h,new_w,new_h,scale,orig_md5,truncated_source,dup_group".split(","))
-        w.writerows(meta)
-    return root
 
 
 def test_fracatlas_reader(tmp_path):
-    res = read_root(_fracatlas_tree(tmp_path / "fracatlas"))
+    res = read_root(fracatlas_tree(tmp_path / "fracatlas"))
     by_id = {s.image_id.split("/")[-1]: s for s in res.samples}
     assert by_id["IMG0000000.jpg"].label == 1  # the folder wins over dataset.csv
     assert by_id["IMG0000001.jpg"].regions == (0, 1, 0, 0) and by_id["IMG0000001.jpg"].flags["hardware"] == 1

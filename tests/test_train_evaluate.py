@@ -9,7 +9,7 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 from model import evaluate as ev
 from model.network import load_model
 from model.train import parse_args, train
-from tests.helpers import class_tree
+from tests.helpers import class_tree, fracatlas_tree
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     root = class_tree(tmp / "tiny", 21)
     common = ["--data", str(root), "--arch", "seedcnn", "--img-size", "32", "--batch-size", "8", "--lr", "3e-3",
               "--workers", "0", "--splits-dir", str(tmp / "splits"), "--cache-dir", str(tmp / "cache"),
-              "--out", str(tmp / "run"), "--patience", "99"]
+              "--out", str(tmp / "run"), "--patience", "99", "--weights", "none", "--loc-weight", "0"]
     first = train(parse_args(common + ["--epochs", "6", "--max-minutes", "0.0001"]))  # stops after epoch 1
     rows_1 = list(csv.DictReader(open(tmp / "run" / "log.csv")))
     summary = train(parse_args(common + ["--epochs", "6", "--resume"]))
@@ -80,3 +80,22 @@ def test_compute_metrics_on_known_predictions():
     assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)  # 8/9
     assert m["at_threshold"]["confusion_matrix"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}
     assert m["at_threshold"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_box_supervised_training_logs_localisation_and_ships_the_head(tmp_path):
+    """FracAtlas-style boxes train the localisation head; the model file carries it; args.json, not pickle."""
+    root = fracatlas_tree(tmp_path / "fracatlas", n=16, size=(64, 48))
+    out = tmp_path / "run"
+    train(parse_args(["--data", str(root), "--arch", "seedcnn", "--weights", "none", "--img-size", "32",
+                      "--batch-size", "8", "--epochs", "2", "--workers", "0", "--loc-weight", "1",
+                      "--splits-dir", str(tmp_path / "splits"), "--cache-dir", str(tmp_path / "cache"),
+                      "--out", str(out)]))
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert len(rows) == 2 and all(0.0 <= float(r["val_point"]) <= 1.0 for r in rows)
+    assert json.loads((out / "args.json").read_text())["loc_weight"] == 1.0
+    assert "args" not in torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    model, meta = load_model(out / "best.pt")
+    assert meta["loc_head"] is True and meta["cam_layer"] == "backbone.features.3"
+    with torch.no_grad():
+        _, heat = model.forward_maps(torch.zeros(1, 3, 32, 32))
+    assert heat.shape == (1, 4, 4)  # the stride-8 feature grid of a 32 px input

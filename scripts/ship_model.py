@@ -1,0 +1,49 @@
+"""Turn a training run's best.pt into the shipped model file.
+
+    python scripts/ship_model.py runs/screen/lite0-320-box --out assets/model.pt
+
+Reads the run's log.csv at its best epoch (by validation AUROC) and switches horizontal-flip test-time
+augmentation on in the model file's metadata (meta["tta"]) only if it raised the VALIDATION AUROC at
+that epoch; records the run's training minutes. The weights are copied unchanged (fp16). The test split
+is not read. Afterwards refit what depends on the model file's hash: scripts/make_reports.sh --refit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="training run folder (best.pt, log.csv)")
+    ap.add_argument("--out", default="assets/model.pt")
+    args = ap.parse_args(argv)
+    run = Path(args.run)
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    best = max(rows, key=lambda r: float(r["val_auroc"]))
+    blob = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    if int(meta["val_metrics"]["epoch"]) != int(best["epoch"]):
+        raise SystemExit(f"{run}/best.pt is from epoch {meta['val_metrics']['epoch']}, log.csv's best is {best['epoch']}")
+    plain, tta = float(best["val_auroc"]), float(best.get("val_auroc_tta") or 0.0)
+    meta["tta"] = tta > plain
+    meta["val_metrics"] = {**meta["val_metrics"], "auroc_tta": tta, "tta_rule": "flip TTA on iff it raised the "
+                           "validation AUROC at the best epoch"}
+    meta["training"] = {**meta["training"], "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
+                        "epochs_run": len(rows)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, args.out)
+    out = {"out": args.out, "epoch": int(best["epoch"]), "val_auroc": plain, "val_auroc_tta": tta,
+           "tta": meta["tta"], "size_mb": round(Path(args.out).stat().st_size / 1e6, 2)}
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
