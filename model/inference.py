@@ -93,7 +93,7 @@ class Predictor:
     """
 
     def __init__(self, model_path="assets/model.pt", calibration_path="assets/calibration.json",
-                 xray_path="assets/xray_check.npz", device="cpu"):
+                 xray_path="assets/xray_check.npz", device="cpu", cam_layer: str | None = None):
         import logging
         import threading
         from pathlib import Path
@@ -110,7 +110,7 @@ class Predictor:
         self.model_sha256 = file_sha256(model_path)
         self.region_names = list(self.meta.get("region_names", []))
         self.cam_methods = list(CAM_METHODS)
-        self.engine = CamEngine(self.model, self.meta)
+        self.engine = CamEngine(self.model, self.meta, layer=cam_layer)  # cam_layer: override meta's
         self._lock = threading.Lock()
         self.calibration = None
         self.calibration_note = NO_CALIBRATION_NOTE

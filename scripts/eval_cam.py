@@ -46,7 +46,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def boxed_test_images(root: Path, splits_dir: Path) -> list[tuple[Path, list[list[float]]]]:
+def boxed_test_images(root: Path, splits_dir: Path, split: str = "test") -> list[tuple[Path, list[list[float]]]]:
     import pandas as pd
 
     coco = json.loads((root / "annotations" / "COCO_fracture_masks_512.json").read_text())
@@ -55,7 +55,7 @@ def boxed_test_images(root: Path, splits_dir: Path) -> list[tuple[Path, list[lis
     for a in coco["annotations"]:
         boxes.setdefault(by_id[a["image_id"]], []).append([float(v) for v in a["bbox"]])
     df = pd.read_csv(splits_dir / f"{root.resolve().name}.csv")
-    test = df[(df.split == "test") & (df.label == 1)]
+    test = df[(df.split == split) & (df.label == 1)]
     out = []
     for image_id in sorted(test.image_id.astype(str)):
         name = Path(image_id).name
@@ -160,7 +160,7 @@ def random_model_file(meta: dict, path: Path, seed: int = 0) -> Path:
     from model.network import FractureNet, save_model
 
     torch.manual_seed(seed)
-    net = FractureNet(meta["arch"], n_regions=len(meta["region_names"])).eval()
+    net = FractureNet(meta["arch"], n_regions=len(meta["region_names"]), loc_head=bool(meta.get("loc_head"))).eval()
     save_model(path, net, {**meta, "init": "random (untrained sanity check)"})
     return path
 
@@ -219,6 +219,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--road-percentiles", default="50")
     ap.add_argument("--memory-calls", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="test to report; val to choose (e.g. the CAM layer) without reading test")
+    ap.add_argument("--cam-layer", default=None, help="override the model file's Grad-CAM layer")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
@@ -226,13 +229,13 @@ def main(argv=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     from model.splits import file_sha256
 
-    items = boxed_test_images(Path(args.data), Path(args.splits_dir))
+    items = boxed_test_images(Path(args.data), Path(args.splits_dir), args.split)
     if args.max_images:
         items = items[: args.max_images]
     log.info("%d boxed test images", len(items))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    p = Predictor(args.model, calibration_path=None, xray_path=None)
-    meta = p.meta
+    p = Predictor(args.model, calibration_path=None, xray_path=None, cam_layer=args.cam_layer)
+    meta = {**p.meta, "cam_layer": p.engine.layer_name}
     rng = np.random.default_rng(0)
     maps: dict[str, list[np.ndarray]] = {f"{m} (trained)": [] for m in methods}
     head, top_boxes = [], []
@@ -266,7 +269,7 @@ def main(argv=None) -> dict:
             "energy_in_boxes": None, "energy_in_boxes_ci95": None,
             "images_with_a_box": int(sum(b is not None for b in top_boxes))}
     res = {"model": str(args.model), "model_sha256": file_sha256(args.model), "arch": meta["arch"],
-           "cam_layer": meta.get("cam_layer"), "data": Path(args.data).resolve().name, "split": "test",
+           "cam_layer": meta.get("cam_layer"), "data": Path(args.data).resolve().name, "split": args.split,
            "n_images": len(items), "tolerance_px": TOL, "localisation": loc,
            "mean_box_area_fraction": round(float(np.mean([localisation(m, b)["area"] for m, (_, b) in
                                                           zip(maps["centre Gaussian (baseline)"], items)])), 4)}

@@ -2,7 +2,9 @@
 # Regenerate the committed reports under assets/ from the shipped model. The evaluations take a few
 # minutes on 2 cores; the X-ray check, Grad-CAM and benchmark steps 10-20 minutes more; refitting the
 # calibration and the X-ray gate (the files the app loads) only with --refit.
-# The architecture screen (hours) is separate: scripts/compare.sh, compare_eval.sh, compare_table.py.
+# The screens (hours) are separate: scripts/screen_pretrained.sh (the shipped model's), compare.sh
+# (random initialisation), compare_eval.sh, compare_table.py. training_curves.png / training_log.csv
+# are the shipped run's curves.png / log.csv.
 # usage: scripts/make_reports.sh [FRACATLAS_DIR] [MULTIREGION_DIR] [--refit]
 set -euo pipefail
 fa=${1:-../shared/data/fracatlas}; mr=${2:-../shared/data/multiregion}; refit=${3:-}
@@ -15,6 +17,7 @@ python -m model.evaluate --model $m --data "$fa" --split val  --out assets/repor
 python -m model.evaluate --model $m --data "$fa" --split test --out assets/report/test
 python -m model.evaluate --model $m --data "$mr" --split test --out assets/report/multiregion_test
 python -m calibration.report --model $m --data "$fa" --split test --out assets/report/calibration
+python scripts/compare_calibrators.py --model $m --data "$fa"
 python scripts/dev_xray_check.py --model $m --data "$fa" --data "$mr"
 python scripts/eval_xray_check.py --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \
   --out assets/report/xray_check

@@ -21,6 +21,7 @@ from app.serve import running_app
 from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, synthetic_xray
 
 CHROMIUM = "/usr/bin/chromium"
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed"),
@@ -96,8 +97,9 @@ def _move_slider(page, elem_id: str, key: str, steps: int) -> None:
 def test_upload_decision_heatmap_slider(server, browser, tmp_path):
     from playwright.sync_api import expect
 
-    png = tmp_path / "synthetic_xray.png"
-    synthetic_xray(560, 720, seed=11).save(png)
+    # a committed example (FracAtlas test split, CC BY 4.0): the README screenshot shows a real radiograph
+    png = tmp_path / "hand.png"
+    png.write_bytes((EXAMPLES / "fracatlas_IMG0000156_fractured_hand.png").read_bytes())
     with local_page(browser, server, viewport={"width": 1360, "height": 1000}) as page:
         expect(page.locator("#banner")).to_contain_text("not a medical device", timeout=30000)
         before = _threshold(page.locator("#oppoint").inner_text())
@@ -114,6 +116,8 @@ def test_upload_decision_heatmap_slider(server, browser, tmp_path):
         expect(page.locator("#input_view img").first).to_be_visible()
         expect(page.locator("#region .output-class")).not_to_be_empty()
         expect(page.locator("#oppoint")).to_contain_text("Calibrated probability")
+        expect(page.locator("#oppoint")).to_contain_text("the threshold")
+        expect(page.locator("#cam_note")).to_contain_text("Grad-CAM")
         assert _threshold(page.locator("#oppoint").inner_text()) == pytest.approx(before, abs=1e-3)
         expect(page.locator("#warning .fl-warning")).to_have_count(0)  # a radiograph-like image
 
@@ -153,10 +157,15 @@ def test_non_xray_shows_the_warning(server, browser, tmp_path):
     with local_page(browser, server) as page:
         page.locator("#xray input[type=file]").set_input_files(str(photo))
         warning = page.locator("#warning .fl-warning")
-        expect(warning).to_contain_text("This does not look like an X-ray; the result is not meaningful",
-                                        timeout=30000)
+        expect(warning).to_contain_text("Not assessed: this does not look like a radiograph", timeout=30000)
         expect(warning).to_contain_text("Reason:")
         expect(warning).to_be_visible()
+        # no verdict and no probability until the user asks for it
+        expect(page.locator("#pred .output-class")).to_have_text("Not assessed")
+        expect(page.locator("#pred")).not_to_contain_text("Fracture probability")
+        page.locator("#reveal input[type=checkbox]").check()
+        expect(page.locator("#pred")).to_contain_text("not meaningful", timeout=10000)
+        expect(page.locator("#pred .output-class")).to_have_text("Not assessed")
 
 
 def test_unreadable_file_shows_a_clear_message(server, browser, tmp_path):

@@ -25,6 +25,12 @@ def test_shipped_model_predicts_and_records_its_training():
     for key in ("arch", "img_size", "mean", "std", "class_names", "region_names", "cam_layer", "val_metrics"):
         assert key in meta
     assert meta["class_names"] == ["not fractured", "fractured"]
+    # the architecture's facts travel in the file and agree with the one table in model/network.py
+    from model.network import arch_spec
+
+    spec = arch_spec(meta["arch"])
+    assert meta["cam_layer"] == spec.cam_layer and (meta["mean"], meta["std"]) == (spec.mean, spec.std)
+    assert meta["init"] == "imagenet" and meta["loc_head"] is True and isinstance(meta["tta"], bool)
     assert meta["region_names"] == ["hand", "leg", "hip", "shoulder"]
     # the split file the model was trained with is the committed one
     root = MODEL.parent.parent

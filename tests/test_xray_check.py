@@ -178,4 +178,5 @@ def test_shipped_gate_on_real_xrays_and_photos(shared_data):
     for name, img in natural_images().items():
         r = p.predict(img, cam_method=None)
         assert not r["is_xray"], name
-        assert np.isfinite(r["probability"])  # the fracture probability is still computed
+        assert r["decision"] == "Not assessed" and r["probability"] is None  # no verdict on a photo
+        assert np.isfinite(p.predict(img, cam_method=None, reveal=True)["probability"])  # computed, withheld
