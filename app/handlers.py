@@ -36,12 +36,17 @@ NO_FILE_MESSAGE = "Upload an X-ray (PNG, JPEG or DICOM) to analyse it."
 API_KEYS = (
     "probability", "decision", "is_fracture", "threshold", "target_recall", "expected_specificity",
     "expected_precision", "recall_lower_bound", "achievable", "operating_note", "is_xray", "xray_score",
-    "reason", "region", "regions", "raw_probability", "image_size", "cam_peak", "boxes",
+    "reason", "region", "regions", "raw_probability", "image_size", "cam_peak", "loc_peak", "boxes",
 )
+MAP_LOCALISATION = "Fracture map (localisation head)"
+MAP_GRADCAM = "Grad-CAM (what raised the score)"
+MAP_CHOICES = (MAP_LOCALISATION, MAP_GRADCAM)
 HEATMAP_NOTE = (
-    "Colours: Grad-CAM, the image areas that pushed the fracture score up (red = most). Red boxes: regions "
-    "the localisation head marks as fracture, drawn when the decision is \"Fracture suspected\", with their "
-    "probability. Neither is a diagnosis; the maps can point at the wrong place."
+    "**Fracture map**: the localisation head's probability that each area holds a fracture (trained on "
+    "FracAtlas's fracture boxes; red = likely). **Grad-CAM**: the areas that pushed the image's fracture "
+    "score up, relative to the rest of the image. Red boxes: the fracture map's regions, drawn when the "
+    "decision is \"Fracture suspected\", with their probability. Neither is a diagnosis; both can point "
+    "at the wrong place."
 )
 
 
@@ -58,6 +63,7 @@ class Analysis:
     gray: Image.Image
     cam: np.ndarray | None  # uint8 0..255 (1 byte a pixel: sessions stay small)
     scale: float = 1.0  # display size / original size (the boxes are in original pixels)
+    loc: np.ndarray | None = None  # localisation-head probability map, uint8 0..255 = 0..1
 
 
 def _plain(v: Any) -> Any:
@@ -297,8 +303,11 @@ class Handlers:
     def error_html(message: str) -> str:
         return f'<div class="fl-error" role="alert">{html.escape(message)}</div>'
 
-    def overlay_image(self, state: Analysis | None, opacity: Any = DEFAULT_OPACITY) -> Image.Image | None:
-        if state is None or state.cam is None:
+    def overlay_image(self, state: Analysis | None, opacity: Any = DEFAULT_OPACITY,
+                      kind: str = MAP_LOCALISATION) -> Image.Image | None:
+        """The chosen map over the X-ray (the fracture map when the model has a localisation head and
+        it is chosen, else Grad-CAM), with the boxes when a fracture is suspected."""
+        if state is None or (state.cam is None and state.loc is None):
             return None
         from model.gradcam import overlay
 
@@ -308,8 +317,9 @@ class Handlers:
             a = DEFAULT_OPACITY
         from model.gradcam import draw_boxes
 
-        cam = state.cam.astype(np.float32) / 255.0 if state.cam.dtype == np.uint8 else state.cam
-        img = overlay(state.gray, cam, alpha=min(max(a, 0.0), 1.0))
+        chosen = state.loc if (kind != MAP_GRADCAM and state.loc is not None) or state.cam is None else state.cam
+        m = chosen.astype(np.float32) / 255.0 if chosen.dtype == np.uint8 else chosen
+        img = overlay(state.gray, m, alpha=min(max(a, 0.0), 1.0), outline=chosen is state.cam)
         boxes = state.result.get("boxes") or []
         if state.result.get("is_fracture") and boxes:
             img = draw_boxes(img, [[v * state.scale for v in b[:4]] + list(b[4:]) for b in boxes])
@@ -327,7 +337,8 @@ class Handlers:
     # ------------------------------------------------------------------------------------------
     # events
 
-    def analyze(self, file: Any, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY) -> dict:
+    def analyze(self, file: Any, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
+                kind: str = MAP_LOCALISATION) -> dict:
         """Upload -> one network pass (+ Grad-CAM). Returns a dict of component values."""
         target = self._target(target_recall)
         empty = {
@@ -341,10 +352,11 @@ class Handlers:
             msg = str(exc)
             return {**empty, "status": self.error_html(msg) if file is not None else "", "message": msg}
         gray, cam = _fit(res["gray"], res.get("cam"), self.display_max)
-        if cam is not None:
-            cam = np.clip(np.rint(np.asarray(cam, np.float32) * 255), 0, 255).astype(np.uint8)
+        _, loc = _fit(res["gray"], res.get("loc_map"), self.display_max)
+        cam, loc = (None if m is None else np.clip(np.rint(np.asarray(m, np.float32) * 255), 0, 255).astype(np.uint8)
+                    for m in (cam, loc))
         result = {k: v for k, v in res.items() if k not in ("gray", "cam", "loc_map")}
-        state = Analysis(result=_plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["gray"].size[0])
+        state = Analysis(result=_plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["gray"].size[0], loc=loc)
         return {
             "state": state,
             "status": "",
@@ -352,14 +364,14 @@ class Handlers:
             "label": self.label_value(state.result),
             "regions": state.result.get("regions") or None,
             "image": gray,
-            "overlay": self.overlay_image(state, opacity),
+            "overlay": self.overlay_image(state, opacity, kind),
             "warning": self.warning_html(state.result),
             "operating": self.operating_markdown(target, state.result),
             "json": self.api_json(state.result),
         }
 
     def redecide(self, state: Analysis | None, target_recall: Any, reveal: Any = False,
-                 opacity: Any = DEFAULT_OPACITY) -> dict:
+                 opacity: Any = DEFAULT_OPACITY, kind: str = MAP_LOCALISATION) -> dict:
         """Slider moved (or the withheld result revealed): re-decide from the cached probability; no
         network call. The overlay is redrawn because the boxes follow the decision."""
         target = self._target(target_recall)
@@ -368,10 +380,10 @@ class Handlers:
                     "overlay": None}
         d = self.p.decide(float(state.result["probability"]), target, is_xray=bool(state.result.get("is_xray", True)))
         result = {**state.result, **_plain(d)}
-        new = Analysis(result=result, gray=state.gray, cam=state.cam, scale=state.scale)
+        new = Analysis(result=result, gray=state.gray, cam=state.cam, scale=state.scale, loc=state.loc)
         return {"state": new, "label": self.label_value(result, reveal=bool(reveal)),
                 "operating": self.operating_markdown(target, result), "json": self.api_json(result),
-                "overlay": self.overlay_image(new, opacity)}
+                "overlay": self.overlay_image(new, opacity, kind)}
 
     def predict_api(self, file: Any, target_recall: Any = None) -> dict:
         """The /predict endpoint: file + target recall -> JSON (with cam_peak and boxes). Raises InputProblem."""

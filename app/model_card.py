@@ -192,8 +192,12 @@ def model_card_markdown(meta: dict, report_dir: Path = REPORT_DIR, model_sha256:
         "### Model",
         f"- Architecture: `{meta.get('arch', 'n/a')}` at {meta.get('img_size', 'n/a')} px "
         f"(grayscale, letterboxed), initialisation: {meta.get('init', 'n/a')}",
-        f"- Outputs: a fracture probability (temperature-calibrated on the validation split) and the body "
-        f"region ({', '.join(meta.get('region_names') or []) or 'n/a'})",
+        f"- Outputs: a fracture probability (temperature-calibrated on the validation split), the body "
+        f"region ({', '.join(meta.get('region_names') or []) or 'n/a'})"
+        + (", and fracture regions (boxes) from a localisation head trained on FracAtlas's fracture boxes"
+           if meta.get("loc_head") else "")
+        + ("; each image is also scored mirrored and the two averaged (chosen on validation)"
+           if meta.get("tta") else ""),
         "### Training data",
         f"- Data sets: {names} (FracAtlas: public musculoskeletal radiographs labelled fractured / not "
         "fractured, with body-region tags)" if "fracatlas" in names.lower() else f"- Data sets: {names}",

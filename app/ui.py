@@ -10,6 +10,9 @@ import gradio as gr
 from app.handlers import (
     DEFAULT_OPACITY,
     HEATMAP_NOTE,
+    MAP_CHOICES,
+    MAP_GRADCAM,
+    MAP_LOCALISATION,
     NO_FILE_MESSAGE,
     RECALL_MAX,
     RECALL_MIN,
@@ -134,6 +137,10 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                            label="Target recall (sensitivity)", elem_id="recall",
                                            info="Share of fractures the threshold is chosen to catch")
                         operating = gr.Markdown(h.operating_markdown(default_target), elem_id="oppoint")
+                        has_loc = bool(meta.get("loc_head"))
+                        mapkind = gr.Radio(list(MAP_CHOICES) if has_loc else [MAP_GRADCAM],
+                                           value=MAP_LOCALISATION if has_loc else MAP_GRADCAM,
+                                           label="Heatmap", elem_id="mapkind")
                         opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05,
                                             label="Heatmap opacity", elem_id="opacity")
                         if examples:
@@ -154,7 +161,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                              interactive=False, type="pil", format="png", height=460,
                                              buttons=["fullscreen"])
                             with gr.Column():
-                                overlay = gr.Image(label="Grad-CAM heatmap and fracture boxes", elem_id="cam",
+                                overlay = gr.Image(label="Heatmap and fracture boxes", elem_id="cam",
                                                    interactive=False, type="pil", format="png", height=460,
                                                    buttons=["fullscreen"])
                                 gr.Markdown(HEATMAP_NOTE, elem_id="cam_note")
@@ -184,20 +191,20 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
 
         analysis_outputs = [state, status, pred, regions, image, overlay, warning, reveal, operating, details]
 
-        def on_file(file, target, alpha):
-            v = h.analyze(file, target, alpha)
+        def on_file(file, target, alpha, kind):
+            v = h.analyze(file, target, alpha, kind)
             if v["message"] and file is not None:
                 gr.Warning(v["message"])
             return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
                     v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
                     gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
 
-        def on_recall(st, target, show, alpha):
-            v = h.redecide(st, target, show, alpha)
+        def on_recall(st, target, show, alpha, kind):
+            v = h.redecide(st, target, show, alpha, kind)
             return v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"]
 
-        def on_opacity(st, alpha):
-            return h.overlay_image(st, alpha)
+        def on_opacity(st, alpha, kind):
+            return h.overlay_image(st, alpha, kind)
 
         def predict(file, target_recall):
             """X-ray file + target recall -> JSON: probability, decision, threshold, expected
@@ -212,16 +219,18 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                 raise gr.Error(str(exc)) from None
 
         # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
-        xray.change(on_file, [xray, recall, opacity], analysis_outputs, api_visibility="private",
+        xray.change(on_file, [xray, recall, opacity, mapkind], analysis_outputs, api_visibility="private",
                     concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(
-            on_recall, [state, recall, reveal, opacity], [state, pred, operating, details, overlay],
+            on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
             api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        recall.change(on_recall, [state, recall, reveal, opacity], [state, pred, operating, details, overlay],
+        recall.change(on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
                       api_name="redecide", api_visibility="undocumented", trigger_mode="always_last",
                       show_progress="hidden", concurrency_limit=None)
-        reveal.change(on_recall, [state, recall, reveal, opacity], [state, pred, operating, details, overlay],
+        reveal.change(on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
                       api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        opacity.change(on_opacity, [state, opacity], overlay, api_visibility="private",
+        mapkind.change(on_opacity, [state, opacity, mapkind], overlay, api_visibility="private",
+                       show_progress="hidden", concurrency_limit=None)
+        opacity.change(on_opacity, [state, opacity, mapkind], overlay, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
         # The JSON API: a hidden trigger using the visible file and slider components as its inputs.
         api_trigger = gr.Button(visible=False)

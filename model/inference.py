@@ -176,7 +176,8 @@ class Predictor:
         For an image that fails the X-ray check the decision is "Not assessed" and the probabilities
         are withheld (None) unless reveal=True. cam_peak: [x, y] of the Grad-CAM's maximum in the
         image's pixels; boxes: the localisation head's [[x0, y0, x1, y1, score], ...] (most
-        confident first; [] without a head or below BOX_MIN_SCORE)."""
+        confident first; [] without a head or below BOX_MIN_SCORE); loc_peak: [x, y] of the localisation
+        head's map maximum (None without a head)."""
         from model.boxes import heat_to_boxes
         from model.gradcam import method_name, to_original
         from model.preprocess import decode_image, letterbox
@@ -206,6 +207,7 @@ class Predictor:
         loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
         boxes = [] if loc_map is None else heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE)
         shown = check["is_xray"] or reveal
+        loc_original = None if loc_map is None else to_original(loc_map, lb, normalise=False)
         res = {
             "probability": prob if shown else None,
             "raw_probability": float(sigmoid(logit)) if shown else None,
@@ -220,8 +222,9 @@ class Predictor:
             "cam": cam,
             "cam_method": cam_method,
             "cam_peak": peak_xy(cam),
+            "loc_peak": peak_xy(loc_original),
             "boxes": boxes if shown else [],
-            "loc_map": None if loc_map is None else to_original(loc_map, lb, normalise=False),
+            "loc_map": loc_original,
             "gray": gray,
         }
         return res

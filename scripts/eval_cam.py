@@ -232,7 +232,7 @@ def main(argv=None) -> dict:
     items = boxed_test_images(Path(args.data), Path(args.splits_dir), args.split)
     if args.max_images:
         items = items[: args.max_images]
-    log.info("%d boxed test images", len(items))
+    log.info("%d boxed %s images", len(items), args.split)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     p = Predictor(args.model, calibration_path=None, xray_path=None, cam_layer=args.cam_layer)
     meta = {**p.meta, "cam_layer": p.engine.layer_name}

@@ -4,7 +4,8 @@
 
 Reads the run's log.csv at its best epoch (by validation AUROC) and switches horizontal-flip test-time
 augmentation on in the model file's metadata (meta["tta"]) only if it raised the VALIDATION AUROC at
-that epoch; records the run's training minutes. The weights are copied unchanged (fp16). The test split
+that epoch; records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
+validation: python scripts/eval_cam.py --split val --cam-layer NAME ...). The weights are copied unchanged (fp16). The test split
 is not read. Afterwards refit what depends on the model file's hash: scripts/make_reports.sh --refit.
 """
 
@@ -23,6 +24,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="training run folder (best.pt, log.csv)")
     ap.add_argument("--out", default="assets/model.pt")
+    ap.add_argument("--cam-layer", default=None, help="Grad-CAM layer to record (default: the run's)")
     args = ap.parse_args(argv)
     run = Path(args.run)
     rows = list(csv.DictReader(open(run / "log.csv")))
@@ -33,6 +35,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{run}/best.pt is from epoch {meta['val_metrics']['epoch']}, log.csv's best is {best['epoch']}")
     plain, tta = float(best["val_auroc"]), float(best.get("val_auroc_tta") or 0.0)
     meta["tta"] = tta > plain
+    if args.cam_layer:
+        meta["cam_layer"] = args.cam_layer  # the Predictor refuses to start if the layer does not exist
     meta["val_metrics"] = {**meta["val_metrics"], "auroc_tta": tta, "tta_rule": "flip TTA on iff it raised the "
                            "validation AUROC at the best epoch"}
     meta["training"] = {**meta["training"], "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),

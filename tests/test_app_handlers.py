@@ -127,10 +127,11 @@ def _check_ok(v: dict, h: Handlers) -> None:
     assert v["label"]["label"] == r["decision"]
     assert v["label"]["confidences"][0]["confidence"] == pytest.approx(r["probability"])
     assert isinstance(v["image"], Image.Image)
-    if cam:
+    if cam or v["state"].loc is not None:  # Grad-CAM, or the localisation head's map (no CAM needed)
         assert isinstance(v["overlay"], Image.Image) and v["overlay"].size == v["image"].size
     else:
         assert v["overlay"] is None
+    assert (v["state"].loc is not None) == bool(h.p.meta.get("loc_head"))
     assert max(v["image"].size) <= h.display_max
     assert f"{r['threshold']:.3f}" in v["operating"] and "Threshold in force" in v["operating"]
     assert set(v["json"]) == set(API_KEYS)
@@ -421,3 +422,20 @@ def test_committed_examples_are_offered_and_attributed():
     assert "CC BY 4.0" in note and "10.1038/s41597-023-02432-4" in note
     for p, _ in ex:
         assert Path(p).name in note
+
+
+def test_map_choice_switches_between_the_fracture_map_and_grad_cam(handlers, uploads):
+    """The overlay shows the localisation head's map by default and Grad-CAM on request (no new analysis)."""
+    from app.handlers import MAP_GRADCAM, MAP_LOCALISATION
+
+    v = handlers.analyze(str(_save(synthetic_xray(), uploads / "m.png")), 0.95)
+    st = v["state"]
+    if st.loc is None:
+        pytest.skip("the model under test has no localisation head")
+    calls = handlers.p.predict_calls
+    loc_img = np.asarray(handlers.overlay_image(st, 0.4, MAP_LOCALISATION), np.float32)
+    cam_img = np.asarray(handlers.overlay_image(st, 0.4, MAP_GRADCAM), np.float32)
+    assert np.array_equal(loc_img, np.asarray(v["overlay"], np.float32))
+    assert np.abs(loc_img - cam_img).mean() > 1.0
+    assert handlers.p.predict_calls == calls
+    assert v["json"]["loc_peak"] is not None and v["json"]["cam_peak"] is not None
