@@ -309,7 +309,7 @@ def main(argv=None) -> dict:
     ratios = {k: np.array([r[3]["xray_ratios"].get(k, np.nan) for r in rows]) for k in keys}
     groups = sorted({r[1] for r in rows})
     m = {
-        "model": args.model, "model_sha256": sha, "gate": args.gate, "gate_matches_model": gate.use_features,
+        "model": args.model, "model_sha256": sha, "gate": args.gate, "gate_matches_model": gate.model_sha256 == sha,
         "gate_threshold": gate.threshold, "colour_limit": gate.colour_limit,
         "n_xray": int(y.sum()), "n_non_xray": int((1 - y).sum()),
         "auroc": round(float(roc_auc_score(y, score)), 4),
