@@ -238,11 +238,17 @@ def draw_boxes(img: Image.Image, boxes, colour=(255, 64, 64)) -> Image.Image:
     out = img.convert("RGB")
     if not boxes:
         return out
+    from PIL import ImageFont
+
     draw = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(out.size) / 40)))
     for b in boxes:
         x0, y0, x1, y1 = (float(v) for v in b[:4])
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
-        if len(b) > 4:
-            draw.text((x0 + width, max(0.0, y0 - 12 - width)), f"{100 * float(b[4]):.0f}%", fill=colour)
+        if len(b) > 4:  # the score above the box (inside it when the box touches the top edge)
+            label = f"{100 * float(b[4]):.0f}%"
+            th = draw.textbbox((0, 0), label, font=font)[3]
+            ty = y0 - th - 2 * width if y0 - th - 2 * width >= 0 else y0 + width
+            draw.text((x0 + width, ty), label, fill=colour, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
     return out

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from app.handlers import MAP_LOCALISATION  # noqa: E402
 from app.serve import running_app  # noqa: E402
 
 
@@ -150,7 +151,8 @@ def main() -> None:
             redecide_rt = []
             for i in range(20):
                 t0 = time.perf_counter()
-                client.predict(0.80 + 0.01 * i, api_name="/redecide")
+                # (target recall, reveal withheld result, heatmap opacity, heatmap kind), as the page sends them
+                client.predict(0.80 + 0.01 * i, False, 0.4, MAP_LOCALISATION, api_name="/redecide")
                 redecide_rt.append((time.perf_counter() - t0) * 1000)
             browser = bench_browser(url, image, moves=20)
         handler = bench_handler(args.model, args.calibration, args.xray_check, image, n=500)
