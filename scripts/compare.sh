@@ -7,14 +7,8 @@
 set -u
 fa=${1:?fracatlas dir}; mr=${2:?multiregion dir}; out=${3:-runs/compare}; epochs=${4:-6}
 mkdir -p "$out"
-export OMP_WAIT_POLICY=PASSIVE
-run() {
-  local tag=$1; shift
-  [ -f "$out/$tag/summary.json" ] && { echo "skip $tag (done)"; return; }
-  local extra=(); [ -f "$out/$tag/last.ckpt" ] && extra=(--resume)
-  python -m model.train --threads 2 --workers 0 --epochs "$epochs" --weights none --loc-weight 0 --out "$out/$tag" "$@" "${extra[@]}" \
-    > "$out/$tag.log" 2>&1 && echo "done $tag" || echo "FAILED $tag"
-}
+base=(--workers 0 --weights none --loc-weight 0 --lr 2e-3)
+. "$(dirname "$0")/screen_rows.sh"
 # the seeds' recipe: small plain CNN, 150 px, Adam (no weight decay) + BCE
 run seedcnn-150 --data "$fa" --arch seedcnn --img-size 150 --lr 1e-3 --weight-decay 0
 run mobilenet_v3_large-224 --data "$fa" --arch mobilenet_v3_large --img-size 224

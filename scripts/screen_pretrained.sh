@@ -8,14 +8,8 @@
 set -u
 fa=${1:?fracatlas dir}; out=${2:-runs/screen}; epochs=${3:-6}
 mkdir -p "$out"
-export OMP_WAIT_POLICY=PASSIVE
-run() {
-  local tag=$1; shift
-  [ -f "$out/$tag/summary.json" ] && { echo "skip $tag (done)"; return; }
-  local extra=(); [ -f "$out/$tag/last.ckpt" ] && extra=(--resume)
-  python -m model.train --threads 2 --epochs "$epochs" --out "$out/$tag" --data "$fa" --weights imagenet \
-    --lr 1e-3 --batch-size 32 "$@" "${extra[@]}" > "$out/$tag.log" 2>&1 && echo "done $tag" || echo "FAILED $tag"
-}
+base=(--data "$fa" --weights imagenet --lr 1e-3 --batch-size 32)
+. "$(dirname "$0")/screen_rows.sh"
 run lite0-320-box --arch tf_efficientnet_lite0 --img-size 320 --loc-weight 1
 run lite0-320 --arch tf_efficientnet_lite0 --img-size 320 --loc-weight 0
 # Rows the issue also asks for, not run yet (each 45-70 minutes on this CPU; see README):
