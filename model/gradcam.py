@@ -186,6 +186,17 @@ class CamEngine:
         return CamOutput(logits=logits, features=feats, cam_square=cam_sq, heat=heat)
 
 
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """A plain forward pass (no CAM) of (N, 3, S, S) inputs -> (N, 1 + R) logits; whatever the CAM
+        hooks record during it is cleared (used for the mirrored copy of test-time augmentation)."""
+        with self._lock:
+            try:
+                with torch.inference_mode():
+                    return self.model(x).float().cpu().numpy()
+            finally:
+                self._clear()
+
+
 FractureCAM = CamEngine  # alias
 
 

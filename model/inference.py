@@ -192,8 +192,7 @@ class Predictor:
             out = self.engine.run(x, cam_method)  # the taps' hooks record the same forward pass
             taps = self.taps.collect()
             if self.meta.get("tta"):  # the mirrored image too (the model file says whether it was chosen)
-                with torch.inference_mode():
-                    mirrored = self.model(torch.flip(x, dims=[-1])[None]).float().cpu().numpy()
+                mirrored = self.engine.logits(torch.flip(x, dims=[-1])[None])
         feats = np.concatenate([out.features, taps], axis=1) if taps.size else out.features
         logits = out.logits[0]
         if self.meta.get("tta"):

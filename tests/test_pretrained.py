@@ -229,3 +229,32 @@ def test_cli_json_has_cam_peak_and_boxes(loc_model_file, tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)[0]
     assert len(row["cam_peak"]) == 2 and 0 <= row["cam_peak"][0] < 90 and 0 <= row["cam_peak"][1] < 60
     assert len(row["boxes"]) == 1 and len(row["boxes"][0]) == 5
+
+
+def test_tta_model_averages_the_image_and_its_mirror(tmp_path):
+    """A model file with meta["tta"] scores each image and its horizontal mirror and averages the logits;
+    the extra forward pass leaves nothing in the CAM hooks."""
+    from model.inference import Predictor
+    from model.network import save_model
+    from model.preprocess import normalize
+    from tests.helpers import xray_like
+
+    torch.manual_seed(1)
+    net = FractureNet("seedcnn", n_regions=4).eval()
+    with torch.no_grad():
+        net.fracture_head.weight.mul_(200)  # a steep head: the mirror's small feature change shows
+    meta = {"arch": "seedcnn", "img_size": 64, "mean": 0.45, "std": 0.22, "class_names": ["nf", "f"],
+            "region_names": ["hand", "leg", "hip", "shoulder"], "cam_layer": "backbone.features.3",
+            "threshold": 0.5, "tta": True}
+    path = tmp_path / "tta.pt"
+    save_model(path, net, meta)
+    img = xray_like(3, True, size=(80, 64))
+    with Predictor(path, tmp_path / "none.json", tmp_path / "none.npz") as p:
+        r = p.predict(img, reveal=True)
+        assert all(not c.activations_and_grads.activations for c in p.engine._cams.values())
+        square, _ = letterbox(img, 64)
+        x = normalize(square, 0.45, 0.22)[None]
+        with torch.no_grad():
+            both = p.model(torch.cat([x, torch.flip(x, dims=[-1])]))[:, 0].numpy()
+        assert r["logit"] == pytest.approx(float(both.mean()), abs=1e-4)
+        assert abs(both[0] - both[1]) > 1e-4  # the mirror really scores differently
