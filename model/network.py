@@ -266,7 +266,13 @@ def save_model(path: str | Path, model: FractureNet, meta: dict, half: bool = Tr
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureNet, dict]:
     """Load a model file (fp16 or fp32 state dict) as a float32 network in eval mode."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - never pass on torch's advice to load untrusted pickles
+        raise ValueError(f"{Path(path).name} is not a FractureLens model file (not a safe torch file: "
+                         f"{type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a FractureLens model file")
     meta = blob["meta"]

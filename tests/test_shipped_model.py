@@ -46,3 +46,13 @@ def test_shipped_model_predicts_and_records_its_training():
     sq, _ = letterbox(xray_like(0, True, size=(300, 380)), meta["img_size"])
     batched = score_squares(model, sq[None], meta["mean"], meta["std"])
     assert batched[0, 0] == pytest.approx(out[0, 0].item(), abs=1e-4)
+
+
+def test_a_file_that_is_not_a_model_is_refused_without_unsafe_advice(tmp_path):
+    """torch.load's error for a non-model file suggests weights_only=False; that advice must never
+    reach the user (it means running arbitrary pickled code)."""
+    bad = tmp_path / "README.md"
+    bad.write_text("# not a model\n")
+    with pytest.raises(ValueError) as err:
+        load_model(bad)
+    assert "not a FractureLens model file" in str(err.value) and "weights_only" not in str(err.value)
