@@ -233,8 +233,11 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
         opacity.change(on_opacity, [state, opacity, mapkind], overlay, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
         # The JSON API: a hidden trigger using the visible file and slider components as its inputs.
+        # Its target is a hidden Number (not the slider): the API accepts null (= the default target)
+        # and out-of-range values get our own message instead of Gradio's slider validation.
         api_trigger = gr.Button(visible=False)
-        api_trigger.click(predict, [xray, recall], details, api_name="predict", concurrency_id="model",
+        api_target = gr.Number(value=default_target, visible=False, label="target_recall")
+        api_trigger.click(predict, [xray, api_target], details, api_name="predict", concurrency_id="model",
                           concurrency_limit=1)
 
     # Example files are copied into Gradio's cache once at build time; never delete those copies.

@@ -64,6 +64,14 @@ def test_predict_with_gradio_client(server, xray_png):
     assert low["threshold"] >= out["threshold"] >= high["threshold"]
     for r in (low, out, high):
         assert r["is_fracture"] == (r["decision"] == "Fracture suspected")
+    # no target (null) means the default operating point, not a Gradio preprocessing error
+    default = c.predict(handle_file(str(xray_png)), None, api_name="/predict")
+    assert default["target_recall"] == pytest.approx(0.95) and default["threshold"] == out["threshold"]
+    # the localisation fields are in the image's own pixels
+    x, y = out["cam_peak"]
+    assert 0 <= x < 360 and 0 <= y < 480
+    for box in out["boxes"]:
+        assert 0 <= box[0] < box[2] <= 360 and 0 <= box[1] < box[3] <= 480 and 0.2 <= box[4] <= 1
 
 
 def test_dicom_through_the_api(server, tmp_path):
@@ -84,7 +92,7 @@ def test_bad_upload_gives_the_message(server, tmp_path):
     bad.write_text("not an image")
     with pytest.raises(AppError, match="Could not read this file: the file is not an image"):
         _client(server).predict(handle_file(str(bad)), 0.95, api_name="/predict")
-    with pytest.raises(AppError, match="less than minimum value 0.8"):  # the slider's own range check
+    with pytest.raises(AppError, match="target_recall must be a number between 0.80 and 0.99"):
         _client(server).predict(handle_file(str(bad)), 0.3, api_name="/predict")
 
 
