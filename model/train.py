@@ -194,6 +194,8 @@ def train(args) -> dict:
     if args.resume:
         if not ckpt_path.is_file():
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        if not (out / "args.json").is_file():
+            raise SystemExit(f"--resume: {out} has no args.json (a run from an older version): start it again")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = json.loads((out / "args.json").read_text())
         keep = {k: getattr(args, k) for k in ("device", "workers", "threads", "max_minutes")}

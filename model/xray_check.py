@@ -12,10 +12,10 @@ Signals, each measured against the X-rays of the training split (fit) and valida
             Model-independent: it still works when the gate file belongs to another model file.
   layers / features / neighbours (opt-in, --signals): Mahalanobis distance of the channel means and
             standard deviations of early network layers (TAP_LAYERS, recorded during the prediction's own
-            forward pass), of the penultimate features, or their k-NN cosine distance. Measured with the
-            shipped model (trained from random init on X-rays only) they did not help on development
-            non-X-rays (scripts/dev_xray_check.py: statistics alone caught 94.2%, with the layers 88.5%,
-            with the penultimate features 82.7%), so the default is colour + modality + statistics.
+            forward pass), of the penultimate features, or their k-NN cosine distance. On development
+            non-X-rays they lowered the share caught, with the earlier random-init network and with the
+            ImageNet-initialised one (scripts/dev_xray_check.py ->
+            assets/report/xray_check/development.json), so the default is colour + modality + statistics.
 Each distance is divided by its own 99th percentile on the validation X-rays; the largest ratio is
 compared with a threshold set on the VALIDATION X-rays (the 99th percentile of that maximum, so at
 most 1% of them are flagged). xray_score = 1 / (1 + r^4) with r = max(ratio / threshold,
@@ -239,10 +239,8 @@ class Neighbours:
 # well: early layers describe texture and contrast, which separate photographs from radiographs better
 # than the penultimate features of a network trained only on X-rays.
 TAP_LAYERS = {name: list(spec.taps) for name, spec in ARCHS.items()}  # model/network.py's table
-# Measured on development non-X-rays that are not in the evaluation set (scripts/dev_xray_check.py:
-# photos shipped by gradio and matplotlib, an MRI, terrain maps, faces): image statistics alone AUROC
-# 0.997 / 94.2% caught; with the network's tap layers 0.995 / 88.5%, with the penultimate features
-# 0.993 / 82.7%; so the network signals are opt-in (--signals).
+# The network signals are opt-in (--signals): on development non-X-rays kept apart from the evaluation
+# set they caught fewer than the image statistics alone (assets/report/xray_check/development.json).
 DEFAULT_SIGNALS = ("stats",)
 
 
