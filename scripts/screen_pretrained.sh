@@ -12,7 +12,7 @@ base=(--data "$fa" --weights imagenet --lr 1e-3 --batch-size 32)
 . "$(dirname "$0")/screen_rows.sh"
 run lite0-320-box --arch tf_efficientnet_lite0 --img-size 320 --loc-weight 1
 run lite0-320 --arch tf_efficientnet_lite0 --img-size 320 --loc-weight 0
-# Rows the issue also asks for, not run yet (each 45-70 minutes on this CPU; see README):
+# Rows the issue also asks for, not run yet (an estimated 40-60 minutes each on this CPU; see README):
 [ "${FULL:-0}" = 1 ] && run lite0-384-box --arch tf_efficientnet_lite0 --img-size 384 --loc-weight 1
 [ "${FULL:-0}" = 1 ] && run lite2-320-box --arch tf_efficientnet_lite2 --img-size 320 --loc-weight 1
 exit 0
