@@ -54,13 +54,21 @@ def _dicom_to_array(data: bytes) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    from pydicom.pixels import pixel_array
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        arr = ds.pixel_array
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(str(ds.get("NumberOfFrames") or 1).strip() or 1)
+    except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
+        raise ImageError(f"could not read the DICOM header ({type(exc).__name__})") from None
+    if rows <= 0 or cols <= 0:
+        raise ImageError("the DICOM file holds no image (no rows/columns)")
+    _check_size(cols, rows)  # from the header, before any pixel data is decoded
+    try:  # only the middle frame of a multi-frame file is decoded
+        arr = pixel_array(ds, index=frames // 2 if frames > 1 else None)
     except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
         raise ImageError(f"could not read the DICOM pixel data ({type(exc).__name__})") from None
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):  # multi-frame: take the middle frame
-        arr = arr[arr.shape[0] // 2]
     if arr.ndim == 3:
         arr = arr[..., :3].mean(axis=-1)
         return arr.astype(np.float64)

@@ -113,3 +113,42 @@ def test_preprocess_output_and_normalisation():
     assert normalize(np.zeros((2, 8, 8), np.uint8), 0.3, 0.2).shape == (2, 3, 8, 8)
     assert normalize(np.zeros((1, 8, 8), np.uint8), 0.3, 0.2).shape == (1, 3, 8, 8)  # a batch of one
     assert normalize(np.zeros((8, 8), np.uint8), 0.3, 0.2).shape == (3, 8, 8)
+
+
+def _dicom(rows: int, cols: int, pixels: bytes, frames: int = 1) -> bytes:
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_dicom_size_is_checked_from_the_header_before_decoding():
+    """A tiny file whose header claims 12000 x 12000 pixels is refused for its size (not for its
+    missing pixel data): the check runs before any decoding."""
+    with pytest.raises(ImageError, match="12000x12000"):
+        decode_image(_dicom(12000, 12000, b"\0" * 64))
+
+
+def test_multiframe_dicom_decodes_its_middle_frame():
+    frames = [np.full((16, 20), v, np.uint8) for v in (10, 200, 90)]
+    frames[1][0, 0] = 0  # a dark pixel, so the middle frame's stretch is visible
+    img = decode_image(_dicom(16, 20, b"".join(f.tobytes() for f in frames), frames=3))
+    a = np.asarray(img)
+    assert img.size == (20, 16) and a[0, 0] == 0 and a[5, 5] == 255  # frame 1 (values 0/200) stretched
