@@ -250,9 +250,7 @@ class Handlers:
         image that failed the X-ray check the probability is withheld unless `reveal`."""
         if not result:
             return None
-        if not result.get("is_xray", True) and not reveal:
-            return {"label": result["decision"], "confidences": []}
-        if result.get("probability") is None:
+        if result.get("probability") is None or (not result.get("is_xray", True) and not reveal):
             return {"label": result["decision"], "confidences": []}
         name = PROB_LABEL if result.get("is_xray", True) else "Withheld probability (not meaningful: not an X-ray)"
         return {"label": result["decision"],

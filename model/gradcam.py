@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
 
 from model.preprocess import Letterbox, unletterbox
@@ -244,13 +244,9 @@ def overlay(gray: Image.Image, cam: np.ndarray, alpha: float = 0.4, outline: boo
 
 def draw_boxes(img: Image.Image, boxes, colour=(255, 64, 64)) -> Image.Image:
     """Draw [[x0, y0, x1, y1, score], ...] (the image's pixels) with their scores; returns a new RGB image."""
-    from PIL import ImageDraw
-
     out = img.convert("RGB")
     if not boxes:
         return out
-    from PIL import ImageFont
-
     draw = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 300))
     font = ImageFont.load_default(size=max(12, round(max(out.size) / 40)))

@@ -103,27 +103,30 @@ def localisation_point(box, boxes) -> bool:
     return any(x - TOL <= cx <= x + bw + TOL and y - TOL <= cy <= y + bh + TOL for x, y, bw, bh in boxes)
 
 
+def bootstrap_means(*columns: np.ndarray, n: int = 1000, seed: int = 0) -> list[list[float]]:
+    """Percentile 95% CI of the mean of each column, all resampled with the same image indices."""
+    rng = np.random.default_rng(seed)
+    k = len(columns[0])
+    b = np.array([[c[i].mean() for c in columns] for i in (rng.integers(0, k, k) for _ in range(n))])
+    return [[round(float(v), 4) for v in np.quantile(b[:, j], [0.025, 0.975])] for j in range(len(columns))]
+
+
 def summarise(rows: list[dict]) -> dict:
     hits = np.array([r["hit"] for r in rows], float)
     en = np.array([r["energy"] for r in rows])
-    rng = np.random.default_rng(0)
-    boots = [(hits[i].mean(), en[i].mean()) for i in (rng.integers(0, len(rows), len(rows)) for _ in range(1000))]
-    b = np.array(boots)
-    return {"n": len(rows), "pointing_game": round(float(hits.mean()), 4),
-            "pointing_game_ci95": [round(float(v), 4) for v in np.quantile(b[:, 0], [0.025, 0.975])],
-            "energy_in_boxes": round(float(en.mean()), 4),
-            "energy_in_boxes_ci95": [round(float(v), 4) for v in np.quantile(b[:, 1], [0.025, 0.975])]}
+    hit_ci, en_ci = bootstrap_means(hits, en)
+    return {"n": len(rows), "pointing_game": round(float(hits.mean()), 4), "pointing_game_ci95": hit_ci,
+            "energy_in_boxes": round(float(en.mean()), 4), "energy_in_boxes_ci95": en_ci}
 
 
 def to_square(cam: np.ndarray, size: int) -> np.ndarray:
     """An original-geometry map -> the letterboxed (size x size) square (padding = 0)."""
-    h, w = cam.shape
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    px, py = (size - nw) // 2, (size - nh) // 2
+    from model.preprocess import letterbox_geometry
+
+    lb = letterbox_geometry(cam.shape[1], cam.shape[0], size)
     out = np.zeros((size, size), np.float32)
-    out[py : py + nh, px : px + nw] = np.asarray(
-        Image.fromarray(cam.astype(np.float32), mode="F").resize((nw, nh), Image.Resampling.BILINEAR))
+    out[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = np.asarray(
+        Image.fromarray(cam.astype(np.float32), mode="F").resize((lb.new_w, lb.new_h), Image.Resampling.BILINEAR))
     return out
 
 
@@ -261,11 +264,9 @@ def main(argv=None) -> dict:
         loc[name] = summarise([localisation(m, b) for m, (_, b) in zip(ms, items)])
     if head:
         hits = np.array([b is not None and localisation_point(b, bx) for b, (_, bx) in zip(top_boxes, items)], float)
-        rng_b = np.random.default_rng(0)
-        boots = [hits[rng_b.integers(0, len(hits), len(hits))].mean() for _ in range(1000)]
         loc["localisation head: top box centre in a fracture box"] = {
             "n": len(hits), "pointing_game": round(float(hits.mean()), 4),
-            "pointing_game_ci95": [round(float(v), 4) for v in np.quantile(boots, [0.025, 0.975])],
+            "pointing_game_ci95": bootstrap_means(hits)[0],
             "energy_in_boxes": None, "energy_in_boxes_ci95": None,
             "images_with_a_box": int(sum(b is not None for b in top_boxes))}
     res = {"model": str(args.model), "model_sha256": file_sha256(args.model), "arch": meta["arch"],
