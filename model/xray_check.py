@@ -10,12 +10,17 @@ Signals, each measured against the X-rays of the training split (fit) and valida
             edge density, border vs centre, and the 10-bin local-binary-pattern texture histogram
             (radiographs are smooth shadows; photographs, print and noise have other micro-texture).
             Model-independent: it still works when the gate file belongs to another model file.
-  layers / features / neighbours (opt-in, --signals): Mahalanobis distance of the channel means and
-            standard deviations of early network layers (TAP_LAYERS, recorded during the prediction's own
-            forward pass), of the penultimate features, or their k-NN cosine distance. On development
-            non-X-rays they lowered the share caught, with the earlier random-init network and with the
-            ImageNet-initialised one (scripts/dev_xray_check.py ->
-            assets/report/xray_check/development.json), so the default is colour + modality + statistics.
+  learned   a multinomial logistic regression on [the 20 statistics | channel means and standard
+            deviations of early network layers (TAP_LAYERS, recorded during the prediction's own forward
+            pass)], fitted on training-split X-rays against the DEVELOPMENT half of
+            model.xray_negatives (CT/MR/ultrasound/nuclear-medicine renderings, photographs, graphics);
+            its distance is the odds against "X-ray", and the reason names the group a flagged image
+            resembles ("it looks like another kind of medical image (CT, MR, ultrasound, ...)" or "a
+            photograph or a drawing"); a DICOM file's reason names its Modality tag.
+  layers / features / neighbours (opt-in, --signals): Mahalanobis distance of the tap layers, of the
+            penultimate features, or their k-NN cosine distance. The signals were chosen on development
+            negatives by cross-validation grouped by source picture (scripts/dev_xray_check.py ->
+            assets/report/xray_check/development.json).
 Each distance is divided by its own 99th percentile on the validation X-rays; the largest ratio is
 compared with a threshold set on the VALIDATION X-rays (the 99th percentile of that maximum, so at
 most 1% of them are flagged). xray_score = 1 / (1 + r^4) with r = max(ratio / threshold,
@@ -42,10 +47,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from model.network import ARCHS
+from model.xray_negatives import GROUP_REASONS, KIND_GROUP
 
 log = logging.getLogger("model.xray_check")
 
-FORMAT = "fracturelens-xray-check/2"  # /2: image statistics gained the LBP texture histogram
+FORMAT = "fracturelens-xray-check/3"  # /2: the LBP texture histogram; /3: the learned signal
 DEFAULT_PATH = Path("assets/xray_check.npz")
 COLOUR_LIMIT = 0.06  # mean chroma (0..1) above which an upload counts as a colour image
 VAL_QUANTILE = 0.99  # fraction of validation X-rays that must pass (the issue: at most 1% flagged)
@@ -58,9 +64,10 @@ STAT_NAMES = ("mean", "std", "dark_frac", "bright_frac", "skew", "grad_mean", "h
 # signals
 
 def chroma(source) -> float:
-    """Mean chroma (0 = grey, 1 = fully saturated) of an upload, from a <= 256 px thumbnail.
-    DICOM and undecodable inputs count as grey (decode_image reports the real errors)."""
-    from model.preprocess import _is_dicom, on_black
+    """Mean chroma (0 = grey, 1 = fully saturated) of an upload, from a <= 256 px copy
+    (preprocess.chroma_of). DICOM and undecodable inputs count as grey (decode_image reports the
+    real errors). decode_image records the same number in its result's info["chroma"]."""
+    from model.preprocess import _is_dicom, chroma_of
 
     try:
         if isinstance(source, np.ndarray):
@@ -77,15 +84,7 @@ def chroma(source) -> float:
                 return 0.0
             img = Image.open(io.BytesIO(data))
             img.draft("RGB", (256, 256))
-        if img.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "LA"):
-            return 0.0
-        if img.mode in ("RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            img = on_black(img)
-        img = img.convert("RGB")
-        img = ImageOps.exif_transpose(img) if hasattr(img, "getexif") else img
-        img.thumbnail((256, 256))
-        a = np.asarray(img, dtype=np.float32) / 255.0
-        return float((a.max(axis=-1) - a.min(axis=-1)).mean())
+        return chroma_of(ImageOps.exif_transpose(img) if hasattr(img, "getexif") else img)
     except Exception:  # noqa: BLE001 - the decoder raises the user-facing error
         return 0.0
 
@@ -235,13 +234,65 @@ class Neighbours:
         return np.maximum(1.0 - kth.astype(np.float64), 0.0)
 
 
+class Learned:
+    """A multinomial logistic regression (scikit-learn, on standardised inputs) that tells X-rays from
+    the kinds of non-X-ray it was shown (model.xray_negatives.KINDS). Stored as plain arrays.
+
+    distance() is the odds against "X-ray", sum(p other kinds) / p(X-ray): positive, monotone, so it
+    is thresholded like the density distances. kind() names the most likely non-X-ray kind."""
+
+    def __init__(self, mean, scale, coef, intercept, classes):
+        self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        self.coef, self.intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+        self.classes = [str(c) for c in classes]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, labels, c: float = 1.0) -> "Learned":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        x = np.asarray(x, np.float64)
+        sc = StandardScaler().fit(x)
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(sc.transform(x), list(labels))
+        classes = list(lr.classes_)
+        if len(classes) == 2:  # binary: scikit-learn keeps one row; make it two (softmax-equivalent)
+            coef, icpt = np.vstack([-lr.coef_ / 2, lr.coef_ / 2]), np.r_[-lr.intercept_ / 2, lr.intercept_ / 2]
+        else:
+            coef, icpt = lr.coef_, lr.intercept_
+        return cls(sc.mean_, np.where(sc.scale_ > 0, sc.scale_, 1.0), coef, icpt, classes)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(np.asarray(x, np.float64)) - self.mean) / self.scale
+        return z @ self.coef.T + self.intercept
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        lg = self.logits(x)
+        k = self.classes.index("xray")
+        others = np.delete(lg, k, axis=1)
+        m = others.max(axis=1)
+        return np.exp(np.clip(m + np.log(np.exp(others - m[:, None]).sum(axis=1)) - lg[:, k], -50, 50))
+
+    def group(self, x: np.ndarray) -> list[str]:
+        """The most likely group of non-X-ray kinds (KIND_GROUP), from the kinds' summed probabilities."""
+        lg = self.logits(x)
+        lg[:, self.classes.index("xray")] = -np.inf
+        p = np.exp(lg - lg.max(axis=1, keepdims=True))
+        groups = sorted({KIND_GROUP.get(c, c) for c in self.classes if c != "xray"})
+        mass = np.stack([p[:, [KIND_GROUP.get(c, c) == g for c in self.classes]].sum(axis=1) for g in groups], axis=1)
+        return [groups[i] for i in mass.argmax(axis=1)]
+
+
 # Intermediate layers whose channel means and standard deviations (pooled over space) are checked as
 # well: early layers describe texture and contrast, which separate photographs from radiographs better
 # than the penultimate features of a network trained only on X-rays.
 TAP_LAYERS = {name: list(spec.taps) for name, spec in ARCHS.items()}  # model/network.py's table
-# The network signals are opt-in (--signals): on development non-X-rays kept apart from the evaluation
-# set they caught fewer than the image statistics alone (assets/report/xray_check/development.json).
-DEFAULT_SIGNALS = ("stats",)
+# Chosen on development non-X-rays kept apart from the evaluation set, by cross-validation grouped by
+# source picture (scripts/dev_xray_check.py -> assets/report/xray_check/development.json): the image
+# statistics' density plus a classifier on [statistics | tap layers]. The density signals on network
+# features alone (layers, features, neighbours) caught fewer and stay opt-in.
+DEFAULT_SIGNALS = ("stats", "learned")
+DEFAULT_LEARNED_INPUTS = "layers"
+DEFAULT_LEARNED_C = 1.0
 
 
 class Taps:
@@ -315,19 +366,35 @@ class XrayCheck:
             f = np.asarray(features, np.float64).reshape(len(stats), -1)
             for name, sig in self.signals.items():
                 if name != "stats":
-                    a, b = self.layout[name]
-                    out[name] = sig.distance(f[:, a:b])
+                    out[name] = sig.distance(self._inputs(name, f, stats))
         return out
+
+    def _inputs(self, name: str, f: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """A signal's input columns: the learned signal reads [image statistics | its feature columns]."""
+        a, b = self.layout[name]
+        return np.hstack([stats, f[:, a:b]]) if name == "learned" else f[:, a:b]
+
+    def groups(self, features: np.ndarray | None, stats: np.ndarray) -> list[str] | None:
+        """The learned signal's most likely group of non-X-ray kinds per image (None without it)."""
+        if "learned" not in self.signals or not self.use_features or features is None:
+            return None
+        stats = np.atleast_2d(stats)
+        f = np.asarray(features, np.float64).reshape(len(stats), -1)
+        return self.signals["learned"].group(self._inputs("learned", f, stats))
 
     @classmethod
     def fit(cls, train_feats, train_stats, val_feats, val_stats, model_sha256: str | None = None,
             quantile: float = VAL_QUANTILE, info: dict | None = None, k: int = 10,
             layout: dict | None = None, tap_layers: list[str] | None = None,
-            signals: tuple[str, ...] = DEFAULT_SIGNALS) -> "XrayCheck":
+            signals: tuple[str, ...] = ("stats",), negatives: tuple | None = None,
+            learned_inputs: str = DEFAULT_LEARNED_INPUTS, learned_c: float = DEFAULT_LEARNED_C) -> "XrayCheck":
         """layout: {"features": [0, D], "layer:<name>": [a, b], ...} columns of the feature vectors
         (default: all columns are penultimate features). signals: which of stats, features
         (Mahalanobis of the penultimate features), neighbours (kNN cosine distance), layers (one
-        Mahalanobis distance per tap layer) to use."""
+        Mahalanobis distance over the tap layers), learned (a classifier of X-rays against
+        `negatives` = (features, statistics, kinds) of development non-X-rays) to use.
+        learned_inputs: the learned signal's columns besides the statistics: layers (the tap
+        layers), features (penultimate), all (both) or none."""
         train_feats, val_feats = np.asarray(train_feats, np.float64), np.asarray(val_feats, np.float64)
         layout = {k2: list(v) for k2, v in (layout or {"features": [0, train_feats.shape[1]]}).items()}
         sig: dict = {"stats": Gaussian.fit(train_stats)}
@@ -343,6 +410,17 @@ class XrayCheck:
         if "layers" in signals and taps:  # one Gaussian over the pooled statistics of all tap layers
             a, b = min(v[0] for v in taps), max(v[1] for v in taps)
             sig["layers"], lay["layers"] = Gaussian.fit(train_feats[:, a:b]), [a, b]
+        if "learned" in signals:
+            if negatives is None:
+                raise ValueError("the learned signal needs development negatives")
+            nf, ns, nk = negatives
+            cols = {"none": [0, 0], "features": [fa, fb], "all": [0, train_feats.shape[1]],
+                    "layers": ([min(v[0] for v in taps), max(v[1] for v in taps)] if taps else [fa, fb])}
+            a, b = cols[learned_inputs]
+            x = np.vstack([np.hstack([train_stats, train_feats[:, a:b]]),
+                           np.hstack([ns, np.asarray(nf, np.float64)[:, a:b]])])
+            sig["learned"] = Learned.fit(x, ["xray"] * len(train_stats) + list(nk), learned_c)
+            lay["learned"] = [a, b]
         g = cls(sig, {}, 1.0, 1.0, COLOUR_LIMIT, model_sha256, layout=lay, tap_layers=tap_layers)
         d = g.distances(val_feats, val_stats)
         g.scales = {name: float(np.quantile(v, quantile, method="higher")) for name, v in d.items()}
@@ -367,6 +445,10 @@ class XrayCheck:
             if isinstance(s, Neighbours):
                 arrays[f"s{i}_bank"] = s.bank.astype(np.float16)
                 arrays[f"s{i}_k"] = np.array(s.k)
+            elif isinstance(s, Learned):
+                arrays.update({f"s{i}_lmean": s.mean.astype(np.float32), f"s{i}_lscale": s.scale.astype(np.float32),
+                               f"s{i}_coef": s.coef.astype(np.float32), f"s{i}_intercept": s.intercept.astype(np.float32),
+                               f"s{i}_classes": np.array(s.classes)})
             else:
                 arrays[f"s{i}_mean"] = s.mean.astype(np.float32)
                 arrays[f"s{i}_precision"] = s.precision.astype(np.float32)
@@ -389,6 +471,9 @@ class XrayCheck:
             for i, n in enumerate(meta["signals"]):
                 if f"s{i}_bank" in z.files:
                     sig[n] = Neighbours(z[f"s{i}_bank"], int(z[f"s{i}_k"]))
+                elif f"s{i}_coef" in z.files:
+                    sig[n] = Learned(z[f"s{i}_lmean"], z[f"s{i}_lscale"], z[f"s{i}_coef"], z[f"s{i}_intercept"],
+                                     z[f"s{i}_classes"])
                 else:
                     sig[n] = Gaussian(z[f"s{i}_mean"], z[f"s{i}_precision"])
             g = cls(sig, meta["scales"], thr, sthr, cl, str(z["model_sha256"]) or None, json.loads(str(z["info"])),
@@ -426,21 +511,28 @@ class XrayCheck:
                      modalities: list[str | None] | None = None) -> list[dict]:
         """modalities: the DICOM Modality of each upload (None for PNG/JPG); a modality that is not a
         projection radiograph (CT, MR, US, NM, ...) fails the check whatever the pixels look like."""
-        r = self.ratios(features, squares, chromas, stats)
+        if stats is None:
+            squares = np.asarray(squares)
+            stats = np.stack([image_stats(sq) for sq in (squares[None] if squares.ndim == 2 else squares)])
+        r = self.ratios(features, None, chromas, stats)
+        kinds = self.groups(features, stats) or [None] * len(r["colour"])
         mods = list(modalities) if modalities is not None else [None] * len(r["colour"])
         r["modality"] = np.array([FOREIGN_RATIO if foreign_modality(m) else 0.0 for m in mods])
         names = list(r)
         mat = np.stack([r[k] for k in names], axis=1)
         res = []
-        for row, mod in zip(mat, mods):
+        for row, mod, kind in zip(mat, mods, kinds):
             worst = int(np.argmax(row))
             top = float(row[worst])
             score = float(1.0 / (1.0 + max(top, 0.0) ** SCORE_POWER))
             ok = bool(top <= 1.0)
             if not ok and row[0] > 1.0 and names[worst] != "modality":  # colour is the clearest explanation
                 worst = 0
+            # which group it looks like, when the learned signal is among those that flag it
+            looks_like = kind if not ok and "learned" in names and row[names.index("learned")] > 1.0 else None
             res.append({"is_xray": ok, "xray_score": score,
-                        "xray_reason": self._reason(ok, names[worst], score, mod),
+                        "xray_reason": self._reason(ok, names[worst], score, mod, looks_like),
+                        "looks_like": looks_like,
                         "xray_ratios": {k: float(v) for k, v in zip(names, row)}})
         return res
 
@@ -449,16 +541,19 @@ class XrayCheck:
         return self.assess_batch(None if features is None else np.asarray(features).reshape(1, -1),
                                  np.asarray(square)[None], [chroma_value], modalities=[modality])[0]
 
-    def _reason(self, ok: bool, worst: str, score: float, modality: str | None = None) -> str:
+    def _reason(self, ok: bool, worst: str, score: float, modality: str | None = None,
+                kind: str | None = None) -> str:
         tail = f" ({self.note})" if self.note else ""
         if ok:
             return f"looks like a radiograph (X-ray score {score:.2f}){tail}"
-        if worst == "modality":
+        if worst == "modality" or foreign_modality(modality):  # the file's own tag is the surest reason
             name = MODALITY_NAMES.get(modality, modality)
             return (f"the DICOM file's modality is {modality}" + (f" ({name})" if name != modality else "")
                     + "; this model reads plain radiographs (CR/DX)")
         if worst == "colour":
             return "the image is in colour; X-rays are grayscale" + tail
+        if kind in GROUP_REASONS:  # the learned signal flags it and tells which group it resembles
+            return GROUP_REASONS[kind] + tail
         if worst == "stats":
             return "its brightness, contrast and texture do not look like a radiograph" + tail
         return ("the network does not recognise it as a musculoskeletal X-ray like those it was trained on "
@@ -533,7 +628,10 @@ def fit_main(argv=None) -> dict:
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
-                    help="comma-separated: stats, layers, features, neighbours")
+                    help="comma-separated: stats, learned, layers, features, neighbours")
+    ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
+                    help="network columns the learned signal reads besides the image statistics")
+    ap.add_argument("--learned-c", type=float, default=DEFAULT_LEARNED_C, help="its inverse regularisation")
     ap.add_argument("--report", default="assets/report/xray_check/fit.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -545,15 +643,27 @@ def fit_main(argv=None) -> dict:
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
                                          args.cache_dir)
     lay = per_source_val.pop("_layout")
+    signals = tuple(args.signals.split(","))
+    negatives = None
+    if "learned" in signals:  # the development half of the negatives (the evaluation half is never read)
+        from model.xray_negatives import split_sets, all_negatives
+
+        dev, _ = split_sets(all_negatives())
+        nf, ns, _, _ = negative_inputs(model, meta, dev, args.cache_dir, args.model)
+        negatives = (nf, ns, [n.kind for n in dev])
     # the 1% false-alarm budget on validation X-rays covers colour too: the (few) tinted X-rays that
     # the colour rule flags are taken out of the statistics' share
     colour_fa = float((parts["val"][2] > COLOUR_LIMIT).mean())
     gate = XrayCheck.fit(parts["train"][0], parts["train"][1], parts["val"][0], parts["val"][1],
                          model_sha256=sha, layout=lay["layout"], tap_layers=lay["tap_layers"],
                          quantile=min(VAL_QUANTILE + colour_fa, 0.9999),
-                         signals=tuple(args.signals.split(",")),
+                         signals=signals, negatives=negatives, learned_inputs=args.learned_inputs,
+                         learned_c=args.learned_c,
                          info={"model": str(args.model), "arch": meta["arch"], "img_size": size,
-                               "data": [Path(d).resolve().name for d in args.data]})
+                               "data": [Path(d).resolve().name for d in args.data],
+                               "n_dev_negatives": 0 if negatives is None else len(negatives[2]),
+                               "learned_inputs": args.learned_inputs if negatives else None,
+                               "learned_c": args.learned_c if negatives else None})
     val_feats, val_stats, val_chroma = parts["val"]
     rr = gate.ratios(val_feats, None, val_chroma, stats=val_stats)
     r = np.max(np.stack(list(rr.values()), axis=1), axis=1)
@@ -632,6 +742,36 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
         parts[split] = (np.concatenate(feats), np.concatenate(stats), np.concatenate(chromas))
     per_source_val["_layout"] = {"layout": layout, "tap_layers": taps}
     return parts, per_source_val
+
+
+def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, model_path=None):
+    """(features, statistics, chroma, DICOM modality) of model.xray_negatives images, through the same
+    decode -> letterbox -> network path as Predictor.predict; cached per model file and image set."""
+    import hashlib
+
+    from model.preprocess import decode_image, letterbox
+
+    cache = None
+    if cache_dir and model_path:
+        from model.splits import file_sha256
+
+        names = hashlib.sha256("\n".join(n.name for n in negatives).encode()).hexdigest()[:12]
+        cache = Path(cache_dir) / f"xray-neg-v1-{file_sha256(model_path)[:16]}-{names}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                return z["feats"], z["stats"], z["chromas"], [str(m) or None for m in z["modalities"]]
+    size = int(meta["img_size"])
+    feats, stats = [], []
+    for i in range(0, len(negatives), 16):
+        sq = np.stack([letterbox(decode_image(n.image), size)[0] for n in negatives[i : i + 16]])
+        feats.append(network_features(model, sq, meta["mean"], meta["std"]))
+        stats += [image_stats(q) for q in sq]
+    out = (np.concatenate(feats), np.stack(stats), np.array([chroma(n.image) for n in negatives]),
+           [dicom_modality(n.image) for n in negatives])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, feats=out[0], stats=out[1], chromas=out[2], modalities=np.array([m or "" for m in out[3]]))
+    return out
 
 
 if __name__ == "__main__":

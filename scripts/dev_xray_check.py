@@ -1,69 +1,43 @@
 """Choose the X-ray check's signals on DEVELOPMENT non-X-rays, kept apart from the evaluation set.
 
-    python scripts/dev_xray_check.py --model assets/model.pt \
+    python scripts/dev_xray_check.py --model assets/model.pt \\
         --data ../shared/data/fracatlas --data ../shared/data/multiregion
 
-Development negatives: photographs that gradio and matplotlib ship, scikit-image files that the
-evaluation (scripts/eval_xray_check.py) does not use (a stereo photo, a chessboard, a colour test image,
-faces), matplotlib's MRI slice and two terrain maps, each in the same variants as the evaluation (grey,
-inverted, crops, resizes, a rotation). Positives: the VALIDATION X-rays. Each signal set is fitted on the
-training X-rays exactly as `python -m model.xray_check` does (threshold: 99% of validation X-rays
-pass), and scored by AUROC and the share of grey development negatives caught. The test split and the
-evaluation negatives are not read. Writes assets/report/xray_check/development.json.
+Negatives: the development half of model.xray_negatives (split by source picture; the evaluation half
+is not read). Positives: the training X-rays (to fit) and the VALIDATION X-rays (threshold: 99% of them
+pass, as `python -m model.xray_check` sets it). The learned signal is fitted on development negatives,
+so it is scored by 5-fold cross-validation grouped by source picture: each fold's negatives are
+assessed by a gate fitted without any rendering of their pictures. The test split is not read.
+Writes assets/report/xray_check/development.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_xray_check import _to_uint8, variants  # noqa: E402
+from model.xray_check import COLOUR_LIMIT, XrayCheck, fit_features, negative_inputs  # noqa: E402
+from model.xray_negatives import KIND_GROUP, all_negatives, split_sets  # noqa: E402
 
-from model.xray_check import COLOUR_LIMIT, XrayCheck, chroma, fit_features, image_stats, network_features  # noqa: E402
-
-SIGNAL_SETS = [("stats",), ("stats", "layers"), ("stats", "features")]  # the statistics are always part of a gate
-
-
-def development_images() -> list[tuple[str, str, Image.Image]]:
-    import gradio
-    import matplotlib
-    import skimage
-
-    gr = Path(gradio.__file__).parent / "media_assets" / "images"
-    mpl = Path(matplotlib.get_data_path()) / "sample_data"
-    ski = Path(skimage.__file__).parent / "data"
-    out = [(f"gradio:{n}", "photo", Image.open(gr / n).convert("RGB"))
-           for n in ("bus.png", "cheetah.jpg", "cheetah1.jpg", "groot.jpeg", "lion.jpg", "tower.jpg")]
-    out += [("mpl:grace_hopper", "photo", Image.open(mpl / "grace_hopper.jpg").convert("RGB"))]
-    out += [(f"skimage-file:{n}", "photo", Image.open(ski / n).convert("RGB"))
-            for n in ("motorcycle_left.png", "chessboard_GRAY.png", "color.png")]
-    mri = np.frombuffer(gzip.open(mpl / "s1045.ima.gz").read(), ">u2").reshape(256, 256)
-    out.append(("mpl:mri-s1045", "MR", Image.fromarray(_to_uint8(mri.astype(float)))))
-    for n in ("jacksboro_fault_dem.npz", "topobathy.npz"):
-        with np.load(mpl / n) as z:
-            out.append((f"mpl:{n}", "terrain", Image.fromarray(_to_uint8(z[z.files[0]].astype(float)))))
-    faces = np.load(ski / "lfw_subset.npy")
-    out += [(f"skimage-file:lfw{k}", "face", Image.fromarray(_to_uint8(faces[k])).resize((200, 200)))
-            for k in range(0, 40, 8)]
-    rng = np.random.default_rng(0)
-    return [v for name, group, img in out for v in variants(name, group, img, rng)]
+# (signals, learned_inputs): the statistics are always part of a gate
+SIGNAL_SETS = [(("stats",), None), (("stats", "layers"), None), (("stats", "features"), None),
+               (("stats", "learned"), "none"), (("stats", "learned"), "layers"), (("stats", "learned"), "features"),
+               (("stats", "learned"), "all")]
 
 
 def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
 
     from model.inference import setup_cpu_threads
     from model.network import load_model
-    from model.preprocess import decode_image, letterbox
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="assets/model.pt")
@@ -72,6 +46,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--splits-dir", default="assets/splits")
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--c", default="0.01,0.05,0.2,1,5",
+                    help="the learned signal's inverse regularisation (comma-separated values are compared)")
     ap.add_argument("--out", default="assets/report/xray_check/development.json")
     args = ap.parse_args(argv)
     setup_cpu_threads(args.threads)
@@ -80,33 +57,51 @@ def main(argv=None) -> dict:
                                          args.cache_dir)
     layout, taps = per_source_val["_layout"]["layout"], per_source_val["_layout"]["tap_layers"]
     (trf, trs, _), (vaf, vas, vac) = parts["train"], parts["val"]
-    neg = development_images()
-    sq = np.stack([letterbox(decode_image(img), int(meta["img_size"]))[0] for _, _, img in neg])
-    nf = network_features(model, sq, meta["mean"], meta["std"])
-    ns = np.stack([image_stats(s) for s in sq])
-    nc = np.array([chroma(img) for _, _, img in neg])
-    grey = nc <= COLOUR_LIMIT
+    dev, _ = split_sets(all_negatives())
+    nf, ns, nc, nm = negative_inputs(model, meta, dev, args.cache_dir, args.model)
+    kinds = np.array([n.kind for n in dev])
+    groups = np.array([n.source for n in dev])
+    cats = np.array([n.category for n in dev])
+    folds = list(GroupKFold(n_splits=args.folds).split(nf, groups=groups))
     rows = {}
-    for signals in SIGNAL_SETS:
-        g = XrayCheck.fit(trf, trs, vaf, vas, layout=layout, tap_layers=taps, signals=signals)
-        pos = g.assess_batch(vaf, None, vac, stats=vas)
-        res = g.assess_batch(nf, None, nc, stats=ns)
-        score = np.array([r["xray_score"] for r in pos + res])
-        y = np.r_[np.ones(len(pos)), np.zeros(len(res))]
-        caught = np.array([not r["is_xray"] for r in res])
-        key = "+".join(signals)
+    c_values = [float(c) for c in args.c.split(",")]
+    runs = [(sig, inp, c) for sig, inp in SIGNAL_SETS for c in (c_values if "learned" in sig else [None])]
+    for signals, inputs, c in runs:
+        caught = np.zeros(len(dev), bool)
+        score = np.zeros(len(dev))
+        named = np.zeros(len(dev), bool)
+        val_flagged, val_scores = [], []
+        for tr, te in folds if "learned" in signals else [(np.arange(len(dev)), np.arange(len(dev)))]:
+            g = XrayCheck.fit(trf, trs, vaf, vas, layout=layout, tap_layers=taps, signals=signals,
+                              negatives=(nf[tr], ns[tr], kinds[tr]), learned_inputs=inputs or "layers",
+                              learned_c=c or 1.0, quantile=0.99 + float((vac > COLOUR_LIMIT).mean()))
+            pos = g.assess_batch(vaf, None, vac, stats=vas)
+            res = g.assess_batch(nf[te], None, nc[te], stats=ns[te], modalities=[nm[i] for i in te])
+            caught[te] = [not r["is_xray"] for r in res]
+            score[te] = [r["xray_score"] for r in res]
+            named[te] = [r.get("looks_like") == KIND_GROUP[k] for r, k in zip(res, kinds[te])]
+            val_flagged.append(np.mean([not r["is_xray"] for r in pos]))
+            val_scores.append(np.array([r["xray_score"] for r in pos]))
+        vs = np.mean(val_scores, axis=0)
+        grey = nc <= COLOUR_LIMIT
+        key = "+".join(signals) + (f"({inputs}, C={c:g})" if inputs else "")
+        by_cat = defaultdict(list)
+        for c, k in zip(cats, caught):
+            by_cat[c].append(k)
         rows[key] = {
-            "auroc_all": round(float(roc_auc_score(y, score)), 4),
-            "auroc_grey": round(float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(grey.sum())],
-                                                    np.r_[score[: len(pos)], score[len(pos):][grey]])), 4),
+            "auroc_all": round(float(roc_auc_score(np.r_[np.ones(len(vs)), np.zeros(len(score))], np.r_[vs, score])), 4),
             "caught_all": round(float(caught.mean()), 4), "caught_grey": round(float(caught[grey].mean()), 4),
-            "val_flagged": round(float(np.mean([not r["is_xray"] for r in pos])), 4),
-            "missed": [n for (n, _, _), c in zip(neg, caught) if not c],
+            "group_named_when_caught": round(float(named[caught].mean()), 4) if "learned" in signals else None,
+            "val_flagged": round(float(np.mean(val_flagged)), 4),
+            "caught_by_category": {c: f"{sum(v)}/{len(v)}" for c, v in sorted(by_cat.items())},
+            "missed": [n.name for n, c in zip(dev, caught) if not c],
         }
-        print(f"{key:18s} AUROC {rows[key]['auroc_all']:.4f} (grey {rows[key]['auroc_grey']:.4f})  caught "
-              f"{rows[key]['caught_all']:.3f} (grey {rows[key]['caught_grey']:.3f})", flush=True)
-    out = {"model": args.model, "n_val_xrays": int(len(vas)), "n_dev_negatives": len(neg),
-           "n_grey_dev_negatives": int(grey.sum()), "signal_sets": rows}
+        print(f"{key:40s} AUROC {rows[key]['auroc_all']:.4f} caught {rows[key]['caught_all']:.3f} "
+              f"(grey {rows[key]['caught_grey']:.3f}) val flagged {rows[key]['val_flagged']:.4f} "
+              f"named {rows[key]['group_named_when_caught']}", flush=True)
+    out = {"model": args.model, "n_train_xrays": int(len(trs)), "n_val_xrays": int(len(vas)),
+           "n_dev_negatives": len(dev), "n_dev_sources": int(len(set(groups))), "folds": args.folds,
+           "signal_sets": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     return out

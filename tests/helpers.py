@@ -102,3 +102,33 @@ def fracatlas_tree(root: Path, n: int = 14, size=(48, 40)) -> Path:
         w.writerow("image_id,folder,orig_w,orig_h,new_w,new_h,scale,orig_md5,truncated_source,dup_group".split(","))
         w.writerows(meta)
     return root
+
+
+def radiograph_like(seed: int = 0, size=(600, 760)) -> Image.Image:
+    """A synthetic projection radiograph of a forearm-like limb: a smooth soft-tissue shadow on a dark
+    background, two long bones with bright cortices and a darker medullary cavity, film-like blur and
+    quantum noise. Built to pass the X-ray check, not to look like any real patient."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx = w / 2 + rng.uniform(-0.05, 0.05) * w
+    tilt = rng.uniform(-0.08, 0.08)
+    u = xx - cx - tilt * (yy - h / 2)  # across the limb
+    limb_half = 0.30 * w
+    tissue = np.clip(1 - (u / limb_half) ** 2, 0, None) ** 0.5
+    a = 0.06 + 0.30 * tissue
+    trabecular = gaussian_filter(rng.normal(0, 1, (h, w)), 2.0)
+    trabecular /= trabecular.std()
+    for off, r0 in ((-0.11 * w, 0.050 * w), (0.10 * w, 0.042 * w)):
+        r = r0 * (1 + 0.6 * np.exp(-((yy - 0.05 * h) / (0.12 * h)) ** 2))  # the bone flares towards a joint
+        d = np.abs(u - off) / r
+        shaft = np.clip(1 - d**2, 0, None) ** 0.5  # projected thickness of a tube
+        cavity = np.clip(1 - (d / 0.65) ** 2, 0, None) ** 0.5
+        a += 0.50 * shaft - 0.30 * cavity + 0.05 * shaft * trabecular
+    a += 0.05 * (yy / h)  # heel effect
+    a = gaussian_filter(a, 1.2)
+    a = a + rng.normal(0, 0.02, a.shape) * np.sqrt(np.clip(a, 0.02, None) / 0.3)  # quantum noise
+    a = gaussian_filter(a, 0.7)
+    return Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), "L")

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from app.handlers import API_KEYS, NO_FILE_MESSAGE, RECALL_MAX, RECALL_MIN, Analysis, Handlers, InputProblem
 from app.model_card import NOT_A_DEVICE, model_card_markdown
 from app.ui import find_examples
-from tests.helpers import dicom_bytes
+from tests.helpers import dicom_bytes, radiograph_like
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
@@ -32,27 +32,8 @@ DECISIONS = {"Fracture suspected", "No fracture detected"}
 
 
 def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
-    """A grey radiograph-like picture: a flat dark field, blurred soft tissue, two bright 'bones' with a
-    gap and a marrow channel, trabecular grain, and quantum noise that grows with the signal (so the
-    background stays flat, as in real radiographs; uniform noise everywhere makes the X-ray check see a
-    photograph's texture)."""
-    rng = np.random.default_rng(seed)
-    tissue = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(tissue).ellipse([w * 0.18, -h * 0.1, w * 0.82, h * 1.1], fill=60)
-    tissue = np.asarray(tissue.filter(ImageFilter.GaussianBlur(15)), np.float32)
-    bone = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(bone)
-    d.rounded_rectangle([w * 0.40, h * 0.05, w * 0.52, h * 0.47], radius=int(w * 0.05), fill=140)
-    d.rounded_rectangle([w * 0.41, h * 0.50, w * 0.53, h * 0.95], radius=int(w * 0.05), fill=130)
-    d.rounded_rectangle([w * 0.44, h * 0.08, w * 0.48, h * 0.44], radius=6, fill=0)  # marrow
-    bone = np.asarray(bone.filter(ImageFilter.GaussianBlur(4)), np.float32)
-    grain = np.asarray(Image.fromarray(rng.integers(0, 256, (h // 6 + 1, w // 6 + 1), dtype=np.uint8)).resize(
-        (w, h), Image.Resampling.BICUBIC), np.float32) / 255 - 0.5
-    signal = tissue + bone * (1 + 0.3 * grain)
-    noise = np.asarray(Image.fromarray(np.clip(rng.normal(128, 8, (h, w)), 0, 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(1.0)), np.float32) - 128
-    a = 8 + signal + noise * np.sqrt(signal / 200)
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    """A synthetic radiograph (tests.helpers.radiograph_like) that passes the shipped X-ray check."""
+    return radiograph_like(seed, (w, h))
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -439,3 +420,21 @@ def test_map_choice_switches_between_the_fracture_map_and_grad_cam(handlers, upl
     assert np.abs(loc_img - cam_img).mean() > 1.0
     assert handlers.p.predict_calls == calls
     assert v["json"]["loc_peak"] is not None and v["json"]["cam_peak"] is not None
+
+
+def test_ct_slice_saved_as_png_gets_no_verdict_in_the_page(fast_handlers, uploads):
+    """A CT slice exported as PNG (pixels only, no DICOM tag to go by): the page shows the warning with
+    what it resembles, and no decision or probability unless revealed."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut
+
+    from model.xray_negatives import to_uint8
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    png = _save(Image.fromarray(to_uint8(apply_modality_lut(ds.pixel_array, ds))), uploads / "ct_slice.png")
+    v = fast_handlers.analyze(str(png), 0.95)
+    assert v["state"].result["is_xray"] is False
+    assert "another kind of medical image" in v["warning"] and "Not assessed" in v["warning"]
+    assert v["label"] == {"label": "Not assessed", "confidences": []}
+    assert v["json"]["probability"] is None and v["json"]["decision"] == "Not assessed"

@@ -180,3 +180,128 @@ def test_shipped_gate_on_real_xrays_and_photos(shared_data):
         assert not r["is_xray"], name
         assert r["decision"] == "Not assessed" and r["probability"] is None  # no verdict on a photo
         assert np.isfinite(p.predict(img, cam_method=None, reveal=True)["probability"])  # computed, withheld
+
+
+# ----------------------------------------------------------------------------------------------
+# the learned signal and what the shipped check does with other modalities
+
+def _slice_pngs(name: str) -> dict[str, Image.Image]:
+    """A pydicom test file's pixels as an 8-bit PNG would arrive: full range, its own window (CT: a
+    bone window too) and inverted."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut
+
+    from model.xray_negatives import to_uint8
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    a = np.asarray(apply_modality_lut(ds.pixel_array, ds), np.float64)
+    out = {"full": to_uint8(a), "inverted": 255 - to_uint8(a)}
+    if ds.Modality == "CT":
+        out["bone-window"] = to_uint8(a, -500, 1300)
+    buf = {}
+    for k, v in out.items():
+        b = io.BytesIO()
+        Image.fromarray(v).save(b, format="PNG")  # through PNG bytes, as an upload
+        buf[k] = Image.open(io.BytesIO(b.getvalue()))
+    return buf
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from model.inference import Predictor
+
+    model, gate = ROOT / "assets" / "model.pt", ROOT / DEFAULT_PATH
+    if not model.is_file() or not gate.is_file():
+        pytest.skip("assets/model.pt or the gate file is not there yet")
+    with Predictor(str(model), calibration_path=None, xray_path=str(gate)) as p:
+        yield p
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_shipped_check_flags_ct_and_mr_slices_saved_as_png_and_says_what_they_resemble(shipped, name):
+    assert "learned" in shipped.xray.signals and shipped.xray.use_features
+    for rendering, img in _slice_pngs(name).items():
+        r = shipped.predict(img, cam_method=None)
+        assert not r["is_xray"], (name, rendering, r["xray_score"])
+        assert r["decision"] == "Not assessed" and r["probability"] is None and r["boxes"] == []
+        # the reason says what it resembles: another kind of medical image (CT, MR, ...)
+        assert r["xray_reason"].startswith("it looks like another kind of medical image (CT, MR"), r["xray_reason"]
+
+
+def test_shipped_check_names_the_modality_of_a_dicom_file(shipped):
+    from pydicom.data import get_testdata_file
+
+    r = shipped.predict(Path(get_testdata_file("CT_small.dcm")).read_bytes(), cam_method=None)
+    assert not r["is_xray"] and "CT (computed tomography)" in r["xray_reason"]
+
+
+def test_shipped_check_passes_synthetic_radiographs(shipped):
+    from tests.helpers import radiograph_like
+
+    res = [shipped.predict(radiograph_like(seed), cam_method=None) for seed in range(3)]
+    assert all(r["is_xray"] for r in res), [(r["xray_score"], r["xray_reason"]) for r in res]
+    assert all(r["decision"] in ("Fracture suspected", "No fracture detected") for r in res)
+    assert all(r["xray_reason"].startswith("looks like a radiograph") for r in res)
+
+
+def test_learned_signal_fits_names_kinds_and_survives_save_load(fitted, tmp_path):
+    """A gate with the learned signal, fitted in the test: synthetic X-rays against two kinds of
+    generated negatives; held-out negatives of each kind are flagged and named, X-rays pass."""
+    from model.xray_check import Learned
+
+    net, _, squares = fitted
+
+    def cross_section(seed):  # a bright ring with an inner disc on black: a CT-like slice
+        r = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:96, 0:96]
+        d = np.hypot(yy - 48 + r.integers(-5, 5), xx - 48 + r.integers(-5, 5))
+        a = np.where(d < 40, 90, 0) + np.where((d > 34) & (d < 40), 140, 0) + r.normal(0, 12, (96, 96))
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+    def text_page(seed):
+        r = np.random.default_rng(seed)
+        a = np.full((96, 96), 250.0)
+        for y in range(4, 92, 8):
+            a[y : y + 3, 4 : int(r.integers(40, 92))] = 20
+        return Image.fromarray(a.astype(np.uint8))
+
+    def feats(imgs):
+        sq = np.stack([letterbox(im, SIZE)[0] for im in imgs])
+        return network_features(net, sq, MEAN, STD), np.stack([image_stats(s) for s in sq]), sq
+
+    neg_imgs = [cross_section(s) for s in range(30)] + [text_page(s) for s in range(30)]
+    nf, ns, _ = feats(neg_imgs)
+    kinds = ["cross-sectional"] * 30 + ["graphic"] * 30
+    tr, va = squares(range(0, 160)), squares(range(1000, 1080))
+    gate = XrayCheck.fit(network_features(net, tr, MEAN, STD), np.stack([image_stats(s) for s in tr]),
+                         network_features(net, va, MEAN, STD), np.stack([image_stats(s) for s in va]),
+                         model_sha256="a" * 64, signals=("stats", "learned"), negatives=(nf, ns, kinds))
+    assert isinstance(gate.signals["learned"], Learned)
+    path = tmp_path / "gate.npz"
+    gate.save(path)
+    loaded = XrayCheck.load(path, model_sha256="a" * 64)
+    held = [cross_section(s) for s in range(100, 106)] + [text_page(s) for s in range(100, 106)]
+    hf, hs, hsq = feats(held)
+    for g in (gate, loaded):
+        res = g.assess_batch(hf, None, [0.0] * len(held), stats=hs)
+        assert not any(r["is_xray"] for r in res), [r["xray_score"] for r in res]
+        assert [r["looks_like"] for r in res] == ["medical"] * 6 + ["picture"] * 6
+        assert "medical image" in res[0]["xray_reason"] and "photograph or a drawing" in res[-1]["xray_reason"]
+    xf, xs, _ = feats([xray_like(s, bool(s % 2), size=(96, 80)) for s in range(5000, 5030)])
+    assert np.mean([r["is_xray"] for r in loaded.assess_batch(xf, None, [0.0] * 30, stats=xs)]) >= 0.9
+    assert loaded.assess_batch(hf, None, [0.0] * len(held), stats=hs)[0]["xray_score"] == pytest.approx(
+        gate.assess_batch(hf, None, [0.0] * len(held), stats=hs)[0]["xray_score"], rel=1e-4)
+
+
+def test_negative_sets_are_disjoint_by_source_and_cover_every_modality():
+    from model.xray_negatives import all_negatives, split_sets
+
+    neg = all_negatives()
+    dev, ev = split_sets(neg)
+    assert {n.source for n in dev}.isdisjoint({n.source for n in ev})
+    assert len(dev) + len(ev) == len(neg)
+    cats = {n.category for n in ev}
+    for m in ("CT", "MR", "US", "NM"):
+        assert f"{m} DICOM" in cats and f"{m} PNG" in cats, m
+    assert {n.kind for n in dev} >= {"cross-sectional", "ultrasound", "nuclear", "photo", "graphic"}
