@@ -126,14 +126,14 @@ class Handlers:
         self.max_bytes = int(max_file_mb * 1024 * 1024)
         self.display_max = display_max
         self.cam_method = cam_method
-        self._protected: set[Path] = set()
+        self.protected: set[Path] = set()
         self.delete_delay = float(delete_delay)
         self._timers: dict[Path, threading.Timer] = {}
         self._timers_lock = threading.Lock()
 
     def protect(self, path: str | os.PathLike) -> None:
         """Never delete this file (example X-rays that Gradio copied into its cache)."""
-        self._protected.add(Path(path).resolve())
+        self.protected.add(Path(path).resolve())
 
     # ------------------------------------------------------------------------------------------
     # input
@@ -173,7 +173,7 @@ class Handlers:
             return
         try:
             rp = p.resolve()
-            if rp in self._protected or not rp.is_relative_to(self.upload_root) or not rp.is_file():
+            if rp in self.protected or not rp.is_relative_to(self.upload_root) or not rp.is_file():
                 return
             ino = rp.stat().st_ino
         except OSError:
@@ -228,7 +228,8 @@ class Handlers:
         except MemoryError:
             raise InputProblem("Could not read this file: the image is too large to process.") from None
         except Exception as exc:  # noqa: BLE001 - never show a traceback (or image data) to the user
-            log.error("analysis failed (%s)", type(exc).__name__)
+            # the traceback is our code's (the upload is bytes by now: no file name or path in it)
+            log.error("analysis failed (%s)", type(exc).__name__, exc_info=True)
             raise InputProblem(
                 f"Could not analyse this file ({type(exc).__name__}). Please try a PNG, JPEG or DICOM X-ray."
             ) from None
@@ -348,13 +349,15 @@ class Handlers:
             res = self._run(data, target, self.cam_method, reveal=True)
         except InputProblem as exc:
             msg = str(exc)
+            if file is not None:  # one line, the message only (it never names the file)
+                log.warning("rejected an upload: %s", msg)
             return {**empty, "status": self.error_html(msg) if file is not None else "", "message": msg}
         gray, cam = _fit(res["gray"], res.get("cam"), self.display_max)
         _, loc = _fit(res["gray"], res.get("loc_map"), self.display_max)
         cam, loc = (None if m is None else np.clip(np.rint(np.asarray(m, np.float32) * 255), 0, 255).astype(np.uint8)
                     for m in (cam, loc))
         result = {k: v for k, v in res.items() if k not in ("gray", "cam", "loc_map")}
-        state = Analysis(result=_plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["gray"].size[0], loc=loc)
+        state = Analysis(result=_plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["image_size"][0], loc=loc)
         return {
             "state": state,
             "status": "",

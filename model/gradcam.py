@@ -200,11 +200,12 @@ class CamEngine:
 FractureCAM = CamEngine  # alias
 
 
-def to_original(cam_square: np.ndarray, lb: Letterbox, normalise: bool = True) -> np.ndarray:
-    """A (S, S) CAM on the letterboxed square -> (orig_h, orig_w) float32 in [0, 1], padding removed,
-    re-normalised over the image itself (its maximum is 1 unless the map is all 0). normalise=False
-    keeps the values (a probability map)."""
-    m = np.clip(np.nan_to_num(unletterbox(np.asarray(cam_square, np.float32), lb)), 0.0, None)
+def to_original(cam_square: np.ndarray, lb: Letterbox, normalise: bool = True,
+                out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A (S, S) CAM on the letterboxed square -> (orig_h, orig_w) float32 in [0, 1] (or out_size =
+    (w, h), a reduced copy of the image), padding removed, re-normalised over the image itself (its
+    maximum is 1 unless the map is all 0). normalise=False keeps the values (a probability map)."""
+    m = np.clip(np.nan_to_num(unletterbox(np.asarray(cam_square, np.float32), lb, out_size)), 0.0, None)
     if not normalise:
         return m.astype(np.float32)
     top = float(m.max()) if m.size else 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from model.preprocess import normalize
 
@@ -71,6 +72,20 @@ def heat_square(heat_logits: np.ndarray, size: int) -> np.ndarray:
     t = torch.as_tensor(np.asarray(heat_logits, dtype=np.float32))[None, None]
     up = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
     return torch.sigmoid(up)[0, 0].numpy()
+
+
+OUTPUT_MAX = 2048  # longest side of the image and maps a prediction returns (the page shows <= 1024)
+
+
+def reduced_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(w, h) scaled down so that the longer side is at most `longest` (unchanged when it already is)."""
+    w, h = size
+    s = longest / max(w, h)
+    return (w, h) if s >= 1 else (max(1, round(w * s)), max(1, round(h * s)))
+
+
+def scale_xy(xy: list[int] | None, factor: tuple[float, float]) -> list[int] | None:
+    return None if xy is None else [int(round(xy[0] * factor[0])), int(round(xy[1] * factor[1]))]
 
 
 def peak_xy(m: np.ndarray) -> list[int] | None:
@@ -201,12 +216,19 @@ class Predictor:
         prob = self.probability(logit)
         reg = sigmoid(logits[1:]) if len(logits) > 1 else np.zeros(0)
         regions = {n: float(v) for n, v in zip(self.region_names, reg)}
-        check = self.xray.assess(feats[0], square, chroma(source), dicom_modality(source))
-        cam = None if out.cam_square is None else to_original(out.cam_square[0], lb)
+        colour = gray.info.get("chroma")  # measured while decoding (no second decode of the upload)
+        check = self.xray.assess(feats[0], square, chroma(source) if colour is None else colour,
+                                 dicom_modality(source))
+        # the image and maps returned are at most OUTPUT_MAX pixels on their longer side (memory stays
+        # bounded for a 30-megapixel upload); image_size, cam_peak, loc_peak and boxes are in the
+        # original image's pixels
+        shown_size = reduced_size(gray.size, OUTPUT_MAX)
+        cam = None if out.cam_square is None else to_original(out.cam_square[0], lb, out_size=shown_size)
         loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
         boxes = [] if loc_map is None else heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE)
         shown = check["is_xray"] or reveal
-        loc_original = None if loc_map is None else to_original(loc_map, lb, normalise=False)
+        loc_original = None if loc_map is None else to_original(loc_map, lb, normalise=False, out_size=shown_size)
+        to_orig = (gray.size[0] / shown_size[0], gray.size[1] / shown_size[1])
         res = {
             "probability": prob if shown else None,
             "raw_probability": float(sigmoid(logit)) if shown else None,
@@ -220,11 +242,11 @@ class Predictor:
             "image_size": [int(gray.size[0]), int(gray.size[1])],
             "cam": cam,
             "cam_method": cam_method,
-            "cam_peak": peak_xy(cam),
-            "loc_peak": peak_xy(loc_original),
+            "cam_peak": scale_xy(peak_xy(cam), to_orig),
+            "loc_peak": scale_xy(peak_xy(loc_original), to_orig),
             "boxes": boxes if shown else [],
             "loc_map": loc_original,
-            "gray": gray,
+            "gray": gray if shown_size == gray.size else gray.resize(shown_size, Image.Resampling.LANCZOS),
         }
         return res
 

@@ -1,6 +1,7 @@
 """The one preprocessing path used by training, evaluation, the CLI and the app.
 
 decode_image()  any PNG/JPG/DICOM (8/16-bit, L/RGB/RGBA/P, EXIF orientation) -> 8-bit grayscale PIL image
+                (its info["chroma"]: the upload's colourfulness, measured before it was made grey)
 letterbox()     keep the aspect ratio, resize the longer side, pad to a square (black)
 normalize()     uint8 square(s) -> float tensor with 3 identical channels, normalised
 preprocess()    all three for one image, driven by the spec stored inside the model file
@@ -18,10 +19,12 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
-# Refuse images above this many pixels (a 20000 x 20000 upload is 400 MP); radiographs are <= ~30 MP.
-MAX_PIXELS = 80_000_000
+# Refuse images above this many pixels (a 20000 x 20000 upload is 400 MP). Radiographs are <= ~30 MP
+# (a 43 x 43 cm detector at 0.1 mm is 18.5 MP); at 40 MP the largest decode (an RGBA PNG) stays within
+# the 300 MB per upload that tests/test_memory.py holds the app to.
+MAX_PIXELS = 40_000_000
 PREPROCESS_VERSION = "1"  # bump when decode/letterbox change, so caches rebuild
 
 Source = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -49,51 +52,135 @@ def _is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _dicom_to_array(data: bytes) -> np.ndarray:
-    """Pixel data with modality and VOI LUTs applied, MONOCHROME1 inverted. Tags are never logged."""
+def _dicom_to_uint8(data: bytes) -> np.ndarray:
+    """8-bit pixels of a DICOM file: modality and VOI LUTs applied, MONOCHROME1 inverted, stretched to
+    0..255. Tags are never logged. Memory: Rows x Columns is checked from the header before any pixel
+    data is decoded (a deflated file is inflated only after that check), only the middle frame of a
+    multi-frame file is decoded, and for integer pixel data the LUTs are applied to the range of stored
+    values (at most 2^17 entries), not to a float copy of the image."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        frames = int(str(ds.get("NumberOfFrames") or 1).strip() or 1)
+        head = _dicom_header(data)
+        rows, cols = int(head.get("Rows") or 0), int(head.get("Columns") or 0)
+        frames = int(str(head.get("NumberOfFrames") or 1).strip() or 1)
     except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
         raise ImageError(f"could not read the DICOM header ({type(exc).__name__})") from None
     if rows <= 0 or cols <= 0:
         raise ImageError("the DICOM file holds no image (no rows/columns)")
     _check_size(cols, rows)  # from the header, before any pixel data is decoded
+    del head
     try:  # only the middle frame of a multi-frame file is decoded
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
         arr = pixel_array(ds, index=frames // 2 if frames > 1 else None)
     except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
         raise ImageError(f"could not read the DICOM pixel data ({type(exc).__name__})") from None
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=-1)
-        return arr.astype(np.float64)
-    arr = apply_modality_lut(arr, ds)
-    try:
-        arr = apply_voi_lut(arr, ds, index=0)
-    except Exception:  # noqa: BLE001 - no usable window: fall back to the full range
-        pass
-    arr = np.asarray(arr, dtype=np.float64)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = arr.max() - arr
-    return arr
+    if "PixelData" in ds:
+        del ds.PixelData  # the raw bytes are not needed any more (the decoded frame is `arr`)
+    if arr.ndim == 3:  # colour: the mean of R, G and B
+        return _stretch_rows(lambda a, b: arr[a:b, :, :3], arr.shape, lambda a: a.astype(np.float64).mean(axis=-1))
+    invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+
+    def transform(values: np.ndarray) -> np.ndarray:
+        v = apply_modality_lut(values, ds)
+        try:
+            v = apply_voi_lut(v, ds, index=0)
+        except Exception:  # noqa: BLE001 - no usable window: the full range
+            pass
+        return np.asarray(v, dtype=np.float64)
+
+    if _lut_sized(arr):
+        return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, int(arr.min()), int(arr.max()), transform, invert)
+    a = transform(arr)
+    return _to_uint8(a.max() - a if invert else a)
+
+
+DEFLATED_HEAD = 1 << 20  # bytes of a deflated data set inflated to read its header
+
+
+def _dicom_header(data: bytes):
+    """The data set up to (not including) the pixel data. A deflated file (transfer syntax
+    1.2.840.10008.1.2.1.99) would be inflated whole by pydicom even to read its header, so only its
+    first DEFLATED_HEAD inflated bytes are read here: a few hundred bytes that claim a 12000 x 12000
+    image are refused before anything large is allocated."""
+    import zlib
+
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    read_preamble(fp, True)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[fp.tell():], DEFLATED_HEAD)
+    return read_dataset(io.BytesIO(head), is_implicit_VR=False, is_little_endian=True,
+                        stop_when=lambda tag, vr, length: tag >= 0x7FE00010)
+
+
+ROW_BAND = 256
+LARGE_JPEG = 16_000_000  # pixels above which a colour JPEG is decoded straight to grey  # rows converted at a time: the temporary index/float copies stay a few MB
+
+
+def _lut_sized(arr: np.ndarray) -> bool:
+    return arr.ndim == 2 and arr.dtype.kind in "ui" and arr.size > 0 and int(arr.max()) - int(arr.min()) < 1 << 17
+
+
+def _lut_to_uint8(rows, shape: tuple[int, int], lo: int, hi: int, transform=None, invert: bool = False) -> np.ndarray:
+    """Integer pixels -> 0..255 through a lookup table over [lo, hi] of the stored values: the same
+    numbers as stretching transform(pixels) in float64 over the values present, without a float copy
+    of the image. rows(a, b) returns rows a..b of the image (an array slice or a decoded band)."""
+    values = np.arange(lo, hi + 1, dtype=np.int64)
+    t = transform(values) if transform is not None else values.astype(np.float64)
+    present = np.zeros(len(values), dtype=bool)
+    for i in range(0, shape[0], ROW_BAND):
+        present[np.unique(rows(i, i + ROW_BAND)).astype(np.int64) - lo] = True
+    finite = np.isfinite(t) & present
+    if not finite.any():
+        raise ImageError("the image holds no finite pixel values")
+    if invert:
+        t = t[finite].max() - t
+    tlo, thi = float(t[finite].min()), float(t[finite].max())
+    if thi <= tlo:
+        return np.zeros(shape, dtype=np.uint8)
+    scaled = (np.where(np.isfinite(t), t, tlo) - tlo) * (255.0 / (thi - tlo))
+    lut = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    out = np.empty(shape, dtype=np.uint8)
+    for i in range(0, shape[0], ROW_BAND):
+        out[i : i + ROW_BAND] = lut[rows(i, i + ROW_BAND).astype(np.int64) - lo]
+    return out
+
+
+def _stretch_rows(rows, shape: tuple[int, ...], to_float) -> np.ndarray:
+    """0..255 stretch of to_float(pixels), computed a band of rows at a time in float64; rows(a, b)
+    returns rows a..b of the image."""
+    lo, hi = np.inf, -np.inf
+    for i in range(0, shape[0], ROW_BAND):
+        band = to_float(rows(i, i + ROW_BAND))
+        fin = band[np.isfinite(band)]
+        if fin.size:
+            lo, hi = min(lo, float(fin.min())), max(hi, float(fin.max()))
+    if not np.isfinite(lo):
+        raise ImageError("the image holds no finite pixel values")
+    out = np.zeros(shape[:2], dtype=np.uint8)
+    if hi <= lo:
+        return out
+    for i in range(0, shape[0], ROW_BAND):
+        band = to_float(rows(i, i + ROW_BAND))
+        band = (np.where(np.isfinite(band), band, lo) - lo) * (255.0 / (hi - lo))
+        out[i : i + ROW_BAND] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
+    return out
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Stretch any numeric array to 0..255 (used for 16-bit, float and DICOM data)."""
-    arr = np.asarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr)
-    if not finite.any():
-        raise ImageError("the image holds no finite pixel values")
-    lo, hi = float(arr[finite].min()), float(arr[finite].max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (np.where(finite, arr, lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """Stretch any 2-D numeric array to 0..255 (16-bit, float and DICOM data): integer data through a
+    lookup table, other data a band of rows at a time."""
+    arr = np.atleast_2d(np.asarray(arr))
+    if _lut_sized(arr):
+        return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, int(arr.min()), int(arr.max()))
+    return _stretch_rows(lambda a, b: arr[a:b], arr.shape, lambda a: a.astype(np.float64))
 
 
 def _check_size(w: int, h: int) -> None:
@@ -105,18 +192,60 @@ def _check_size(w: int, h: int) -> None:
         )
 
 
-def _pil_to_gray(img: Image.Image) -> Image.Image:
-    img = ImageOps.exif_transpose(img)
+def _pil_to_gray(img: Image.Image, owned: bool = False) -> Image.Image:
+    """owned: the image was decoded here, so it may be turned upright in place (exif_transpose
+    otherwise returns a full-size copy, even when there is nothing to turn)."""
+    if owned:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode == "L":
         return img
     if mode in ("1",):
         return img.convert("L")
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(img)))
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # a band of rows at a time, no full copy
+        w, h = img.size
+
+        def rows(a: int, b: int) -> np.ndarray:
+            return np.asarray(img.crop((0, a, w, min(b, h))))
+
+        if mode == "F":
+            return Image.fromarray(_stretch_rows(rows, (h, w), lambda x: x.astype(np.float64)))
+        lo, hi = img.getextrema()
+        if int(hi) - int(lo) < 1 << 17:
+            return Image.fromarray(_lut_to_uint8(rows, (h, w), int(lo), int(hi)))
+        return Image.fromarray(_stretch_rows(rows, (h, w), lambda x: x.astype(np.float64)))
     if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in img.info):
-        return on_black(img).convert("L")
+        # on black: grey x alpha (what compositing onto black and then going grey gives), without
+        # a full-size RGBA copy
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        return ImageChops.multiply(rgba.convert("L"), rgba.getchannel("A"))
     return img.convert("L")  # RGB, P, CMYK, YCbCr, ...
+
+
+GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "LA")
+
+
+def chroma_of(img: Image.Image) -> float:
+    """Mean chroma (max - min of R, G, B; 0 = grey, 1 = fully saturated) of an image, read from a
+    copy at most 256 px on its longer side (made without a full-size copy; transparent areas count
+    as black). The X-ray check's colour signal."""
+    if img.mode in GREY_MODES:
+        return 0.0
+    w, h = img.size
+    s = 256 / max(w, h)
+    small = img if s >= 1 else img.resize((max(1, round(w * s)), max(1, round(h * s))),
+                                          Image.Resampling.BICUBIC, reducing_gap=2.0)
+    if small.mode in ("RGBA", "PA") or (small.mode == "P" and "transparency" in small.info):
+        small = on_black(small)
+    a = np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0
+    return float((a.max(axis=-1) - a.min(axis=-1)).mean())
+
+
+def _with_chroma(gray: Image.Image, value: float) -> Image.Image:
+    gray.info["chroma"] = float(value)  # measured before the image was made grey
+    return gray
 
 
 def on_black(img: Image.Image) -> Image.Image:
@@ -132,7 +261,7 @@ def decode_image(source: Source) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         _check_size(*source.size)
-        return _pil_to_gray(source)
+        return _with_chroma(_pil_to_gray(source), chroma_of(ImageOps.exif_transpose(source)))
     if isinstance(source, np.ndarray):
         arr = source
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -151,12 +280,14 @@ def decode_image(source: Source) -> Image.Image:
     if not data:
         raise ImageError("the file is empty")
     if _is_dicom(data[:132]):
-        arr = _dicom_to_array(data)
+        arr = _dicom_to_uint8(data)
         _check_size(arr.shape[1], arr.shape[0])
-        return Image.fromarray(_to_uint8(arr))
+        return _with_chroma(Image.fromarray(arr), 0.0)  # DICOM counts as grey
     try:
         img = Image.open(io.BytesIO(data))
         _check_size(*img.size)  # before decoding the pixels: huge images are refused cheaply
+        if img.format == "JPEG" and img.mode != "L" and img.size[0] * img.size[1] > LARGE_JPEG:
+            img.draft("L", img.size)  # a large colour JPEG is decoded straight to grey (1 byte a pixel)
         img.load()
     except ImageError:
         raise
@@ -166,7 +297,8 @@ def decode_image(source: Source) -> Image.Image:
         raise ImageError("the file is not an image this tool can read (PNG, JPEG or DICOM)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image file is damaged or truncated ({exc.__class__.__name__})") from None
-    return _pil_to_gray(img)
+    value = chroma_of(img)  # from a small copy, before the colour is gone
+    return _with_chroma(_pil_to_gray(img, owned=True), value)
 
 
 def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, Letterbox]:
@@ -201,14 +333,15 @@ def to_original_xy(xy: np.ndarray, lb: Letterbox) -> np.ndarray:
     return xy
 
 
-def unletterbox(square_map: np.ndarray, lb: Letterbox) -> np.ndarray:
-    """Map a (size x size) float map back onto the original image geometry (padding removed)."""
+def unletterbox(square_map: np.ndarray, lb: Letterbox, out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Map a (size x size) float map back onto the original image geometry (padding removed), at the
+    original size or at out_size = (w, h) (a reduced copy of the image)."""
     m = np.asarray(square_map, dtype=np.float32)
     if m.shape != (lb.size, lb.size):
         m = np.asarray(Image.fromarray(m, mode="F").resize((lb.size, lb.size), Image.Resampling.BILINEAR))
     crop = m[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
     out = Image.fromarray(np.ascontiguousarray(crop), mode="F").resize(
-        (lb.orig_w, lb.orig_h), Image.Resampling.BILINEAR
+        out_size or (lb.orig_w, lb.orig_h), Image.Resampling.BILINEAR
     )
     return np.asarray(out, dtype=np.float32)
 
