@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import io
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
+
+from app.retention import DEFAULT_INTERVAL, DEFAULT_MAX_AGE, Sweeper
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "assets" / "model.pt"
@@ -38,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--upload-grace", type=float, default=20, metavar="S",
                     help="delete each upload this many seconds after it is read (default 20; the "
                     "grace lets two users send the same file at once)")
+    ap.add_argument("--keep-files", type=float, default=DEFAULT_MAX_AGE, metavar="S",
+                    help=f"delete every file in the app's temp folder (uploads never analysed, displayed "
+                    f"images) once it is this many seconds old (default {DEFAULT_MAX_AGE:g}; checked every "
+                    f"{DEFAULT_INTERVAL:g} s)")
     ap.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for the network (default 1: on a busy 2-core machine 2 threads measured "
@@ -48,6 +57,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _fail(msg: str) -> None:
     print(f"FractureLens: {msg}", file=sys.stderr)
     raise SystemExit(1)
+
+
+def one_line_rejections() -> None:
+    """Gradio prints a full traceback for every request it rejects (a forged file path, a value its
+    preprocessing refuses), and the traceback's message can echo the path the client sent. Make that
+    one line naming only the exception type. The app's own handlers catch their errors themselves
+    (one line for a rejected upload, a traceback without user data for a bug)."""
+    import traceback
+    import types
+
+    import gradio.queueing
+    import gradio.routes
+    import gradio.utils
+
+    def print_exc(*_a, **_k):
+        exc = sys.exc_info()[1]
+        print(f"FractureLens: a request was rejected ({type(exc).__name__})", file=sys.stderr, flush=True)
+
+    quiet = types.SimpleNamespace(**{n: getattr(traceback, n) for n in dir(traceback) if not n.startswith("_")})
+    quiet.print_exc = print_exc
+    for mod in (gradio.queueing, gradio.routes, gradio.utils):
+        if getattr(mod, "traceback", None) is traceback:
+            mod.traceback = quiet
 
 
 def main(argv=None) -> None:
@@ -76,6 +108,8 @@ def main(argv=None) -> None:
     from model.inference import Predictor, setup_cpu_threads
 
     setup_cpu_threads(args.threads)
+    one_line_rejections()
+    logging.basicConfig(level=logging.WARNING, format="FractureLens: %(message)s", stream=sys.stderr)
     try:
         predictor = Predictor(model_path=str(model), calibration_path=str(calibration),
                               xray_path=str(args.xray_check), device=args.device)
@@ -92,24 +126,38 @@ def main(argv=None) -> None:
     demo = build_demo(handlers, examples=examples, report_dir=Path(args.report_dir))
     demo.queue(max_size=64, default_concurrency_limit=4)
     try:
-        demo.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            max_file_size=f"{args.max_file_size:g}mb",
-            allowed_paths=[str(Path(p).parent) for p, _ in examples],
-            prevent_thread_lock=True,
-            show_error=True,
-            **launch_kwargs(),
-        )
+        # Gradio's own startup text (its advice names launch() arguments and environment variables, and
+        # an offline --share prints eight lines) is replaced by the lines below, which name our flags.
+        with contextlib.redirect_stdout(io.StringIO()):
+            demo.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                max_file_size=f"{args.max_file_size:g}mb",
+                allowed_paths=[str(Path(p).parent) for p, _ in examples],
+                prevent_thread_lock=True,
+                show_error=True,
+                quiet=True,
+                **launch_kwargs(),
+            )
     except OSError as exc:
-        _fail(f"could not start the server on {args.host}:{args.port} ({exc})")
-    if args.share and not demo.share_url:
-        print(
-            "FractureLens: no public link: --share needs the internet (Gradio downloads its tunnel client "
-            f"and contacts its share server); still serving locally at http://{args.host}:{args.port}",
-            flush=True,
-        )
+        busy = "port" in str(exc).lower()
+        _fail(f"could not start the server on {args.host}:{args.port} ("
+              + ("the port is in use; choose another with --port N" if busy else type(exc).__name__) + ")")
+    # what exists now (the example X-rays' and the model card's copies) is the app's own, never swept
+    for f in Path(tmp).rglob("*"):
+        if f.is_file():
+            handlers.protect(f)
+    sweeper = Sweeper(tmp, max_age=max(args.keep_files, args.upload_grace), protected=handlers.protected).start()
+    local = f"http://{args.host}:{args.port}"
+    if args.share and demo.share_url:
+        print(f"FractureLens: serving on {local} and at the public link {demo.share_url} (stop with Ctrl+C)",
+              flush=True)
+    elif args.share:
+        print(f"FractureLens: no public link (--share needs the internet); serving locally on {local}", flush=True)
+    else:
+        print(f"FractureLens: serving on {local} (stop with Ctrl+C; --share asks for a public link, "
+              "--port N picks another port)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the temp folder is removed on `kill` too
     try:
         demo.block_thread()
@@ -117,6 +165,7 @@ def main(argv=None) -> None:
         pass
     finally:
         demo.close()
+        sweeper.stop()
         handlers.flush_deletions()
 
 

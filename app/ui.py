@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from app.handlers import (
     InputProblem,
 )
 from app.model_card import NOT_A_DEVICE, REPORT_DIR, model_card_markdown, report_plots
+
+log = logging.getLogger(__name__)
 
 TITLE = "FractureLens"
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
@@ -212,11 +215,12 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
             maximum) and boxes ([[x0, y0, x1, y1, score], ...]), in the image's pixels. An image that
             fails the X-ray check gets decision "Not assessed" and probability null."""
             if file is None:
-                raise gr.Error(NO_FILE_MESSAGE)
+                raise gr.Error(NO_FILE_MESSAGE, print_exception=False)
             try:
                 return h.predict_api(file, target_recall)
-            except InputProblem as exc:
-                raise gr.Error(str(exc)) from None
+            except InputProblem as exc:  # one log line, the message only (it never names the file)
+                log.warning("rejected an API input: %s", exc)
+                raise gr.Error(str(exc), print_exception=False) from None
 
         # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
         xray.change(on_file, [xray, recall, opacity, mapkind], analysis_outputs, api_visibility="private",

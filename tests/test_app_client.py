@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from app.handlers import API_KEYS
-from app.serve import running_app
+from app.serve import ROOT, running_app
 from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, _dicom_bytes, synthetic_xray
 
 ARGS = SERVER_ARGS
 GRACE = 3.0  # --upload-grace for the test server
+SERVER_LOG: dict = {}
+KEEP = 6.0  # --keep-files: every file in its temp folder is deleted at this age (swept every 1.5 s)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,9 @@ def temp_root(tmp_path_factory) -> Path:
 def server(temp_root):
     if not MODEL.is_file():
         pytest.fail(f"model file missing: {MODEL}")
-    with running_app([*ARGS, "--upload-grace", str(GRACE), "--max-file-size", "2"], env={"GRADIO_TEMP_DIR": str(temp_root)}) as (url, log):
+    with running_app([*ARGS, "--upload-grace", str(GRACE), "--max-file-size", "2", "--keep-files", str(KEEP)],
+                     env={"GRADIO_TEMP_DIR": str(temp_root)}) as (url, log):
+        SERVER_LOG["path"] = log
         yield url
 
 
@@ -164,6 +168,57 @@ def test_uploads_are_not_kept(server, temp_root, xray_png):
     assert all(p.name.startswith("fracturelens-") for p in temp_root.iterdir())
 
 
+def test_uploads_never_analysed_and_per_request_files_do_not_linger(server, temp_root, xray_png):
+    """A file sent to /gradio_api/upload and never analysed (it could carry a patient's name) is gone
+    within --keep-files (+ one sweep), and so are the empty files requests leave; the example X-rays'
+    copies stay."""
+    import httpx
+
+    from gradio_client import handle_file
+
+    start = {p for p in temp_root.rglob("*") if p.is_file()}
+    with open(xray_png, "rb") as f:
+        r = httpx.post(server + "/gradio_api/upload", files={"files": ("patient_name.png", f, "image/png")})
+    assert r.status_code == 200
+    stored = Path(r.json()[0])
+    assert stored.is_file() and stored.is_relative_to(temp_root)
+    _client(server).predict(handle_file(str(xray_png)), 0.95, api_name="/predict")
+    time.sleep(1.0)
+    assert stored.is_file()  # not before its time
+    time.sleep(KEEP + 3.0)
+    assert not stored.exists(), "an upload that was never analysed is still on disk"
+    later = {p for p in temp_root.rglob("*") if p.is_file()}
+    assert later - start == set(), [p.name for p in later - start]  # nothing accumulates
+    assert any("fracatlas" in p.name for p in later), "the example X-rays' copies must stay"
+    assert httpx.get(f"{server}/gradio_api/file={stored}").status_code in (403, 404)
+
+
+def test_rejected_inputs_log_one_line_without_paths(server, tmp_path):
+    """A bad upload and a forged server path through the API: each logs one line, with no path or
+    file name and no traceback; the server keeps answering."""
+    from gradio_client import handle_file
+
+    bad = tmp_path / "name_of_a_patient.png"
+    bad.write_bytes(b"this is not an image")
+    log = Path(SERVER_LOG["path"])
+    before = len(log.read_text().splitlines())
+    with pytest.raises(Exception, match="Could not read this file"):
+        _client(server).predict(handle_file(str(bad)), 0.95, api_name="/predict")
+    forged = json.dumps({"data": [{"path": "/etc/hostname_forged", "meta": {"_type": "gradio.FileData"}}, 0.95]})
+    req = urllib.request.Request(server + "/gradio_api/call/predict", data=forged.encode(),
+                                 headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(req, timeout=10).read())["event_id"]
+    body = urllib.request.urlopen(f"{server}/gradio_api/call/predict/{event}", timeout=30).read().decode()
+    assert "event: error" in body
+    time.sleep(0.5)
+    new = log.read_text().splitlines()[before:]
+    text = "\n".join(new)
+    assert "Traceback" not in text and "name_of_a_patient" not in text and "hostname_forged" not in text, text
+    assert str(ROOT) not in text and "/tmp" not in text, text
+    assert len([ln for ln in new if ln.strip()]) == 2, text  # one line each
+    assert urllib.request.urlopen(server + "/gradio_api/info", timeout=5).status == 200
+
+
 def test_page_has_no_external_resources(server):
     html = urllib.request.urlopen(server, timeout=10).read().decode()
     for host in ("fonts.googleapis", "fonts.gstatic", "cdn.jsdelivr", "unpkg.com", "googletagmanager"):
@@ -185,5 +240,8 @@ def test_share_offline_explains_and_keeps_serving(tmp_path):
                 break
             time.sleep(0.2)
         assert "FractureLens: no public link" in text and url.split("//")[1] in text, text
+        # one line, ours: not Gradio's multi-line text or its advice about launch() arguments
+        assert "Could not create share link" not in text and "launch()" not in text, text
+        assert sum(line.startswith("FractureLens:") for line in text.splitlines()) == 1, text
         assert urllib.request.urlopen(url + "/gradio_api/info", timeout=5).status == 200
     assert not any(tmp_path.iterdir()), "the private temp folder is removed when the app stops"
