@@ -1,6 +1,11 @@
 """Decoded, letterboxed images cached on disk (uint8, one square per image), so epochs after the
 first do not decode JPEGs again. The cache key covers the preprocessing version, the size and each
-file's identity (id, byte size, mtime), so a changed file or changed preprocessing rebuilds it."""
+file's identity (id, byte size, mtime), so a changed file or changed preprocessing rebuilds it.
+
+Where: DEFAULT_CACHE_DIR, the repository's `.cache/` folder (or $FRACTURELENS_CACHE), whatever the
+working directory. The files (`squares-<size>-<key>.npz`, `xray-*.npz`) are decoded copies of the data
+set's images, about size^2 bytes per image (100 kB at 320 px): delete the folder to free the space, or
+pass --no-cache to the commands to keep nothing. Uploads to the app are never cached."""
 
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from model.data import Sample
 from model.preprocess import PREPROCESS_VERSION, ImageError, decode_image, letterbox
 
 log = logging.getLogger(__name__)
-DEFAULT_CACHE_DIR = Path(".cache")
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE_DIR = Path(os.environ.get("FRACTURELENS_CACHE") or ROOT / ".cache")
+CACHE_HELP = (f"folder for decoded copies of the images (default {DEFAULT_CACHE_DIR}, or $FRACTURELENS_CACHE; "
+              "about 100 kB per image at 320 px; delete it any time)")
 
 
 def _load_one(args: tuple[str, int]) -> np.ndarray | str:
@@ -36,17 +44,25 @@ def _key(samples: list[Sample], size: int) -> str:
 
 
 def load_squares(
-    samples: list[Sample], size: int, cache_dir: str | Path | None = DEFAULT_CACHE_DIR, workers: int = 2
+    samples: list[Sample], size: int, cache_dir: str | Path | None = DEFAULT_CACHE_DIR, workers: int = 2,
+    skipped: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (N, size, size) uint8 squares and a boolean mask of the files that decoded.
 
-    Files that fail to decode are logged (name and reason only) and counted, never fatal."""
+    Files that fail to decode are logged (name and reason only) and counted, never fatal; when a list
+    is given as `skipped`, (image id, reason) of each is appended to it."""
     path = None
     if cache_dir is not None and samples:
         path = Path(cache_dir) / f"squares-{size}-{_key(samples, size)}.npz"
         if path.is_file():
             with np.load(path) as z:
-                return z["squares"], z["ok"]
+                squares, ok = z["squares"], z["ok"]
+                reasons = z["reasons"] if "reasons" in z.files else None
+            if skipped is not None:
+                skipped.extend((samples[i].image_id, str(reasons[i]) if reasons is not None else
+                                "unreadable (reason not recorded in this older cache file)")
+                               for i in np.flatnonzero(~ok))
+            return squares, ok
     squares = np.zeros((len(samples), size, size), dtype=np.uint8)
     ok = np.ones(len(samples), dtype=bool)
     jobs = [(str(s.path), size) for s in samples]
@@ -55,10 +71,13 @@ def load_squares(
             results = list(ex.map(_load_one, jobs, chunksize=32))
     else:
         results = [_load_one(j) for j in jobs]
+    reasons = np.array([r if isinstance(r, str) else "" for r in results], dtype=str)
     for i, r in enumerate(results):
         if isinstance(r, str):
             log.warning("skipping unreadable image %s: %s", samples[i].image_id, r)
             ok[i] = False
+            if skipped is not None:
+                skipped.append((samples[i].image_id, r))
         else:
             squares[i] = r
     if (~ok).any():
@@ -66,6 +85,6 @@ def load_squares(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, squares=squares, ok=ok)
+        np.savez(tmp, squares=squares, ok=ok, reasons=reasons)
         tmp.replace(path)
     return squares, ok

@@ -15,11 +15,12 @@ import csv
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from model.cache import DEFAULT_CACHE_DIR, load_squares
+from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
 from model.data import Sample, read_root
 from model.inference import score_squares, setup_cpu_threads, sigmoid
 from model.network import load_model
@@ -44,14 +45,16 @@ def score_data(
     splits_dir: str | Path = "assets/splits",
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     batch_size: int = 32,
+    skipped: list | None = None,
 ) -> tuple[list[Sample], np.ndarray, dict]:
     """Score a split with a model file. Returns (samples, logits (N, 1 + n_regions), model meta).
 
-    Column 0 of the logits is the (uncalibrated) fracture logit. Unreadable files are skipped."""
+    Column 0 of the logits is the (uncalibrated) fracture logit. Unreadable files are skipped (and
+    appended to `skipped` as (image id, reason) when a list is given)."""
     setup_cpu_threads()
     model, meta = load_model(model_path)
     samples = select_samples(roots, split, splits_dir)
-    squares, ok = load_squares(samples, int(meta["img_size"]), cache_dir)
+    squares, ok = load_squares(samples, int(meta["img_size"]), cache_dir, skipped=skipped)
     samples = [s for s, k in zip(samples, ok) if k]
     logits = score_squares(model, squares[ok], meta["mean"], meta["std"], batch_size, tta=bool(meta.get("tta")))
     return samples, logits, meta
@@ -204,7 +207,9 @@ def operating_threshold(model_path: str | Path, meta: dict, calibration_path: st
 def evaluate(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    samples, logits, meta = score_data(args.model, args.data, args.split, args.splits_dir, args.cache_dir)
+    skipped: list = []
+    samples, logits, meta = score_data(args.model, args.data, args.split, args.splits_dir,
+                                       None if args.no_cache else args.cache_dir, skipped=skipped)
     if not samples:
         raise SystemExit("no readable images to evaluate")
     to_prob, threshold, thr_info = operating_threshold(args.model, meta, args.calibration)
@@ -216,6 +221,8 @@ def evaluate(args) -> dict:
         "model": str(args.model), "arch": meta["arch"], "img_size": meta["img_size"],
         "data": [Path(d).resolve().name for d in args.data], "split": args.split,
         "threshold_from": thr_info,
+        "skipped": {"n": len(skipped), "reasons": dict(Counter(r for _, r in skipped)),
+                    "images": [i for i, _ in skipped]},
         **compute_metrics(samples, logits, prob, threshold, meta["region_names"], args.bootstrap),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -239,7 +246,8 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=None, help="override the operating threshold")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
+    ap.add_argument("--no-cache", action="store_true", help="decode the images in memory only; write no cache")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     m = evaluate(args)

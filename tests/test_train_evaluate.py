@@ -99,3 +99,22 @@ def test_box_supervised_training_logs_localisation_and_ships_the_head(tmp_path):
     with torch.no_grad():
         _, heat = model.forward_maps(torch.zeros(1, 3, 32, 32))
     assert heat.shape == (1, 4, 4)  # the stride-8 feature grid of a 32 px input
+
+
+def test_evaluate_counts_skipped_files_and_no_cache_writes_nothing(trained, tmp_path, monkeypatch):
+    import shutil
+
+    run, root = trained[0] / "run", trained[1]
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    folder = next(p.parent for p in sorted(data.rglob("*.png")))
+    (folder / "zz_broken.png").write_bytes(b"not a png at all")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    ev.main(["--model", str(run / "best.pt"), "--data", str(data), "--split", "all", "--out", str(out),
+             "--calibration", "", "--bootstrap", "20", "--cache-dir", str(tmp_path / "c"), "--no-cache"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 42 and m["skipped"]["n"] == 1 and m["skipped"]["images"][0].endswith("zz_broken.png")
+    (reason, count), = m["skipped"]["reasons"].items()
+    assert count == 1 and "not an image this tool can read" in reason, reason
+    assert not (tmp_path / "c").exists() and not (tmp_path / ".cache").exists()
