@@ -41,6 +41,16 @@ CSS = """
            padding: 10px 14px; font-size: 1.05em;}
 #pred .output-class {font-size: 1.6em;}
 footer {display: none !important;}
+#model_card th {word-break: normal; overflow-wrap: normal; hyphens: none; white-space: nowrap;}
+#model_card table {display: block; overflow-x: auto;}
+/* narrow screens (phones): the upload, then the decision and images, then the controls */
+@media (max-width: 720px) {
+  #main_row {flex-direction: column;}
+  #left_col {display: contents;}
+  #left_col > * {order: 3;}
+  #left_col > :is(#xray, #status), #left_col > *:has(#xray), #left_col > *:has(#status) {order: 1;}
+  #results_col {order: 2;}
+}
 """
 
 HOW_TO = (
@@ -131,8 +141,8 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
         state = gr.State(None, time_to_live=900)  # per-session cache, dropped after 15 min
         with gr.Tabs():
             with gr.Tab("Analyse", id="analyse"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2, min_width=280):
+                with gr.Row(equal_height=False, elem_id="main_row"):
+                    with gr.Column(scale=2, min_width=280, elem_id="left_col"):
                         xray = gr.File(label="X-ray (PNG, JPEG or DICOM)", elem_id="xray",
                                        file_count="single", type="filepath", height=140)
                         status = gr.HTML("", elem_id="status", visible=False)
@@ -151,7 +161,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                         example_labels=[lab for _, lab in examples],
                                         label="Example X-rays (click one)", elem_id="examples")
                         gr.Markdown(HOW_TO)
-                    with gr.Column(scale=5):
+                    with gr.Column(scale=5, elem_id="results_col"):
                         warning = gr.HTML("", elem_id="warning", visible=False)
                         reveal = gr.Checkbox(False, label="Show the withheld result (not meaningful for a "
                                              "non-X-ray)", elem_id="reveal", visible=False)
@@ -179,9 +189,10 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                     elem_id="model_card")
                     if plots:
                         with gr.Column(scale=2, elem_id="card_plots"):
-                            for caption, path in plots:
+                            for caption, path in plots:  # the caption above the plot, not a chip over its title
+                                gr.Markdown(f"**{caption}**")
                                 gr.Image(str(path), label=caption, interactive=False, buttons=["fullscreen"],
-                                         format="png", show_label=True)
+                                         format="png", show_label=False)
 
         def decision(value):
             """The decision label, tinted: red for "Fracture suspected", green for "No fracture
@@ -195,12 +206,17 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
         analysis_outputs = [state, status, pred, regions, image, overlay, warning, reveal, operating, details]
 
         def on_file(file, target, alpha, kind):
+            """An upload (or example) -> the analysis; the upload box is emptied again, so the next file can
+            be dropped straight onto it (and no link to the deleted upload stays on the page). Its own
+            emptying triggers this again with None, which changes nothing."""
+            if file is None:
+                return tuple(gr.skip() for _ in range(len(analysis_outputs) + 1))
             v = h.analyze(file, target, alpha, kind)
-            if v["message"] and file is not None:
-                gr.Warning(v["message"])
+            if v["message"]:
+                gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
             return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
                     v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
-                    gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
+                    gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"], None)
 
         def on_recall(st, target, show, alpha, kind):
             v = h.redecide(st, target, show, alpha, kind)
@@ -223,7 +239,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                 raise gr.Error(str(exc), print_exception=False) from None
 
         # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
-        xray.change(on_file, [xray, recall, opacity, mapkind], analysis_outputs, api_visibility="private",
+        xray.change(on_file, [xray, recall, opacity, mapkind], [*analysis_outputs, xray], api_visibility="private",
                     concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(
             on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
             api_visibility="private", show_progress="hidden", concurrency_limit=None)

@@ -47,7 +47,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gradio-temp")
     examples = tmp_path_factory.mktemp("examples")  # two synthetic example X-rays to click
     for i in (1, 2):
-        synthetic_xray(300, 380, seed=20 + i).save(examples / f"example_{i}.png")
+        synthetic_xray(300, 380, seed=19 + i).save(examples / f"example_{i}.png")  # different probabilities
     report = _report_dir(tmp_path_factory.mktemp("report"))
     args = [*SERVER_ARGS, "--examples", str(examples), "--report-dir", str(report)]
     with running_app(args, env={"GRADIO_TEMP_DIR": str(tmp)}) as (url, log):
@@ -207,9 +207,32 @@ def test_clicking_an_example_analyses_it(server, browser):
         # compare the result line only: while an event runs, Gradio overlays a progress timer ("0.0s")
         first = next(line for line in page.locator("#oppoint").inner_text().splitlines()
                      if "Calibrated probability" in line).strip()
-        page.locator("#xray button[aria-label='Clear']").first.click()
-        expect(page.locator("#oppoint")).not_to_contain_text("Calibrated probability", timeout=10000)
-        expect(page.locator("#pred .output-class")).to_have_count(0)
+        # the upload box is empty again (no stale link to the deleted upload), ready for the next file
+        expect(page.locator("#xray input[type=file]")).to_have_count(1)
+        expect(page.locator("#xray")).not_to_contain_text("example_2.png")
+        page.locator("#examples").get_by_text("example_1.png").click()
+        expect(page.locator("#oppoint")).not_to_contain_text(first, timeout=30000)
         page.locator("#examples").get_by_text("example_2.png").click()
         expect(page.locator("#oppoint")).to_contain_text(first, timeout=30000)
         expect(page.locator("#status .fl-error")).to_have_count(0)
+
+
+def test_a_new_upload_replaces_the_old_one_and_a_phone_sees_the_decision_first(server, browser, tmp_path):
+    """On a 390 px wide screen: drop a file, then another without clearing the box; the decision sits
+    above the target-recall slider."""
+    from playwright.sync_api import expect
+
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello, I am text")
+    good = tmp_path / "hand.png"
+    good.write_bytes((EXAMPLES / "fracatlas_IMG0000156_fractured_hand.png").read_bytes())
+    with local_page(browser, server, viewport={"width": 390, "height": 844}) as page:
+        page.locator("#xray input[type=file]").set_input_files(str(bad))
+        expect(page.locator("#status .fl-error")).to_contain_text("Could not read this file", timeout=30000)
+        page.locator("#xray input[type=file]").set_input_files(str(good))  # no x pressed in between
+        expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
+        expect(page.locator("#status .fl-error")).to_have_count(0)
+        expect(page.locator(".toast-body")).to_have_count(0, timeout=15000)  # the rejected file's toast went
+        y = {k: page.locator(sel).first.bounding_box()["y"] for k, sel in
+             (("upload", "#xray"), ("decision", "#pred"), ("slider", "#recall"))}
+        assert y["upload"] < y["decision"] < y["slider"], y
