@@ -69,7 +69,8 @@ def test_dicom_modality_fails_ct_and_mr_but_not_radiographs(fitted, tmp_path):
     sq = letterbox(xray_like(3, False, size=(96, 80)), SIZE)[0]
     feats = network_features(net, sq[None], MEAN, STD)
     base = gate.assess(feats[0], sq, 0.0)
-    for modality, foreign in (("CT", True), ("MR", True), ("US", True), ("CR", False), ("DX", False)):
+    for modality, foreign in (("CT", True), ("MR", True), ("US", True), ("NM", True), ("PT", True), ("CR", False),
+                              ("DX", False)):
         data = dicom_bytes(pixels, modality)
         f = tmp_path / f"{modality}.dcm"
         f.write_bytes(data)
