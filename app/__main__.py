@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     handlers = Handlers(predictor, upload_root=tmp, max_file_mb=args.max_file_size,
                         delete_delay=args.upload_grace)
     demo = build_demo(handlers, examples=examples, report_dir=Path(args.report_dir))
-    demo.queue(max_size=64, default_concurrency_limit=4)
+    demo.queue(max_size=128, default_concurrency_limit=4)  # ~35 s of work at most; beyond: "queue is full"
     try:
         # Gradio's own startup text (its advice names launch() arguments and environment variables, and
         # an offline --share prints eight lines) is replaced by the lines below, which name our flags.
