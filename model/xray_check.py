@@ -239,7 +239,8 @@ class Learned:
     the kinds of non-X-ray it was shown (model.xray_negatives.KINDS). Stored as plain arrays.
 
     distance() is the odds against "X-ray", sum(p other kinds) / p(X-ray): positive, monotone, so it
-    is thresholded like the density distances. kind() names the most likely non-X-ray kind."""
+    is thresholded like the density distances. group() names the most likely group of non-X-ray
+    kinds (model.xray_negatives.KIND_GROUP)."""
 
     def __init__(self, mean, scale, coef, intercept, classes):
         self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
@@ -515,13 +516,13 @@ class XrayCheck:
             squares = np.asarray(squares)
             stats = np.stack([image_stats(sq) for sq in (squares[None] if squares.ndim == 2 else squares)])
         r = self.ratios(features, None, chromas, stats)
-        kinds = self.groups(features, stats) or [None] * len(r["colour"])
+        groups = self.groups(features, stats) or [None] * len(r["colour"])
         mods = list(modalities) if modalities is not None else [None] * len(r["colour"])
         r["modality"] = np.array([FOREIGN_RATIO if foreign_modality(m) else 0.0 for m in mods])
         names = list(r)
         mat = np.stack([r[k] for k in names], axis=1)
         res = []
-        for row, mod, kind in zip(mat, mods, kinds):
+        for row, mod, group in zip(mat, mods, groups):
             worst = int(np.argmax(row))
             top = float(row[worst])
             score = float(1.0 / (1.0 + max(top, 0.0) ** SCORE_POWER))
@@ -529,7 +530,7 @@ class XrayCheck:
             if not ok and row[0] > 1.0 and names[worst] != "modality":  # colour is the clearest explanation
                 worst = 0
             # which group it looks like, when the learned signal is among those that flag it
-            looks_like = kind if not ok and "learned" in names and row[names.index("learned")] > 1.0 else None
+            looks_like = group if not ok and "learned" in names and row[names.index("learned")] > 1.0 else None
             res.append({"is_xray": ok, "xray_score": score,
                         "xray_reason": self._reason(ok, names[worst], score, mod, looks_like),
                         "looks_like": looks_like,
@@ -542,7 +543,7 @@ class XrayCheck:
                                  np.asarray(square)[None], [chroma_value], modalities=[modality])[0]
 
     def _reason(self, ok: bool, worst: str, score: float, modality: str | None = None,
-                kind: str | None = None) -> str:
+                group: str | None = None) -> str:
         tail = f" ({self.note})" if self.note else ""
         if ok:
             return f"looks like a radiograph (X-ray score {score:.2f}){tail}"
@@ -552,8 +553,8 @@ class XrayCheck:
                     + "; this model reads plain radiographs (CR/DX)")
         if worst == "colour":
             return "the image is in colour; X-rays are grayscale" + tail
-        if kind in GROUP_REASONS:  # the learned signal flags it and tells which group it resembles
-            return GROUP_REASONS[kind] + tail
+        if group in GROUP_REASONS:  # the learned signal flags it and tells which group it resembles
+            return GROUP_REASONS[group] + tail
         if worst == "stats":
             return "its brightness, contrast and texture do not look like a radiograph" + tail
         return ("the network does not recognise it as a musculoskeletal X-ray like those it was trained on "
