@@ -167,6 +167,19 @@ def main(argv=None) -> None:
         demo.close()
         sweeper.stop()
         handlers.flush_deletions()
+        _remove_tree(tmp)
+
+
+def _remove_tree(path: str, attempts: int = 5) -> None:
+    """Remove the private temp folder; retried, since a server thread still closing may write into it
+    or delete from it while it is being removed."""
+    import time
+
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            return
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

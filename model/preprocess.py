@@ -62,14 +62,18 @@ def _dicom_to_uint8(data: bytes) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
-        head = _dicom_header(data)
+        head, deflated = _dicom_header(data)
         rows, cols = int(head.get("Rows") or 0), int(head.get("Columns") or 0)
         frames = int(str(head.get("NumberOfFrames") or 1).strip() or 1)
+        declared = rows * cols * frames * int(head.get("SamplesPerPixel") or 1) * max(8, int(head.get("BitsAllocated") or 16)) // 8
     except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
         raise ImageError(f"could not read the DICOM header ({type(exc).__name__})") from None
     if rows <= 0 or cols <= 0:
         raise ImageError("the DICOM file holds no image (no rows/columns)")
     _check_size(cols, rows)  # from the header, before any pixel data is decoded
+    if deflated and declared > 2 * MAX_PIXELS:  # pydicom inflates every frame of a deflated file at once
+        raise ImageError(f"the deflated DICOM file holds {declared / 1e6:.0f} MB of pixel data ({frames} frames); "
+                         f"the limit is {2 * MAX_PIXELS / 1e6:.0f} MB")
     del head
     try:  # only the middle frame of a multi-frame file is decoded
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -100,7 +104,7 @@ DEFLATED_HEAD = 1 << 20  # bytes of a deflated data set inflated to read its hea
 
 
 def _dicom_header(data: bytes):
-    """The data set up to (not including) the pixel data. A deflated file (transfer syntax
+    """(the data set up to, not including, the pixel data; whether the file is deflated). A deflated file (transfer syntax
     1.2.840.10008.1.2.1.99) would be inflated whole by pydicom even to read its header, so only its
     first DEFLATED_HEAD inflated bytes are read here: a few hundred bytes that claim a 12000 x 12000
     image are refused before anything large is allocated."""
@@ -114,10 +118,10 @@ def _dicom_header(data: bytes):
     read_preamble(fp, True)
     meta = _read_file_meta_info(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True), False
     head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[fp.tell():], DEFLATED_HEAD)
     return read_dataset(io.BytesIO(head), is_implicit_VR=False, is_little_endian=True,
-                        stop_when=lambda tag, vr, length: tag >= 0x7FE00010)
+                        stop_when=lambda tag, vr, length: tag >= 0x7FE00010), True
 
 
 ROW_BAND = 256

@@ -115,17 +115,18 @@ def test_preprocess_output_and_normalisation():
     assert normalize(np.zeros((8, 8), np.uint8), 0.3, 0.2).shape == (3, 8, 8)
 
 
-def _dicom(rows: int, cols: int, pixels: bytes, frames: int = 1) -> bytes:
+def _dicom(rows: int, cols: int, pixels: bytes, frames: int = 1, deflated: bool = False) -> bytes:
     import io
 
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
+                             generate_uid)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
     ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.Modality = "OT"
     ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
@@ -144,6 +145,17 @@ def test_dicom_size_is_checked_from_the_header_before_decoding():
     missing pixel data): the check runs before any decoding."""
     with pytest.raises(ImageError, match="12000x12000"):
         decode_image(_dicom(12000, 12000, b"\0" * 64))
+
+
+def test_deflated_dicom_is_refused_from_its_header():
+    """A deflated file would be inflated whole: its size (one frame, or all frames together) is read
+    from the first inflated bytes and refused before anything large is allocated."""
+    with pytest.raises(ImageError, match="12000x12000"):
+        decode_image(_dicom(12000, 12000, b"\0" * 64, deflated=True))
+    with pytest.raises(ImageError, match="deflated DICOM file holds 800 MB of pixel data \\(200 frames\\)"):
+        decode_image(_dicom(2000, 2000, b"\0" * 64, frames=200, deflated=True))
+    ok = _dicom(16, 20, np.arange(320, dtype=np.uint8).tobytes(), deflated=True)
+    assert decode_image(ok).size == (20, 16)
 
 
 def test_multiframe_dicom_decodes_its_middle_frame():
