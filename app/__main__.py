@@ -164,10 +164,12 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        demo.close()
+        # the temp folder first: closing the server (with a --share tunnel that never came up) can take
+        # longer than a supervisor waits before it kills the process
         sweeper.stop()
         handlers.flush_deletions()
         _remove_tree(tmp)
+        demo.close()
 
 
 def _remove_tree(path: str, attempts: int = 5) -> None:

@@ -244,4 +244,5 @@ def test_share_offline_explains_and_keeps_serving(tmp_path):
         assert "Could not create share link" not in text and "launch()" not in text, text
         assert sum(line.startswith("FractureLens:") for line in text.splitlines()) == 1, text
         assert urllib.request.urlopen(url + "/gradio_api/info", timeout=5).status == 200
-    assert not any(tmp_path.iterdir()), "the private temp folder is removed when the app stops"
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert not left, f"the private temp folder is removed when the app stops; left: {left}"
