@@ -159,29 +159,17 @@ def main(argv=None) -> None:
         print(f"FractureLens: serving on {local} (stop with Ctrl+C; --share asks for a public link, "
               "--port N picks another port)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the temp folder is removed on `kill` too
+    # Ctrl+C / SIGINT stops the app and removes the folder even when it was started from a background
+    # job (`python -m app &`, a CI script), whose shell makes it inherit SIGINT as ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         demo.block_thread()
     except KeyboardInterrupt:
         pass
     finally:
-        # the temp folder first: closing the server (with a --share tunnel that never came up) can take
-        # longer than a supervisor waits before it kills the process
+        demo.close()
         sweeper.stop()
         handlers.flush_deletions()
-        _remove_tree(tmp)
-        demo.close()
-
-
-def _remove_tree(path: str, attempts: int = 5) -> None:
-    """Remove the private temp folder; retried, since a server thread still closing may write into it
-    or delete from it while it is being removed."""
-    import time
-
-    for _ in range(attempts):
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.exists(path):
-            return
-        time.sleep(0.2)
 
 
 if __name__ == "__main__":
