@@ -65,6 +65,33 @@ def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False
     return buf.getvalue()
 
 
+def dicom_raw(rows: int, cols: int, pixels: bytes, frames: int = 1, deflated: bool = False, bits: int = 8,
+              modality: str = "OT") -> bytes:
+    """A DICOM file whose header says rows x cols (x frames) whatever `pixels` holds (for size checks),
+    8-bit or 12-in-16-bit, optionally with the deflated transfer syntax."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
+                             generate_uid)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality = modality
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    stored = 12 if bits == 16 else bits
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, 0
+    ds.PixelData = pixels
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def fracatlas_tree(root: Path, n: int = 14, size=(48, 40)) -> Path:
     """A tiny FracAtlas layout: images/{Fractured,Non_fractured}, dataset.csv, image_meta.csv (one
     near-duplicate pair, one label conflict, one truncated file, one csv/folder disagreement) and

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from model.preprocess import ImageError, decode_image, letterbox, normalize, preprocess, unletterbox
+from tests.helpers import dicom_raw
 
 SPEC = {"img_size": 64, "mean": 0.3, "std": 0.2}
 
@@ -115,52 +116,27 @@ def test_preprocess_output_and_normalisation():
     assert normalize(np.zeros((8, 8), np.uint8), 0.3, 0.2).shape == (3, 8, 8)
 
 
-def _dicom(rows: int, cols: int, pixels: bytes, frames: int = 1, deflated: bool = False) -> bytes:
-    import io
-
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
-                             generate_uid)
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_dicom_size_is_checked_from_the_header_before_decoding():
     """A tiny file whose header claims 12000 x 12000 pixels is refused for its size (not for its
     missing pixel data): the check runs before any decoding."""
     with pytest.raises(ImageError, match="12000x12000"):
-        decode_image(_dicom(12000, 12000, b"\0" * 64))
+        decode_image(dicom_raw(12000, 12000, b"\0" * 64))
 
 
 def test_deflated_dicom_is_refused_from_its_header():
     """A deflated file would be inflated whole: its size (one frame, or all frames together) is read
     from the first inflated bytes and refused before anything large is allocated."""
     with pytest.raises(ImageError, match="12000x12000"):
-        decode_image(_dicom(12000, 12000, b"\0" * 64, deflated=True))
+        decode_image(dicom_raw(12000, 12000, b"\0" * 64, deflated=True))
     with pytest.raises(ImageError, match="deflated DICOM file holds 800 MB of pixel data \\(200 frames\\)"):
-        decode_image(_dicom(2000, 2000, b"\0" * 64, frames=200, deflated=True))
-    ok = _dicom(16, 20, np.arange(320, dtype=np.uint8).tobytes(), deflated=True)
+        decode_image(dicom_raw(2000, 2000, b"\0" * 64, frames=200, deflated=True))
+    ok = dicom_raw(16, 20, np.arange(320, dtype=np.uint8).tobytes(), deflated=True)
     assert decode_image(ok).size == (20, 16)
 
 
 def test_multiframe_dicom_decodes_its_middle_frame():
     frames = [np.full((16, 20), v, np.uint8) for v in (10, 200, 90)]
     frames[1][0, 0] = 0  # a dark pixel, so the middle frame's stretch is visible
-    img = decode_image(_dicom(16, 20, b"".join(f.tobytes() for f in frames), frames=3))
+    img = decode_image(dicom_raw(16, 20, b"".join(f.tobytes() for f in frames), frames=3))
     a = np.asarray(img)
     assert img.size == (20, 16) and a[0, 0] == 0 and a[5, 5] == 255  # frame 1 (values 0/200) stretched
