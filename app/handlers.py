@@ -97,11 +97,11 @@ def _path_of(file: Any) -> str | None:
 
 
 def _fit(img: Image.Image, cam: np.ndarray | None, max_side: int) -> tuple[Image.Image, np.ndarray | None]:
-    w, h = img.size
-    s = max_side / max(w, h)
-    if s >= 1:
+    from model.inference import reduced_size
+
+    size = reduced_size(img.size, max_side)
+    if size == img.size:
         return img, cam
-    size = (max(1, round(w * s)), max(1, round(h * s)))
     img = img.resize(size, Image.Resampling.LANCZOS)
     if cam is not None:
         cam = np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))

@@ -124,8 +124,8 @@ def _dicom_header(data: bytes):
                         stop_when=lambda tag, vr, length: tag >= 0x7FE00010), True
 
 
-ROW_BAND = 256
-LARGE_JPEG = 16_000_000  # pixels above which a colour JPEG is decoded straight to grey  # rows converted at a time: the temporary index/float copies stay a few MB
+ROW_BAND = 256  # rows converted at a time: the temporary index/float copies stay a few MB
+LARGE_JPEG = 16_000_000  # pixels above which a colour JPEG is decoded straight to grey
 
 
 def _lut_sized(arr: np.ndarray) -> bool:
@@ -265,7 +265,7 @@ def decode_image(source: Source) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         _check_size(*source.size)
-        return _with_chroma(_pil_to_gray(source), chroma_of(ImageOps.exif_transpose(source)))
+        return _with_chroma(_pil_to_gray(source), chroma_of(source))  # (mean chroma ignores orientation)
     if isinstance(source, np.ndarray):
         arr = source
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -290,8 +290,14 @@ def decode_image(source: Source) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         _check_size(*img.size)  # before decoding the pixels: huge images are refused cheaply
+        colour = None
         if img.format == "JPEG" and img.mode != "L" and img.size[0] * img.size[1] > LARGE_JPEG:
-            img.draft("L", img.size)  # a large colour JPEG is decoded straight to grey (1 byte a pixel)
+            # a large colour JPEG is decoded straight to grey (1 byte a pixel); its colour is measured
+            # first on a reduced (1/8 scale) decode
+            small = Image.open(io.BytesIO(data))
+            small.draft("RGB", (256, 256))
+            colour = chroma_of(small)
+            img.draft("L", img.size)
         img.load()
     except ImageError:
         raise
@@ -301,7 +307,7 @@ def decode_image(source: Source) -> Image.Image:
         raise ImageError("the file is not an image this tool can read (PNG, JPEG or DICOM)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image file is damaged or truncated ({exc.__class__.__name__})") from None
-    value = chroma_of(img)  # from a small copy, before the colour is gone
+    value = chroma_of(img) if colour is None else colour  # from a small copy, before the colour is gone
     return _with_chroma(_pil_to_gray(img, owned=True), value)
 
 

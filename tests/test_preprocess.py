@@ -140,3 +140,15 @@ def test_multiframe_dicom_decodes_its_middle_frame():
     img = decode_image(dicom_raw(16, 20, b"".join(f.tobytes() for f in frames), frames=3))
     a = np.asarray(img)
     assert img.size == (20, 16) and a[0, 0] == 0 and a[5, 5] == 255  # frame 1 (values 0/200) stretched
+
+
+def test_large_colour_jpeg_is_decoded_grey_but_keeps_its_colour_measure():
+    """Above 16 MP a colour JPEG is decoded straight to grey (memory); its colourfulness, which the X-ray
+    check reads, is measured on a reduced decode first, so a big colour photo is still seen as colour."""
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (60, 50, 3), dtype=np.uint8))
+    for size in ((1000, 800), (5000, 4000)):  # 0.8 MP and 20 MP
+        buf = io.BytesIO()
+        small.resize(size).save(buf, format="JPEG")
+        img = decode_image(buf.getvalue())
+        assert img.mode == "L" and img.size == size and img.info["chroma"] > 0.2
