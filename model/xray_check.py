@@ -170,6 +170,12 @@ def image_stats(square: np.ndarray) -> np.ndarray:
     return np.concatenate([basic, lbp_histogram(a)])
 
 
+def squares_stats(squares: np.ndarray) -> np.ndarray:
+    """image_stats of one square (S, S) or of each of (N, S, S): (N, 20)."""
+    squares = np.asarray(squares)
+    return np.stack([image_stats(q) for q in (squares[None] if squares.ndim == 2 else squares)])
+
+
 def lbp_histogram(a: np.ndarray) -> np.ndarray:
     """Square-rooted shares of the 10 rotation-invariant uniform local binary patterns (8 neighbours,
     radius 1, on the image at half resolution; a neighbour counts as brighter by more than 2/255).
@@ -490,12 +496,7 @@ class XrayCheck:
     def ratios(self, features: np.ndarray | None, squares: np.ndarray | None, chromas,
                stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per image: each signal divided by its limit (> 1 fails). `stats` may be given precomputed."""
-        if stats is None:
-            squares = np.asarray(squares)
-            if squares.ndim == 2:
-                squares = squares[None]
-            stats = np.stack([image_stats(s) for s in squares])
-        stats = np.atleast_2d(stats)
+        stats = np.atleast_2d(squares_stats(squares) if stats is None else stats)
         n = len(stats)
         out = {"colour": np.asarray(chromas, np.float64).reshape(n) / self.colour_limit}
         if self.stats is None:
@@ -513,8 +514,7 @@ class XrayCheck:
         """modalities: the DICOM Modality of each upload (None for PNG/JPG); a modality that is not a
         projection radiograph (CT, MR, US, NM, ...) fails the check whatever the pixels look like."""
         if stats is None:
-            squares = np.asarray(squares)
-            stats = np.stack([image_stats(sq) for sq in (squares[None] if squares.ndim == 2 else squares)])
+            stats = squares_stats(squares)
         r = self.ratios(features, None, chromas, stats)
         groups = self.groups(features, stats) or [None] * len(r["colour"])
         mods = list(modalities) if modalities is not None else [None] * len(r["colour"])
@@ -762,12 +762,14 @@ def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, 
             with np.load(cache, allow_pickle=False) as z:
                 return z["feats"], z["stats"], z["chromas"], [str(m) or None for m in z["modalities"]]
     size = int(meta["img_size"])
-    feats, stats = [], []
+    feats, stats, chromas = [], [], []
     for i in range(0, len(negatives), 16):
-        sq = np.stack([letterbox(decode_image(n.image), size)[0] for n in negatives[i : i + 16]])
+        grays = [decode_image(n.image) for n in negatives[i : i + 16]]
+        chromas += [g.info["chroma"] for g in grays]  # measured by the decode, as Predictor.predict reads it
+        sq = np.stack([letterbox(g, size)[0] for g in grays])
         feats.append(network_features(model, sq, meta["mean"], meta["std"]))
-        stats += [image_stats(q) for q in sq]
-    out = (np.concatenate(feats), np.stack(stats), np.array([chroma(n.image) for n in negatives]),
+        stats.append(squares_stats(sq))
+    out = (np.concatenate(feats), np.concatenate(stats), np.array(chromas),
            [dicom_modality(n.image) for n in negatives])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
