@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
-from model.cache import DEFAULT_CACHE_DIR, load_squares
+from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
 from model.data import REGIONS, Sample
 from model.inference import score_squares, setup_cpu_threads
 from model.network import CLASS_NAMES, FractureNet, arch_spec, save_model
@@ -162,7 +162,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
     ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--channels-last", action="store_true", default=True)
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     return ap.parse_args(argv)

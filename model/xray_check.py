@@ -615,7 +615,7 @@ def _channels(model, name: str) -> int:
 
 
 def fit_main(argv=None) -> dict:
-    from model.cache import DEFAULT_CACHE_DIR
+    from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
     from model.inference import setup_cpu_threads
     from model.network import load_model
     from model.splits import file_sha256
@@ -626,7 +626,7 @@ def fit_main(argv=None) -> dict:
     ap.add_argument("--out", default=str(DEFAULT_PATH))
     ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
     ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
                     help="comma-separated: stats, learned, layers, features, neighbours")

@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
+    from model.cache import DEFAULT_CACHE_DIR
     from model.inference import setup_cpu_threads
     from model.network import load_model
 
@@ -44,7 +45,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--max-train", type=int, default=1500)
     ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache-dir", default=".cache")
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--c", default="0.01,0.05,0.2,1,5",

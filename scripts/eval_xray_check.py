@@ -35,7 +35,7 @@ log = logging.getLogger("eval_xray_check")
 def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from model.cache import DEFAULT_CACHE_DIR, load_squares
+    from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
     from model.evaluate import select_samples
     from model.inference import Predictor, setup_cpu_threads
     from model.network import load_model
@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="assets/report/xray_check")
     ap.add_argument("--split", default="test")
     ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-xrays", type=int, default=0, help="cap per data root (0 = all)")
     ap.add_argument("--features-only", action="store_true", help="only compute and cache the features")
