@@ -157,7 +157,8 @@ class Handlers:
                 raise InputProblem("Could not read this file: the file is empty.")
             if size > self.max_bytes:
                 raise InputProblem(
-                    f"Could not read this file: it is {size / 2**20:.0f} MB; the limit is {self.max_bytes / 2**20:.0f} MB."
+                    f"Could not read this file: it is {size / 2**20:.0f} MB; "
+                    f"the limit is {self.max_bytes / 2**20:.0f} MB."
                 )
             return p.read_bytes()
         finally:

@@ -167,7 +167,9 @@ def _calibration_section(report_dir: Path, model_sha256: str | None) -> list[str
                   "|---|---|---|---|---|---|"]
         for t in targets:
             ci = t.get("recall_ci") or [None, None]
-            rec = f"{_pct(t.get('recall'))} ({_pct(ci[0])} to {_pct(ci[1])})" if ci[0] is not None else _pct(t.get("recall"))
+            rec = _pct(t.get("recall"))
+            if ci[0] is not None:
+                rec = f"{rec} ({_pct(ci[0])} to {_pct(ci[1])})"
             lines.append(f"| {_pct(t.get('target'), 0)} | {_num(t.get('threshold'))} | {rec} | "
                          f"{_pct(t.get('specificity'))} | {_pct(t.get('precision'))} | "
                          f"{'yes' if t.get('achievable') else 'no'} |")
@@ -210,7 +212,8 @@ def model_card_markdown(meta: dict, report_dir: Path = REPORT_DIR, model_sha256:
                      f"(pos_weight {_num(training.get('pos_weight'), 2)}), on {training.get('device', 'n/a')}")
     vm = meta.get("val_metrics") or {}
     if vm:
-        vals = ", ".join(f"{k} {_num(v)}" for k, v in vm.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        vals = ", ".join(f"{k} {_num(v)}" for k, v in vm.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool))
         lines.append(f"- Model selection on validation: {vals}")
     lines += ["### Test metrics", *_test_section(report_dir)]
     lines += _calibration_section(report_dir, model_sha256)

@@ -39,7 +39,7 @@ class Sweeper:
         """Delete the files older than max_age and the sub-folders left empty; returns the number deleted."""
         now = time.time() if now is None else now
         deleted = 0
-        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
             d = Path(dirpath)
             for name in filenames:
                 f = d / name

@@ -125,7 +125,8 @@ class Calibration:
             "prevalence": self.prevalence,
             **{k: info.pop(k) for k in ("ece_before", "ece_after", "ece_bins", "nll_before", "nll_after") if k in info},
             **info,
-            "decision_rule": "flag when sigmoid(logit / temperature) >= threshold (equivalently logit >= logit_threshold)",
+            "decision_rule": "flag when sigmoid(logit / temperature) >= threshold "
+                             "(equivalently logit >= logit_threshold)",
             "threshold_rule": "k = floor((n_positives + 1) * (1 - target)); threshold = k-th smallest validation "
                               "positive logit; k = 0: not achievable, lowest positive logit used",
             "operating_points": [self.operating_point(t) for t in REPORT_TARGETS],

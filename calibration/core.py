@@ -187,8 +187,8 @@ def confusion_at(scores, labels, threshold: float) -> dict:
     s = check_scores(scores)
     y = check_labels(labels, len(s))
     flag = s >= threshold
-    tp = int((flag & (y == 1)).sum()); fp = int((flag & (y == 0)).sum())
-    fn = int((~flag & (y == 1)).sum()); tn = int((~flag & (y == 0)).sum())
+    tp, fp = int((flag & (y == 1)).sum()), int((flag & (y == 0)).sum())
+    fn, tn = int((~flag & (y == 1)).sum()), int((~flag & (y == 0)).sum())
     div = lambda a, b: (a / b) if b else None  # noqa: E731
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "recall": div(tp, tp + fn),
             "specificity": div(tn, tn + fp), "precision": div(tp, tp + fp), "npv": div(tn, tn + fn)}

@@ -24,7 +24,8 @@ def reliability_diagram(probs_before, probs_after, labels, path: str | Path, tit
         ax, hx = axes[0, col], axes[1, col]
         centers = (b["edges"][:-1] + b["edges"][1:]) / 2
         m = b["count"] > 0
-        ax.bar(centers[m], b["frequency"][m], width=1 / n_bins, alpha=0.35, edgecolor="tab:blue", label="observed frequency")
+        ax.bar(centers[m], b["frequency"][m], width=1 / n_bins, alpha=0.35, edgecolor="tab:blue",
+               label="observed frequency")
         ax.plot(b["confidence"][m], b["frequency"][m], "o-", color="tab:blue", ms=4, label="bin (mean prob, freq)")
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1)

@@ -92,8 +92,8 @@ def markdown(report: dict) -> str:
         f"fractured; thresholds and temperature (T = {r['temperature']:.3f}) fitted on the "
         f"{r['calibration']['split']} split ({r['calibration']['n_positives']} fractured) only.",
         "",
-        "| target recall | threshold (calibrated p) | validation recall (95% lower bound) | recall on this split [95% CI] "
-        "| specificity | precision | missed fractures | held |",
+        "| target recall | threshold (calibrated p) | validation recall (95% lower bound) "
+        "| recall on this split [95% CI] | specificity | precision | missed fractures | held |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in r["targets"]:

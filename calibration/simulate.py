@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"distribution": name, **simulate(dist, n, r, args.trials, rng)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "finite_sample.json").write_text(json.dumps({"trials": args.trials, "seed": args.seed, "rows": rows}, indent=1))
+    summary = {"trials": args.trials, "seed": args.seed, "rows": rows}
+    (out / "finite_sample.json").write_text(json.dumps(summary, indent=1))
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"Mean recall achieved on fresh positives over {args.trials} simulated validation sets "
              "(finite-sample rule k = floor((n+1)(1-r)) vs the naive highest threshold with validation recall >= r).",

@@ -10,8 +10,8 @@ pass --no-cache to the commands to keep nothing. Uploads to the app are never ca
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 

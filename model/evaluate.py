@@ -109,7 +109,8 @@ def compute_metrics(samples: list[Sample], logits: np.ndarray, prob: np.ndarray,
         ys = y[mask]
         if mask.sum() == 0 or ys.min() == ys.max():
             return {"n": int(mask.sum()), "n_fractured": int(ys.sum()), "auroc": None}
-        return {"n": int(mask.sum()), "n_fractured": int(ys.sum()), "auroc": round(float(roc_auc_score(ys, prob[mask])), 4)}
+        return {"n": int(mask.sum()), "n_fractured": int(ys.sum()),
+                "auroc": round(float(roc_auc_score(ys, prob[mask])), 4)}
 
     sources = sorted({s.source for s in samples})
     if len(sources) > 1:
@@ -132,7 +133,8 @@ def compute_metrics(samples: list[Sample], logits: np.ndarray, prob: np.ndarray,
     hw = np.array([bool(s.flags.get("hardware")) for s in samples])
     if hw.any():
         m["without_hardware"] = sub_auroc(~hw)
-        m["without_hardware"]["note"] = "images with orthopaedic hardware (a shortcut: nearly all are fractured) removed"
+        m["without_hardware"]["note"] = ("images with orthopaedic hardware (a shortcut: nearly all are fractured) "
+                                         "removed")
     return m
 
 
@@ -177,7 +179,8 @@ def _plots(out: Path, y: np.ndarray, prob: np.ndarray, threshold: float, samples
         ax.set_title(f"{'fractured' if y[i] else 'not fr.'}  p={prob[i]:.2f}", fontsize=9,
                      color="green" if ok else "red")
         if k % 4 == 0:
-            ax.text(-0.08, 0.5, rows_t[k // 4], transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
+            ax.text(-0.08, 0.5, rows_t[k // 4], transform=ax.transAxes, rotation=90, va="center", ha="right",
+                    fontsize=9)
     fig.suptitle(f"Sample predictions ({title}); red = wrong at threshold {threshold:.3f}")
     fig.tight_layout(), fig.savefig(out / "samples.png", dpi=80), plt.close(fig)
     del Image

@@ -65,7 +65,8 @@ def _dicom_to_uint8(data: bytes) -> np.ndarray:
         head, deflated = _dicom_header(data)
         rows, cols = int(head.get("Rows") or 0), int(head.get("Columns") or 0)
         frames = int(str(head.get("NumberOfFrames") or 1).strip() or 1)
-        declared = rows * cols * frames * int(head.get("SamplesPerPixel") or 1) * max(8, int(head.get("BitsAllocated") or 16)) // 8
+        bytes_per_sample = max(8, int(head.get("BitsAllocated") or 16)) // 8
+        declared = rows * cols * frames * int(head.get("SamplesPerPixel") or 1) * bytes_per_sample
     except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
         raise ImageError(f"could not read the DICOM header ({type(exc).__name__})") from None
     if rows <= 0 or cols <= 0:
@@ -104,10 +105,10 @@ DEFLATED_HEAD = 1 << 20  # bytes of a deflated data set inflated to read its hea
 
 
 def _dicom_header(data: bytes):
-    """(the data set up to, not including, the pixel data; whether the file is deflated). A deflated file (transfer syntax
-    1.2.840.10008.1.2.1.99) would be inflated whole by pydicom even to read its header, so only its
-    first DEFLATED_HEAD inflated bytes are read here: a few hundred bytes that claim a 12000 x 12000
-    image are refused before anything large is allocated."""
+    """(the data set up to, not including, the pixel data; whether the file is deflated). A deflated
+    file (transfer syntax 1.2.840.10008.1.2.1.99) would be inflated whole by pydicom even to read its
+    header, so only its first DEFLATED_HEAD inflated bytes are read here: a few hundred bytes that
+    claim a 12000 x 12000 image are refused before anything large is allocated."""
     import zlib
 
     import pydicom

@@ -239,7 +239,8 @@ def train(args) -> dict:
     va_boxes = square_boxes(val_s, args.img_size) if use_loc else None
     if use_loc:
         log.info("localisation targets: %d train images with boxes, %d known box-free, %d unknown",
-                 sum(b is not None and len(b) > 0 for b in tr_boxes), sum(b is not None and len(b) == 0 for b in tr_boxes),
+                 sum(b is not None and len(b) > 0 for b in tr_boxes),
+                 sum(b is not None and len(b) == 0 for b in tr_boxes),
                  sum(b is None for b in tr_boxes))
     ds = SquareDataset(tr_sq, labels, regions, rmask, augment=train_augment(), boxes=tr_boxes)
     g = torch.Generator().manual_seed(args.seed + (state["epoch"] + 1 if state else 0))
@@ -260,9 +261,12 @@ def train(args) -> dict:
     steps_per_epoch = len(loader)
     total = max(1, args.epochs * steps_per_epoch)
     warm = min(steps_per_epoch, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-    )
+    def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay
+        if s < warm:
+            return (s + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     frac_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
     region_loss = nn.BCEWithLogitsLoss(reduction="none")
     start_epoch, best, bad, rows, elapsed = 0, -1.0, 0, [], 0.0

@@ -454,7 +454,8 @@ class XrayCheck:
                 arrays[f"s{i}_k"] = np.array(s.k)
             elif isinstance(s, Learned):
                 arrays.update({f"s{i}_lmean": s.mean.astype(np.float32), f"s{i}_lscale": s.scale.astype(np.float32),
-                               f"s{i}_coef": s.coef.astype(np.float32), f"s{i}_intercept": s.intercept.astype(np.float32),
+                               f"s{i}_coef": s.coef.astype(np.float32),
+                               f"s{i}_intercept": s.intercept.astype(np.float32),
                                f"s{i}_classes": np.array(s.classes)})
             else:
                 arrays[f"s{i}_mean"] = s.mean.astype(np.float32)
@@ -647,7 +648,7 @@ def fit_main(argv=None) -> dict:
     signals = tuple(args.signals.split(","))
     negatives = None
     if "learned" in signals:  # the development half of the negatives (the evaluation half is never read)
-        from model.xray_negatives import split_sets, all_negatives
+        from model.xray_negatives import all_negatives, split_sets
 
         dev, _ = split_sets(all_negatives())
         nf, ns, _, _ = negative_inputs(model, meta, dev, args.cache_dir, args.model)

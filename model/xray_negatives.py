@@ -174,7 +174,8 @@ def _pydicom_file(f: Path, out: list, seen: dict, pydicom, apply_modality_lut, a
                 voi = None
     except Exception:  # noqa: BLE001 - no decoder for this transfer syntax
         return
-    key = hashlib.sha256(to_uint8(np.asarray(Image.fromarray(to_uint8(arrs[0])).resize((32, 32)))).tobytes()).hexdigest()
+    thumb = np.asarray(Image.fromarray(to_uint8(arrs[0])).resize((32, 32)))
+    key = hashlib.sha256(to_uint8(thumb).tobytes()).hexdigest()
     if key in seen:
         return
     source = f"pydicom:{f.stem}"
@@ -248,7 +249,8 @@ def package_images(rng: np.random.Generator) -> list[Negative]:
             warnings.simplefilter("ignore")
             a = np.asarray(getattr(skd, name)())
         img = Image.fromarray(to_uint8(a))
-        base.append((f"skimage:{name}", SKIMAGE_KIND.get(name, "photo"), img.convert("RGB") if img.mode == "RGBA" else img))
+        img = img.convert("RGB") if img.mode == "RGBA" else img
+        base.append((f"skimage:{name}", SKIMAGE_KIND.get(name, "photo"), img))
     gr = Path(gradio.__file__).parent / "media_assets" / "images"
     base += [(f"gradio:{n}", "photo", Image.open(gr / n).convert("RGB"))
              for n in ("bus.png", "cheetah.jpg", "cheetah1.jpg", "groot.jpeg", "lion.jpg", "tower.jpg")
@@ -310,7 +312,8 @@ def generated_images(rng: np.random.Generator) -> list[Negative]:
              "Radiology report: no acute osseous abnormality. ") * 3
     for k, (bg, fg, f, size) in enumerate([(255, 0, font, (640, 480)), (0, 255, font, (480, 640)),
                                           (255, 0, big, (800, 600)), (0, 230, big, (512, 512)),
-                                          (240, 30, big, (300, 900)), ((255, 250, 230), (20, 20, 120), big, (700, 500))]):
+                                          (240, 30, big, (300, 900)),
+                                          ((255, 250, 230), (20, 20, 120), big, (700, 500))]):
         img = Image.new("RGB" if isinstance(bg, tuple) else "L", size, bg)
         d = ImageDraw.Draw(img)
         y = 5
@@ -326,7 +329,8 @@ def generated_images(rng: np.random.Generator) -> list[Negative]:
             Image.fromarray(np.clip(rng.normal(100 + 30 * k, 40, (400, 300 + 50 * k)), 0, 255).astype(np.uint8)))
         add(f"gen:noise-colour{k}", "generated noise", "graphic",
             Image.fromarray(rng.integers(0, 256, (320, 320, 3), dtype=np.uint8)))
-        blobs = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).resize((512, 512), Image.Resampling.BICUBIC)
+        blobs = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).resize((512, 512),
+                                                                                      Image.Resampling.BICUBIC)
         add(f"gen:smooth-noise{k}", "generated noise", "graphic", blobs)
     for k, v in enumerate([0, 255, 128, 40, 200]):
         add(f"gen:flat-grey{v}", "generated flat", "graphic", Image.new("L", (400 + 40 * k, 300), v))

@@ -144,7 +144,7 @@ def main() -> None:
             for _ in range(3):  # warm-up
                 client.predict(handle_file(str(image)), 0.95, api_name="/predict")
             times = []
-            for i in range(args.n):
+            for _ in range(args.n):
                 t0 = time.perf_counter()
                 out = client.predict(handle_file(str(image)), 0.95, api_name="/predict")
                 times.append((time.perf_counter() - t0) * 1000)
@@ -180,11 +180,11 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"predict": predict, "slider": {k: v for k, v in report["slider_redecide"].items() if k != "note"}},
-                     indent=1))
+    slider = report["slider_redecide"]
+    print(json.dumps({"predict": predict, "slider": {k: v for k, v in slider.items() if k != "note"}}, indent=1))
     rows = [("`/predict` via gradio_client", predict),
             ("slider re-decision, handler only", handler),
-            ("slider re-decision, server round trip (gradio_client)", report["slider_redecide"]["server_round_trip_gradio_client"])]
+            ("slider re-decision, server round trip (gradio_client)", slider["server_round_trip_gradio_client"])]
     if browser:
         rows.append(("slider, browser key press to new threshold on screen", browser))
     print("\n| what | n | median ms | p90 ms |\n|---|---|---|---|")

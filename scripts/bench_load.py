@@ -43,7 +43,8 @@ KEEP = 20.0  # --keep-files for the benchmark server (short, so the soak can che
 
 
 def server_pid(port: str) -> int:
-    out = subprocess.run(["pgrep", "-f", "--", f"-m app --host 127.0.0.1 --port {port}"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "--", f"-m app --host 127.0.0.1 --port {port}"], capture_output=True,
+                         text=True)
     return int(out.stdout.split()[0])
 
 
@@ -179,7 +180,8 @@ def soak(url: str, pid: int, temp: Path, tmp: Path, n: int) -> dict:
             "seconds": round(wall, 1), "rss_start_mb": round(rss0, 1), "rss_end_mb": round(rss1, 1),
             "rss_change_mb": round(rss1 - rss0, 1), "rss_every_100_calls_mb": samples,
             "temp_files_start": files0, "temp_files_end": files1,
-            "targets": {"rss_flat_within_100_mb": abs(rss1 - rss0) <= 100, "no_temp_file_accumulation": files1 <= files0}}
+            "targets": {"rss_flat_within_100_mb": abs(rss1 - rss0) <= 100,
+                        "no_temp_file_accumulation": files1 <= files0}}
 
 
 def main() -> None:

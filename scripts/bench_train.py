@@ -1,6 +1,11 @@
 """Training throughput (img/s) of each architecture and input size on this CPU (random data, AdamW)."""
-import sys, time, torch
+import sys
+import time
+
+import torch
+
 from model.network import FractureNet
+
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 torch.set_num_threads(threads)
 configs = [a.split("@") for a in (sys.argv[2:] or ["mobilenet_v3_large@224", "mobilenet_v3_large@320"])]
@@ -14,5 +19,7 @@ for arch, size in configs:
         if i == 2:
             t = time.time()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     print(f"{arch}@{size} threads={threads}: {4 * 32 / (time.time() - t):.1f} img/s", flush=True)

@@ -86,7 +86,8 @@ def main(argv=None) -> dict:
              f"{res['n_positive']} fractured; {res['protocol']}). Lower is better.", "",
              "| method | NLL (sd) | Brier | ECE (sd) |", "|---|---|---|---|"]
     for name, m in res["methods"].items():
-        lines.append(f"| {name} | {m['nll']:.4f} ({m['nll_sd']:.4f}) | {m['brier']:.4f} | {m['ece']:.4f} ({m['ece_sd']:.4f}) |")
+        lines.append(f"| {name} | {m['nll']:.4f} ({m['nll_sd']:.4f}) | {m['brier']:.4f} | "
+                     f"{m['ece']:.4f} ({m['ece_sd']:.4f}) |")
     (out / "methods.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return res

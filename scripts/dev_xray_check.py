@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
         for c, k in zip(cats, caught):
             by_cat[c].append(k)
         rows[key] = {
-            "auroc_all": round(float(roc_auc_score(np.r_[np.ones(len(vs)), np.zeros(len(score))], np.r_[vs, score])), 4),
+            "auroc_all": round(float(roc_auc_score(np.r_[np.ones(len(vs)), np.zeros(len(score))],
+                                                   np.r_[vs, score])), 4),
             "caught_all": round(float(caught.mean()), 4), "caught_grey": round(float(caught[grey].mean()), 4),
             "group_named_when_caught": round(float(named[caught].mean()), 4) if "learned" in signals else None,
             "val_flagged": round(float(np.mean(val_flagged)), 4),

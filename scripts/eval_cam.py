@@ -209,7 +209,6 @@ def table(res: dict) -> str:
 
 def main(argv=None) -> dict:
     from model.inference import Predictor, setup_cpu_threads
-    from model.network import load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="assets/model.pt")

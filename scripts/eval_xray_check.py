@@ -62,7 +62,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    cache = Path(args.cache_dir) / f"xray-eval-v4-{sha[:16]}-{args.split}-{args.max_xrays}.npz" if args.cache_dir else None
+    cache_name = f"xray-eval-v4-{sha[:16]}-{args.split}-{args.max_xrays}.npz"
+    cache = Path(args.cache_dir) / cache_name if args.cache_dir else None
     _, neg = split_sets(all_negatives())
     loaded = False
     if cache is not None and cache.is_file():
@@ -130,19 +131,15 @@ def main(argv=None) -> dict:
         "gate_threshold": gate.threshold, "colour_limit": gate.colour_limit,
         "n_xray": int(y.sum()), "n_non_xray": int((1 - y).sum()),
         "auroc": round(float(roc_auc_score(y, score)), 4),
-        "auroc_by_signal": {k: (round(float(roc_auc_score(y, -np.nan_to_num(v, nan=0.0))), 4) if np.isfinite(v).any() else None)
-                            for k, v in ratios.items()},
+        "auroc_by_signal": {k: (round(float(roc_auc_score(y, -np.nan_to_num(v, nan=0.0))), 4)
+                                if np.isfinite(v).any() else None) for k, v in ratios.items()},
         "false_alarm_rate_test_xrays": round(float(flag[y == 1].mean()), 4),
         "detection_rate_non_xrays": round(float(flag[y == 0].mean()), 4),
         "by_group": {g: {"n": int(sum(r[1] == g for r in rows)),
                          "flagged": round(float(np.mean([not r[3]["is_xray"] for r in rows if r[1] == g])), 4),
                          "median_score": round(float(np.median([r[3]["xray_score"] for r in rows if r[1] == g])), 4)}
                      for g in groups},
-        "by_kind": {k: {"n": kinds.count(k), "flagged": round(float(np.mean([not r["is_xray"] for r, k2 in zip(res, kinds)
-                                                                         if k2 == k])), 4),
-                        "named_correctly_when_flagged": round(float(np.mean(
-                            [r.get("looks_like") == KIND_GROUP[k] for r, k2 in zip(res, kinds) if k2 == k and not r["is_xray"]]
-                            or [0.0])), 4)} for k in KINDS if k in kinds},
+        "by_kind": {k: _kind_row(k, res, kinds) for k in KINDS if k in kinds},
         "group_named_correctly_when_flagged": round(float(np.mean(named)), 4) if named else None,
         "missed_non_xrays": [r[0] for r in rows if r[2] == 0 and r[3]["is_xray"]],
         "predictor_consistency_max_abs_diff": float(max(mismatch)) if mismatch else None,
@@ -154,7 +151,8 @@ def main(argv=None) -> dict:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "group", "is_xray_truth", "xray_score", "flagged", *[f"{k}_ratio" for k in ratios]])
         for i, (n, g, t, r) in enumerate(rows):
-            w.writerow([n, g, t, f"{r['xray_score']:.5f}", int(not r["is_xray"]), *[f"{v[i]:.4f}" for v in ratios.values()]])
+            w.writerow([n, g, t, f"{r['xray_score']:.5f}", int(not r["is_xray"]),
+                        *[f"{v[i]:.4f}" for v in ratios.values()]])
     lines = ["| images | n | flagged as not an X-ray | median X-ray score |", "|---|---:|---:|---:|"]
     for g, v in m["by_group"].items():
         lines.append(f"| {g} | {v['n']} | {100 * v['flagged']:.1f}% | {v['median_score']:.3f} |")
@@ -163,7 +161,9 @@ def main(argv=None) -> dict:
               f"False alarms on {m['n_xray']} test X-rays: **{100 * m['false_alarm_rate_test_xrays']:.2f}%**; "
               f"non-X-rays caught: **{100 * m['detection_rate_non_xrays']:.1f}%**. The check adds "
               f"{timing['added_ms_median']} ms to a prediction (median of {timing['n_calls']} calls, 1 thread).",
-              "", "| kind | n | flagged | reason names its group (medical image / photo or drawing), of those flagged |", "|---|---:|---:|---:|",
+              "", "| kind | n | flagged | reason names its group (medical image / photo or drawing), "
+              "of those flagged |",
+              "|---|---:|---:|---:|",
               *[f"| {k} | {v['n']} | {100 * v['flagged']:.1f}% | {100 * v['named_correctly_when_flagged']:.0f}% |"
                 for k, v in m["by_kind"].items()]]
     if m["missed_non_xrays"]:
@@ -172,6 +172,15 @@ def main(argv=None) -> dict:
     _plot(out / "scores.png", y, score)
     print("\n".join(lines))
     return m
+
+
+def _kind_row(kind: str, res: list[dict], kinds: list[str]) -> dict:
+    """Flagged share of one kind of non-X-ray, and how often the reason names its group."""
+    mine = [r for r, k in zip(res, kinds) if k == kind]
+    flagged = [r for r in mine if not r["is_xray"]]
+    named = [r.get("looks_like") == KIND_GROUP[kind] for r in flagged] or [0.0]
+    return {"n": len(mine), "flagged": round(float(np.mean([not r["is_xray"] for r in mine])), 4),
+            "named_correctly_when_flagged": round(float(np.mean(named)), 4)}
 
 
 def _added_ms(p, model_path: str, images: list, repeats: int = 3) -> dict:

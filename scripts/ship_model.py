@@ -5,8 +5,9 @@
 Reads the run's log.csv at its best epoch (by validation AUROC) and switches horizontal-flip test-time
 augmentation on in the model file's metadata (meta["tta"]) only if it raised the VALIDATION AUROC at
 that epoch; records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
-validation: python scripts/eval_cam.py --split val --cam-layer NAME ...). The weights are copied unchanged (fp16). The test split
-is not read. Afterwards refit what depends on the model file's hash: scripts/make_reports.sh --refit.
+validation: python scripts/eval_cam.py --split val --cam-layer NAME ...). The weights are copied
+unchanged (fp16). The test split is not read. Afterwards refit what depends on the model file's hash:
+scripts/make_reports.sh --refit.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main(argv=None) -> dict:
     blob = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     meta = blob["meta"]
     if int(meta["val_metrics"]["epoch"]) != int(best["epoch"]):
-        raise SystemExit(f"{run}/best.pt is from epoch {meta['val_metrics']['epoch']}, log.csv's best is {best['epoch']}")
+        raise SystemExit(f"{run}/best.pt is from epoch {meta['val_metrics']['epoch']}, "
+                         f"log.csv's best is {best['epoch']}")
     plain, tta = float(best["val_auroc"]), float(best.get("val_auroc_tta") or 0.0)
     meta["tta"] = tta > plain
     if args.cam_layer:

@@ -71,8 +71,12 @@ def dicom_raw(rows: int, cols: int, pixels: bytes, frames: int = 1, deflated: bo
     8-bit or 12-in-16-bit, optionally with the deflated transfer syntax."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
-                             generate_uid)
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -108,7 +112,8 @@ def fracatlas_tree(root: Path, n: int = 14, size=(48, 40)) -> Path:
         xray_like(i, bool(label), size).save(root / "images" / ("Fractured" if label else "Non_fractured") / name)
         region = ["hand", "leg", "hip", "shoulder"][i % 4]
         # IMG0000000's csv row disagrees with its folder (as IMG0003298 does in FracAtlas)
-        rows.append([name] + [int(region == r) for r in ("hand", "leg", "hip", "shoulder")] + [0, int(i == 1), 0, 0 if i == 0 else label, label, 1, 0, 0])
+        rows.append([name] + [int(region == r) for r in ("hand", "leg", "hip", "shoulder")]
+                    + [0, int(i == 1), 0, 0 if i == 0 else label, label, 1, 0, 0])
         dup = "7" if i in (2, 3) else ("9" if i in (4, n + 4) else "")  # 9: conflicting labels
         meta.append([name, "x", 0, 0, 0, 0, 1, "md5", int(i == 2 * n - 1), dup])
     with open(root / "dataset.csv", "w", newline="") as f:

@@ -173,7 +173,6 @@ def test_uploads_never_analysed_and_per_request_files_do_not_linger(server, temp
     within --keep-files (+ one sweep), and so are the empty files requests leave; the example X-rays'
     copies stay."""
     import httpx
-
     from gradio_client import handle_file
 
     start = {p for p in temp_root.rglob("*") if p.is_file()}

@@ -366,7 +366,8 @@ def test_model_card_reads_the_committed_reports(tmp_path):
         "split": "test", "temperature": 1.075, "ece_before": 0.0496, "ece_after": 0.0451, "model_sha256": "abc",
         "targets": [{"target": 0.99, "threshold": 0.042, "recall": 0.943, "recall_ci": [0.871, 0.981],
                      "specificity": 0.165, "precision": 0.197, "achievable": False}]}))
-    for rel in ("test/roc.png", "test/pr.png", "calibration/reliability_test.png", "calibration/operating_curve_val.png"):
+    for rel in ("test/roc.png", "test/pr.png", "calibration/reliability_test.png",
+                "calibration/operating_curve_val.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / rel)
     md = model_card_markdown(meta, tmp_path, model_sha256="def")
     assert "0.760 (95% CI 0.701 to 0.812)" in md and "| Recall at the default threshold | 0.943 |" in md

@@ -70,7 +70,7 @@ def test_huge_image_is_refused_before_decoding():
 
 
 def test_dicom_monochrome1_is_inverted_and_rescaled(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 

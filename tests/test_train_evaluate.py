@@ -75,7 +75,7 @@ def test_compute_metrics_on_known_predictions():
 
     y = np.array([0, 0, 1, 1, 0, 1])
     p = np.array([0.1, 0.6, 0.7, 0.4, 0.2, 0.9])
-    samples = [Sample(path=None, image_id=str(i), source="s", label=int(l), group=str(i)) for i, l in enumerate(y)]
+    samples = [Sample(path=None, image_id=str(i), source="s", label=int(v), group=str(i)) for i, v in enumerate(y)]
     m = ev.compute_metrics(samples, np.zeros((6, 1)), p, 0.5, [], n_boot=20)
     assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)  # 8/9
     assert m["at_threshold"]["confusion_matrix"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}

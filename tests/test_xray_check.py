@@ -14,8 +14,16 @@ from PIL import Image
 
 from model.network import FractureNet
 from model.preprocess import letterbox
-from model.xray_check import (COLOUR_LIMIT, DEFAULT_PATH, XrayCheck, chroma, dicom_modality, image_stats, lbp_histogram,
-                               network_features)
+from model.xray_check import (
+    COLOUR_LIMIT,
+    DEFAULT_PATH,
+    XrayCheck,
+    chroma,
+    dicom_modality,
+    image_stats,
+    lbp_histogram,
+    network_features,
+)
 from tests.helpers import dicom_bytes, xray_like
 
 ROOT = Path(__file__).resolve().parent.parent
