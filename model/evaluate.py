@@ -21,21 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.data import Sample, read_root
-from model.inference import score_squares, setup_cpu_threads, sigmoid
+from model.data import Sample
 from model.network import load_model
-from model.splits import region_name, samples_by_split
+from model.scoring import score_squares, setup_cpu_threads, sigmoid
+from model.splits import region_name, select_samples
 
 log = logging.getLogger("model.evaluate")
-
-
-def select_samples(roots: list[str | Path], split: str, splits_dir: str | Path = "assets/splits") -> list[Sample]:
-    """The samples of `split` ('train', 'val', 'test') from each root's split file, or every readable
-    labelled image for 'all' (no split file needed: any class-folder tree can be scored)."""
-    if split == "all":
-        return [s for root in roots for s in read_root(root).samples]
-    by_split, _ = samples_by_split(roots, splits_dir, create=False)
-    return by_split[split]
 
 
 def score_data(

@@ -1,4 +1,5 @@
-"""Batched scoring of preprocessed images (used by training's validation and by evaluation)."""
+"""The serving Predictor: one upload -> decision, calibrated probability, Grad-CAM, fracture map and
+boxes, and the X-ray check; used by the CLI (model.predict) and the app."""
 
 from __future__ import annotations
 
@@ -7,54 +8,9 @@ import torch
 from PIL import Image
 
 from model.preprocess import normalize
-
-
-def setup_cpu_threads(n: int = 2) -> None:
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-@torch.inference_mode()
-def score_squares(
-    model: torch.nn.Module,
-    squares: np.ndarray,
-    mean: float,
-    std: float,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    channels_last: bool = False,
-    tta: bool = False,
-    with_heat: bool = False,
-):
-    """uint8 (N, S, S) letterboxed squares -> float32 (N, 1 + n_regions) logits (column 0: fracture).
-
-    tta: average the logits of each image and its horizontal mirror. with_heat: also return the
-    localisation head's (N, h, w) heatmap logits (None for a network without the head), from the
-    unflipped pass."""
-    model.eval()
-    outs, heats = [], []
-    device = torch.device(device)
-    for start in range(0, len(squares), batch_size):
-        x = normalize(squares[start : start + batch_size], mean, std).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            f, heat = model.forward_maps(x) if hasattr(model, "forward_maps") else (None, None)
-            y = model.heads(f) if f is not None else model(x)
-            if tta:
-                y = 0.5 * (y + model(torch.flip(x, dims=[-1])))
-        outs.append(y.float().cpu())
-        if heat is not None:
-            heats.append(heat.float().cpu())
-    logits = torch.cat(outs).numpy() if outs else np.zeros((0, 1), dtype=np.float32)
-    if with_heat:
-        return logits, (torch.cat(heats).numpy() if heats else None)
-    return logits
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-
+from model.scoring import sigmoid
+from model.xray_check import XrayCheck
+from model.xray_signals import Taps, chroma, dicom_modality
 
 # ------------------------------------------------------------------------------------------------
 # The Predictor: one object that the CLI (model.predict) and the app use for single uploads.
@@ -116,7 +72,6 @@ class Predictor:
         from model.gradcam import CAM_METHODS, CamEngine
         from model.network import load_model
         from model.splits import file_sha256
-        from model.xray_check import XrayCheck
 
         log = logging.getLogger("model.inference")
         self.model_path = str(model_path)
@@ -151,8 +106,6 @@ class Predictor:
             self.xray = XrayCheck.colour_only(f"no X-ray check file at {xray_path}: only colour is checked")
             log.warning(self.xray.note)
         self.xray_note = self.xray.note
-        from model.xray_check import Taps
-
         self.taps = Taps(self.model, self.xray.tap_layers if self.xray.use_features else [])
 
     # -- decisions ------------------------------------------------------------------------------
@@ -196,7 +149,6 @@ class Predictor:
         from model.boxes import heat_to_boxes
         from model.gradcam import method_name, to_original
         from model.preprocess import decode_image, letterbox
-        from model.xray_check import chroma, dicom_modality
 
         if cam_method is not None:
             cam_method = method_name(cam_method)  # ValueError for an unknown name, before any work

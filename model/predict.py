@@ -36,8 +36,9 @@ def _plain(v):
 
 
 def main(argv=None) -> int:
-    from model.inference import Predictor, setup_cpu_threads
+    from model.inference import Predictor
     from model.preprocess import ImageError
+    from model.scoring import setup_cpu_threads
     from model.xray_check import DEFAULT_PATH as XRAY_PATH
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -185,21 +185,13 @@ def default_split_file(root: str | Path, splits_dir: str | Path = "assets/splits
     return Path(splits_dir) / f"{Path(root).resolve().name}.csv"
 
 
-def main(argv=None) -> None:
-    import json
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="data root (FracAtlas or class-folder layout)")
-    ap.add_argument("--out", help="split CSV (default assets/splits/<root name>.csv)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    out = args.out or default_split_file(args.data)
-    print(json.dumps(make_split_file(args.data, out, args.seed), indent=2))
-
-
-if __name__ == "__main__":
-    main()
+def select_samples(roots: list[str | Path], split: str, splits_dir: str | Path = "assets/splits") -> list[Sample]:
+    """The samples of `split` ('train', 'val', 'test') from each root's split file, or every readable
+    labelled image for 'all' (no split file needed: any class-folder tree can be scored)."""
+    if split == "all":
+        return [s for root in roots for s in read_root(root).samples]
+    by_split, _ = samples_by_split(roots, splits_dir, create=False)
+    return by_split[split]
 
 
 def samples_by_split(
@@ -231,3 +223,20 @@ def samples_by_split(
         used.append({"data": Path(root).resolve().name, "split_file": split_file.as_posix(),
                      "split_sha256": file_sha256(split_file)})
     return out, used
+
+
+def main(argv=None) -> None:
+    import json
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="data root (FracAtlas or class-folder layout)")
+    ap.add_argument("--out", help="split CSV (default assets/splits/<root name>.csv)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    out = args.out or default_split_file(args.data)
+    print(json.dumps(make_split_file(args.data, out, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()

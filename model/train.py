@@ -34,9 +34,9 @@ from tqdm import tqdm
 from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
 from model.data import REGIONS, Sample
-from model.inference import score_squares, setup_cpu_threads
 from model.network import CLASS_NAMES, FractureNet, arch_spec, save_model
 from model.preprocess import PREPROCESS_VERSION, normalize, train_augment
+from model.scoring import score_squares, setup_cpu_threads
 from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")

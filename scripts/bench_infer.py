@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
-from model.inference import setup_cpu_threads  # noqa: E402
 from model.network import load_model  # noqa: E402
 from model.preprocess import preprocess  # noqa: E402
+from model.scoring import setup_cpu_threads  # noqa: E402
 
 
 def timed(fn, n):

@@ -5,7 +5,7 @@
 
 Negatives: the development half of model.xray_negatives (split by source picture; the evaluation half
 is not read). Positives: the training X-rays (to fit) and the VALIDATION X-rays (threshold: 99% of them
-pass, as `python -m model.xray_check` sets it). The learned signal is fitted on development negatives,
+pass, as `python -m model.xray_fit` sets it). The learned signal is fitted on development negatives,
 so it is scored by 5-fold cross-validation grouped by source picture: each fold's negatives are
 assessed by a gate fitted without any rendering of their pictures. The test split is not read.
 Writes assets/report/xray_check/development.json.
@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.xray_check import COLOUR_LIMIT, XrayCheck, fit_features, negative_inputs  # noqa: E402
+from model.xray_check import COLOUR_LIMIT, XrayCheck  # noqa: E402
+from model.xray_fit import fit_features, negative_inputs  # noqa: E402
 from model.xray_negatives import KIND_GROUP, all_negatives, split_sets  # noqa: E402
 
 # (signals, learned_inputs): the statistics are always part of a gate
@@ -37,8 +38,8 @@ def main(argv=None) -> dict:
     from sklearn.model_selection import GroupKFold
 
     from model.cache import DEFAULT_CACHE_DIR
-    from model.inference import setup_cpu_threads
     from model.network import load_model
+    from model.scoring import setup_cpu_threads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="assets/model.pt")

@@ -208,7 +208,8 @@ def table(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    from model.inference import Predictor, setup_cpu_threads
+    from model.inference import Predictor
+    from model.scoring import setup_cpu_threads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="assets/model.pt")

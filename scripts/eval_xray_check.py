@@ -27,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.xray_check import XrayCheck, chroma, dicom_modality, image_stats, negative_inputs, network_features  # noqa: E402
+from model.xray_check import XrayCheck  # noqa: E402
+from model.xray_fit import negative_inputs, network_features  # noqa: E402
 from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets  # noqa: E402
+from model.xray_signals import chroma, dicom_modality, image_stats  # noqa: E402
 
 log = logging.getLogger("eval_xray_check")
 
@@ -36,10 +38,10 @@ def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-    from model.evaluate import select_samples
-    from model.inference import Predictor, setup_cpu_threads
+    from model.inference import Predictor
     from model.network import load_model
-    from model.splits import file_sha256
+    from model.scoring import setup_cpu_threads
+    from model.splits import file_sha256, select_samples
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="assets/model.pt")

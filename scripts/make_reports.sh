@@ -11,7 +11,7 @@ fa=${1:-../shared/data/fracatlas}; mr=${2:-../shared/data/multiregion}; refit=${
 m=assets/model.pt
 if [ "$refit" = "--refit" ]; then
   python -m calibration.fit --model $m --data "$fa" --split val
-  python -m model.xray_check --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
+  python -m model.xray_fit --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
 fi
 python -m model.evaluate --model $m --data "$fa" --split val  --out assets/report/val
 python -m model.evaluate --model $m --data "$fa" --split test --out assets/report/test

@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from model.inference import NO_CALIBRATION_NOTE, Predictor, sigmoid
+from model.inference import NO_CALIBRATION_NOTE, Predictor
 from model.network import FractureNet, save_model
 from model.preprocess import ImageError, letterbox
+from model.scoring import sigmoid
 from model.splits import file_sha256
-from model.xray_check import XrayCheck, image_stats
+from model.xray_check import XrayCheck
+from model.xray_signals import image_stats
 from tests.helpers import xray_like
 
 KEYS = ("probability", "raw_probability", "logit", "decision", "is_fracture", "threshold", "target_recall",

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.inference import score_squares, sigmoid
 from model.network import load_model
 from model.preprocess import letterbox, preprocess
+from model.scoring import score_squares, sigmoid
 from tests.helpers import xray_like
 
 MODEL = Path(__file__).resolve().parent.parent / "assets" / "model.pt"

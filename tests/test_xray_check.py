@@ -14,16 +14,9 @@ from PIL import Image
 
 from model.network import FractureNet
 from model.preprocess import letterbox
-from model.xray_check import (
-    COLOUR_LIMIT,
-    DEFAULT_PATH,
-    XrayCheck,
-    chroma,
-    dicom_modality,
-    image_stats,
-    lbp_histogram,
-    network_features,
-)
+from model.xray_check import COLOUR_LIMIT, DEFAULT_PATH, XrayCheck
+from model.xray_fit import network_features
+from model.xray_signals import chroma, dicom_modality, image_stats, lbp_histogram
 from tests.helpers import dicom_bytes, xray_like
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +144,7 @@ def test_save_load_roundtrip_and_model_mismatch(fitted, tmp_path):
 
 def test_shipped_gate_file_loads_and_matches_the_shipped_model():
     path = ROOT / DEFAULT_PATH
-    assert path.is_file(), f"{DEFAULT_PATH} is missing: fit it with python -m model.xray_check"
+    assert path.is_file(), f"{DEFAULT_PATH} is missing: fit it with python -m model.xray_fit"
     assert path.stat().st_size < 15e6
     gate = XrayCheck.load(path)
     assert np.isfinite(gate.threshold) and gate.threshold > 0 and 0 < gate.colour_limit < 0.5

@@ -1,0 +1,234 @@
+"""Fitting the X-ray check (model/xray_check.py) for a model file:
+
+    python -m model.xray_fit --model assets/model.pt --data ../shared/data/fracatlas \
+        --data ../shared/data/multiregion --out assets/xray_check.npz
+
+Training-split X-rays fit the densities and, with the DEVELOPMENT half of model.xray_negatives, the
+learned signal; validation X-rays set the threshold (at most 1% of them flagged). Features are cached
+per model file in the cache folder. Writes the gate file and assets/report/xray_check/fit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+from model.network import load_model
+from model.preprocess import decode_image, letterbox, normalize
+from model.scoring import setup_cpu_threads
+from model.splits import file_sha256, select_samples
+from model.xray_check import (
+    COLOUR_LIMIT,
+    DEFAULT_LEARNED_C,
+    DEFAULT_LEARNED_INPUTS,
+    DEFAULT_PATH,
+    DEFAULT_SIGNALS,
+    VAL_QUANTILE,
+    XrayCheck,
+)
+from model.xray_negatives import all_negatives, split_sets
+from model.xray_signals import TAP_LAYERS, Taps, chroma, dicom_modality, image_stats, squares_stats
+
+log = logging.getLogger("model.xray_fit")
+
+
+def network_features(model, squares: np.ndarray, mean: float, std: float, batch_size: int = 32,
+                     tap_layers: list[str] | None = None, return_layout: bool = False):
+    """[penultimate features | pooled tap layers] of uint8 squares (batched, inference mode): (N, F).
+
+    tap_layers: default TAP_LAYERS[model.arch]. With return_layout, also the column layout."""
+    if tap_layers is None:
+        tap_layers = TAP_LAYERS.get(getattr(model, "arch", ""), [])
+    taps = Taps(model, tap_layers)
+    out = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(squares), batch_size):
+                f = model.features(normalize(squares[i : i + batch_size][:, None], mean, std)).float().numpy()
+                t = taps.collect()
+                out.append(np.concatenate([f, t], axis=1) if t.size else f)
+    finally:
+        taps.close()
+    feats = np.concatenate(out) if out else np.zeros((0, getattr(model, "feature_dim", 1)), np.float32)
+    if not return_layout:
+        return feats
+    dim = int(getattr(model, "feature_dim", feats.shape[1]))
+    layout, pos = {"features": [0, dim]}, dim
+    for name in tap_layers:
+        ch = _channels(model, name)
+        layout[f"layer:{name}"] = [pos, pos + 2 * ch]
+        pos += 2 * ch
+    return feats, layout, list(tap_layers)
+
+
+def _channels(model, name: str) -> int:
+    sub = model.get_submodule(name)
+    seen = {}
+    def hook(module, inputs, output):  # returns None: the output is left alone
+        seen["c"] = int(output.shape[1])
+
+    h = sub.register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            model.features(torch.zeros(1, 3, 64, 64))
+    finally:
+        h.remove()
+    return int(seen["c"])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
+    ap.add_argument("--out", default=str(DEFAULT_PATH))
+    ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
+    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
+                    help="comma-separated: stats, learned, layers, features, neighbours")
+    ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
+                    help="network columns the learned signal reads besides the image statistics")
+    ap.add_argument("--learned-c", type=float, default=DEFAULT_LEARNED_C, help="its inverse regularisation")
+    ap.add_argument("--report", default="assets/report/xray_check/fit.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    setup_cpu_threads(args.threads)
+    t0 = time.time()
+    model, meta = load_model(args.model)
+    size = int(meta["img_size"])
+    sha = file_sha256(args.model)
+    parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
+                                         args.cache_dir)
+    lay = per_source_val.pop("_layout")
+    signals = tuple(args.signals.split(","))
+    negatives = None
+    if "learned" in signals:  # the development half of the negatives (the evaluation half is never read)
+        dev, _ = split_sets(all_negatives())
+        nf, ns, _, _ = negative_inputs(model, meta, dev, args.cache_dir, args.model)
+        negatives = (nf, ns, [n.kind for n in dev])
+    # the 1% false-alarm budget on validation X-rays covers colour too: the (few) tinted X-rays that
+    # the colour rule flags are taken out of the statistics' share
+    colour_fa = float((parts["val"][2] > COLOUR_LIMIT).mean())
+    gate = XrayCheck.fit(parts["train"][0], parts["train"][1], parts["val"][0], parts["val"][1],
+                         model_sha256=sha, layout=lay["layout"], tap_layers=lay["tap_layers"],
+                         quantile=min(VAL_QUANTILE + colour_fa, 0.9999),
+                         signals=signals, negatives=negatives, learned_inputs=args.learned_inputs,
+                         learned_c=args.learned_c,
+                         info={"model": str(args.model), "arch": meta["arch"], "img_size": size,
+                               "data": [Path(d).resolve().name for d in args.data],
+                               "n_dev_negatives": 0 if negatives is None else len(negatives[2]),
+                               "learned_inputs": args.learned_inputs if negatives else None,
+                               "learned_c": args.learned_c if negatives else None})
+    val_feats, val_stats, val_chroma = parts["val"]
+    rr = gate.ratios(val_feats, None, val_chroma, stats=val_stats)
+    r = np.max(np.stack(list(rr.values()), axis=1), axis=1)
+    gate.info["val_flagged_colour"] = float((val_chroma > gate.colour_limit).mean())
+    gate.info["val_chroma_p99"] = float(np.quantile(val_chroma, 0.99))
+    gate.info["val_flagged_total"] = float((r > 1).mean())
+    gate.info["val_flagged_by_source"] = {
+        name: {"n": n, "flagged": float((r[end - n : end] > 1).mean())} for name, (n, end) in per_source_val.items()}
+    gate.info["fit_seconds"] = round(time.time() - t0, 1)
+    gate.save(args.out)
+    summary = {"out": args.out, "size_mb": round(Path(args.out).stat().st_size / 1e6, 2),
+               "model_sha256": gate.model_sha256, "scales": gate.scales,
+               "threshold": gate.threshold, "stats_threshold": gate.stats_threshold,
+               "colour_limit": gate.colour_limit, **gate.info}
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def fit_features(model_path, model, meta: dict, data: list[str], max_train: int = 1500,
+                 splits_dir: str = "assets/splits", cache_dir: str | None = None):
+    """(features, statistics, chroma) of the training X-rays (a random subset of max_train) and of all
+    validation X-rays of the data roots, cached per model file. Returns (parts, per_source_val):
+    parts = {"train": (...), "val": (...)}; per_source_val = {root name: (n, end row in val)} plus
+    "_layout": {"layout": feature column layout, "tap_layers": [...]}."""
+    cache = None
+    if cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
+        key = f"v3-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
+        cache = Path(cache_dir) / f"xray-fit-{key}.npz"
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            parts = {sp: (z[f"{sp}_feats"], z[f"{sp}_stats"], z[f"{sp}_chroma"]) for sp in ("train", "val")}
+            per_source_val = json.loads(str(z["per_source_val"]))
+        log.info("features loaded from %s", cache)
+    else:
+        parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, per_source_val=np.array(json.dumps(per_source_val)),
+                     **{f"{sp}_{k}": v for sp, p in parts.items() for k, v in zip(("feats", "stats", "chroma"), p)})
+    return parts, per_source_val
+
+
+def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
+    size = int(meta["img_size"])
+    rng = np.random.default_rng(0)
+    parts = {}
+    per_source_val = {}
+    for split in ("train", "val"):
+        feats, stats, chromas = [], [], []
+        by_root = [(root, select_samples([root], split, splits_dir)) for root in data]
+        n_all = sum(len(s) for _, s in by_root)
+        for root, samples in by_root:
+            # one root at a time: the training run's per-data-set square caches are reused when present
+            squares, ok = load_squares(samples, size, cache_dir)
+            idx = np.flatnonzero(ok)
+            cap = int(round(max_train * len(samples) / max(n_all, 1)))
+            if split == "train" and len(idx) > cap:
+                idx = np.sort(rng.choice(idx, cap, replace=False))
+            sq = squares[idx]
+            log.info("%s %s: %d X-rays: features and statistics", Path(root).name, split, len(sq))
+            f, layout, taps = network_features(model, sq, meta["mean"], meta["std"], return_layout=True)
+            feats.append(f)
+            stats.append(np.stack([image_stats(s) for s in sq]))
+            chromas.append(np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx)))
+            if split == "val":
+                per_source_val[Path(root).resolve().name] = (len(chromas[-1]), int(sum(len(c) for c in chromas)))
+            del squares
+        parts[split] = (np.concatenate(feats), np.concatenate(stats), np.concatenate(chromas))
+    per_source_val["_layout"] = {"layout": layout, "tap_layers": taps}
+    return parts, per_source_val
+
+
+def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, model_path=None):
+    """(features, statistics, chroma, DICOM modality) of model.xray_negatives images, through the same
+    decode -> letterbox -> network path as Predictor.predict; cached per model file and image set."""
+    cache = None
+    if cache_dir and model_path:
+        names = hashlib.sha256("\n".join(n.name for n in negatives).encode()).hexdigest()[:12]
+        cache = Path(cache_dir) / f"xray-neg-v1-{file_sha256(model_path)[:16]}-{names}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                return z["feats"], z["stats"], z["chromas"], [str(m) or None for m in z["modalities"]]
+    size = int(meta["img_size"])
+    feats, stats, chromas = [], [], []
+    for i in range(0, len(negatives), 16):
+        grays = [decode_image(n.image) for n in negatives[i : i + 16]]
+        chromas += [g.info["chroma"] for g in grays]  # measured by the decode, as Predictor.predict reads it
+        sq = np.stack([letterbox(g, size)[0] for g in grays])
+        feats.append(network_features(model, sq, meta["mean"], meta["std"]))
+        stats.append(squares_stats(sq))
+    out = (np.concatenate(feats), np.concatenate(stats), np.array(chromas),
+           [dicom_modality(n.image) for n in negatives])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, feats=out[0], stats=out[1], chromas=out[2], modalities=np.array([m or "" for m in out[3]]))
+    return out
+
+
+if __name__ == "__main__":
+    main()
