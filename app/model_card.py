@@ -3,7 +3,7 @@
 Reads (each optional; the card says what is missing):
 - assets/report/test/metrics.json and roc.png / pr.png       (`python -m model.evaluate ... --out assets/report/test`)
 - assets/report/calibration/report.json, reliability_test.png, operating_curve_test.png
-                                                              (`python -m calibration.report ...`)
+                                                              (`python -m model.calibrate report ...`)
 Nothing here computes a metric: the numbers are the reports' own.
 """
 

@@ -160,7 +160,7 @@ class Calibration:
         """Load a calibration file; FileNotFoundError if it does not exist."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"calibration file not found: {path} (run python -m calibration.fit)")
+            raise FileNotFoundError(f"calibration file not found: {path} (run python -m model.calibrate fit)")
         cal = cls.from_dict(json.loads(path.read_text()))
         cal.info["path"] = str(path)
         return cal

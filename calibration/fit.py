@@ -1,6 +1,7 @@
-"""Fit the calibration (temperature + validation operating curve) for a model file.
+"""Fit the calibration (temperature + validation operating curve) from scored arrays. The command that
+scores a model file's split and calls this is in the CLI layer:
 
-    python -m calibration.fit --model assets/model.pt --data ../shared/data/fracatlas --split val
+    python -m model.calibrate fit --model assets/model.pt --data ../shared/data/fracatlas --split val
 
 Writes assets/calibration.json (temperature, sorted validation logits, operating curve, model sha256,
 data, split, counts, date, ECE before/after) and, under --plots, reliability_val.png and
@@ -9,76 +10,47 @@ operating_curve_val.png. The test split can not be used here: it is never used t
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from calibration import core
-from calibration.calibrator import DEFAULT_TARGET, REPORT_TARGETS, Calibration, file_sha256
+from calibration.calibrator import DEFAULT_TARGET, REPORT_TARGETS, Calibration
 from calibration.plots import operating_curve_plot, reliability_diagram
 
 log = logging.getLogger("calibration.fit")
 
 
-def score(model: str, data: list[str], split: str, splits_dir: str, cache: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(fracture logits, labels) of a split, via model.evaluate.score_data (cached squares)."""
-    from model.evaluate import score_data
-
-    samples, logits, _ = score_data(model, data, split, splits_dir=splits_dir,
-                                    cache_dir=None if cache in (None, "", "none") else cache)
-    if len(samples) == 0:
-        raise SystemExit(f"no images found for split {split!r} in {data}")
-    return logits[:, 0].astype(np.float64), np.array([s.label for s in samples], dtype=np.int64)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", nargs="+", required=True, help="data root(s)")
-    ap.add_argument("--split", default="val", choices=["val", "train", "all"],
-                    help="split to fit on (default val; 'all' for a separate calibration tree)")
-    ap.add_argument("--out", default="assets/calibration.json")
-    ap.add_argument("--plots", default="assets/report/calibration", help="folder for the validation plots")
-    ap.add_argument("--default-target", type=float, default=DEFAULT_TARGET)
-    ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache", default=".cache", help="squares cache folder ('none' to disable)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-    z, y = score(args.model, args.data, args.split, args.splits_dir, args.cache)
+def fit_and_plot(z: np.ndarray, y: np.ndarray, *, model_file: str, model_sha256: str, data: list[str], split: str,
+                 out: str | Path, plots: str | Path, default_target: float = DEFAULT_TARGET) -> Calibration:
+    """Fit the calibration on fracture logits `z` and 0/1 labels `y`, save it to `out`, draw the
+    reliability diagram and the operating curve into `plots`, and print a summary."""
     try:
-        cal = Calibration.fit(z, y, default_target=args.default_target, model_file=str(args.model),
-                              model_sha256=file_sha256(args.model), data=[str(d) for d in args.data],
-                              split=args.split)
+        cal = Calibration.fit(z, y, default_target=default_target, model_file=model_file,
+                              model_sha256=model_sha256, data=[str(d) for d in data], split=split)
     except ValueError as exc:
         raise SystemExit(f"cannot calibrate: {exc}") from exc
     if cal.info["temperature_at_bound"]:
         log.warning("the temperature hit its search bound (%.4g): the scores carry little information", cal.temperature)
-    cal.save(args.out)
-    log.info("wrote %s", args.out)
+    cal.save(out)
+    log.info("wrote %s", out)
 
-    plots = Path(args.plots)
-    reliability_diagram(core.sigmoid(z), cal.probability(z), y, plots / f"reliability_{args.split}.png",
-                        f"Reliability on {args.split} ({cal.n_positives} fractured, {cal.n_negatives} not); "
+    plots = Path(plots)
+    reliability_diagram(core.sigmoid(z), cal.probability(z), y, plots / f"reliability_{split}.png",
+                        f"Reliability on {split} ({cal.n_positives} fractured, {cal.n_negatives} not); "
                         f"T = {cal.temperature:.3f}")
     ops = [cal.operating_point(t) for t in REPORT_TARGETS]
-    operating_curve_plot(cal.curve(), plots / f"operating_curve_{args.split}.png",
+    operating_curve_plot(cal.curve(), plots / f"operating_curve_{split}.png",
                          [(o["target_recall"], o["threshold"]) for o in ops],
-                         f"Operating curve on {args.split} (calibrated probability)")
+                         f"Operating curve on {split} (calibrated probability)")
 
     print(f"temperature {cal.temperature:.4f}; ECE {cal.info['ece_before']:.4f} -> {cal.info['ece_after']:.4f}; "
           f"NLL {cal.info['nll_before']:.4f} -> {cal.info['nll_after']:.4f} "
-          f"({args.split}: {cal.n_positives} positives, {cal.n_negatives} negatives)")
+          f"({split}: {cal.n_positives} positives, {cal.n_negatives} negatives)")
     print(f"{'target':>6} {'k':>3} {'threshold':>9} {'val recall':>10} {'LB95':>6} {'spec':>6} {'prec':>6}")
     for o in ops:
         print(f"{o['target_recall']:>6.2f} {o['k']:>3d} {o['threshold']:>9.4f} {o['recall_val']:>10.3f} "
               f"{o['recall_lower_bound']:>6.3f} {o['expected_specificity']:>6.3f} {o['expected_precision'] or 0:>6.3f}"
               + ("" if o["achievable"] else "  (not achievable)"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cal

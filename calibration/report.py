@@ -1,8 +1,9 @@
-"""Score a split with the shipped calibration and report recall targets and calibration error.
+"""Report recall targets and calibration error of the shipped calibration on a scored split (arrays in).
+The command that scores a model file's split and calls write_report is in the CLI layer:
 
-    python -m calibration.report --model assets/model.pt --data ../shared/data/fracatlas --split test \
+    python -m model.calibrate report --model assets/model.pt --data ../shared/data/fracatlas --split test \
         --out assets/report/calibration
-    python -m calibration.report --model assets/model.pt --data /any/class-folder/tree --split all --out out/
+    python -m model.calibrate report --model assets/model.pt --data /any/class-folder/tree --split all --out out/
 
 Nothing is chosen here: the thresholds and the temperature come from the calibration file (fitted on
 validation). For each target recall (0.80, 0.90, 0.95, 0.98, 0.99) it writes OUT/report.json,
@@ -15,10 +16,8 @@ error); false means the target is above the whole interval. null when the split 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration import core
-from calibration.calibrator import REPORT_TARGETS, Calibration, file_sha256
-from calibration.fit import score
+from calibration.calibrator import REPORT_TARGETS, Calibration
 from calibration.plots import operating_curve_plot, reliability_diagram
 
 log = logging.getLogger("calibration.report")
@@ -118,61 +116,35 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", nargs="+", required=True, help="data root(s)")
-    ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    ap.add_argument("--out", default="assets/report/calibration")
-    ap.add_argument("--calibration", default="assets/calibration.json")
-    ap.add_argument("--targets", type=float, nargs="+", default=list(REPORT_TARGETS))
-    ap.add_argument("--prevalence", type=float, default=None,
-                    help="also give the expected precision at this prevalence (default: the split's own)")
-    ap.add_argument("--force", action="store_true", help="report even if the model is not the calibrated one")
-    ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache", default=".cache", help="squares cache folder ('none' to disable)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-    cal = Calibration.load(args.calibration)
-    sha = file_sha256(args.model)
-    if sha != cal.model_sha256:
-        msg = (f"{args.model} (sha256 {sha[:12]}) is not the model {args.calibration} was fitted for "
-               f"({str(cal.model_sha256)[:12]}); rerun python -m calibration.fit")
-        if not args.force:
-            raise SystemExit(msg)
-        log.warning(msg)
-    z, y = score(args.model, args.data, args.split, args.splits_dir, args.cache)
-    rep = build_report(cal, z, y, args.targets)
-    if args.prevalence is not None:
+def write_report(cal: Calibration, z: np.ndarray, y: np.ndarray, *, split: str, out: str | Path,
+                 targets=REPORT_TARGETS, prevalence: float | None = None, extra: dict | None = None) -> dict:
+    """Report the calibration `cal` on fracture logits `z` and labels `y` of one split: OUT/report.json,
+    OUT/report.md, the reliability diagram and the operating curve; prints the Markdown table."""
+    rep = build_report(cal, z, y, targets)
+    if prevalence is not None:
         rep["expected_at_prevalence"] = {
-            "prevalence": args.prevalence,
-            "targets": [{k: cal.operating_point(t, args.prevalence)[k] for k in
-                         ("target_recall", "expected_precision", "expected_npv")} for t in args.targets],
+            "prevalence": prevalence,
+            "targets": [{k: cal.operating_point(t, prevalence)[k] for k in
+                         ("target_recall", "expected_precision", "expected_npv")} for t in targets],
         }
     t0 = time.perf_counter()
     for t in np.linspace(0.5, 0.99, 500):
         cal.operating_point(float(t))
     rep["operating_point_seconds_per_call"] = (time.perf_counter() - t0) / 500
-    rep.update({"split": args.split, "data": [str(d) for d in args.data], "model_file": str(args.model),
-                "model_sha256": sha, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    out = Path(args.out)
+    rep.update({"split": split, **(extra or {}), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
     (out / "report.md").write_text(markdown(rep))
-    reliability_diagram(core.sigmoid(z), cal.probability(z), y, out / f"reliability_{args.split}.png",
-                        f"Reliability on {args.split} ({rep['n_positives']} fractured, {rep['n_negatives']} not); "
+    reliability_diagram(core.sigmoid(z), cal.probability(z), y, out / f"reliability_{split}.png",
+                        f"Reliability on {split} ({rep['n_positives']} fractured, {rep['n_negatives']} not); "
                         f"T = {cal.temperature:.3f} from {cal.info.get('split')}")
     if rep["n_positives"] and rep["n_negatives"]:
         c = core.operating_curve(z, y)
         c["threshold"] = cal.probability(c["threshold"])
-        operating_curve_plot(c, out / f"operating_curve_{args.split}.png",
+        operating_curve_plot(c, out / f"operating_curve_{split}.png",
                              [(t["target"], t["threshold"]) for t in rep["targets"]],
-                             f"Operating curve on {args.split}; lines: thresholds chosen on validation")
+                             f"Operating curve on {split}; lines: thresholds chosen on validation")
     print(markdown(rep))
     log.info("wrote %s", out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rep

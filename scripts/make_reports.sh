@@ -10,13 +10,13 @@ set -euo pipefail
 fa=${1:-../shared/data/fracatlas}; mr=${2:-../shared/data/multiregion}; refit=${3:-}
 m=assets/model.pt
 if [ "$refit" = "--refit" ]; then
-  python -m calibration.fit --model $m --data "$fa" --split val
+  python -m model.calibrate fit --model $m --data "$fa" --split val
   python -m model.xray_fit --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
 fi
 python -m model.evaluate --model $m --data "$fa" --split val  --out assets/report/val
 python -m model.evaluate --model $m --data "$fa" --split test --out assets/report/test
 python -m model.evaluate --model $m --data "$mr" --split test --out assets/report/multiregion_test
-python -m calibration.report --model $m --data "$fa" --split test --out assets/report/calibration
+python -m model.calibrate report --model $m --data "$fa" --split test --out assets/report/calibration
 python scripts/compare_calibrators.py --model $m --data "$fa"
 python scripts/dev_xray_check.py --model $m --data "$fa" --data "$mr"
 python scripts/eval_xray_check.py --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \

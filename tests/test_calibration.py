@@ -296,7 +296,7 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     import torch
     from PIL import Image
 
-    from calibration import fit, report
+    from model import calibrate
     from model.network import FractureNet, save_model
 
     rng = np.random.default_rng(0)
@@ -315,14 +315,14 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     save_model(model_path, net, meta)
     cal_path = tmp_path / "calibration.json"
     cache = str(tmp_path / "cache")
-    assert fit.main(["--model", str(model_path), "--data", str(root), "--split", "all", "--out", str(cal_path),
-                     "--plots", str(tmp_path / "plots"), "--cache", cache]) == 0
+    assert calibrate.main(["fit", "--model", str(model_path), "--data", str(root), "--split", "all",
+                           "--out", str(cal_path), "--plots", str(tmp_path / "plots"), "--cache", cache]) == 0
     cal = Calibration.load(cal_path)
     assert cal.n_positives == 10 and cal.n_negatives == 10 and cal.matches_model(model_path)
     assert (tmp_path / "plots" / "reliability_all.png").stat().st_size > 0
     out = tmp_path / "out"
-    assert report.main(["--model", str(model_path), "--data", str(root), "--split", "all", "--out", str(out),
-                        "--calibration", str(cal_path), "--cache", cache]) == 0
+    assert calibrate.main(["report", "--model", str(model_path), "--data", str(root), "--split", "all",
+                           "--out", str(out), "--calibration", str(cal_path), "--cache", cache]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert [t["target"] for t in rep["targets"]] == [0.8, 0.9, 0.95, 0.98, 0.99]
     for key in ("target", "threshold", "recall", "recall_ci", "specificity", "precision", "held"):
@@ -332,11 +332,11 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     assert (out / "reliability_all.png").is_file() and (out / "operating_curve_all.png").is_file()
     # the test split may never be used for fitting, and a different model is refused
     with pytest.raises(SystemExit):
-        fit.main(["--model", str(model_path), "--data", str(root), "--split", "test"])
+        calibrate.main(["fit", "--model", str(model_path), "--data", str(root), "--split", "test"])
     other = tmp_path / "other.pt"
     save_model(other, FractureNet("seedcnn"), meta)
     with pytest.raises(SystemExit, match="not the model"):
-        report.main(["--model", str(other), "--data", str(root), "--split", "all", "--out", str(out),
+        calibrate.main(["report", "--model", str(other), "--data", str(root), "--split", "all", "--out", str(out),
                      "--calibration", str(cal_path), "--cache", cache])
 
 
