@@ -1,7 +1,7 @@
 """Benchmark the app end to end: start `python -m app`, time /predict through gradio_client, and time
 the target-recall slider's re-decision (handler alone, server round trip, and in the browser).
 
-    python scripts/bench_app.py            # writes assets/report/app_benchmark.json
+    python -m scripts.bench_app            # writes assets/report/app_benchmark.json
 
 Uses a FracAtlas image from ../shared/data when present, else a synthetic radiograph-like PNG.
 """
@@ -13,17 +13,15 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from app.handlers import MAP_LOCALISATION
+from app.serve import running_app
 
-from app.handlers import MAP_LOCALISATION  # noqa: E402
-from app.serve import running_app  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def file_sha256(path) -> str:
@@ -161,7 +159,7 @@ def main() -> None:
     report = {
         "what": "End-to-end /predict through gradio_client on a local server (upload + queue + decode + "
                 "network + calibration + JSON), and the target-recall slider's re-decision",
-        "command": "python scripts/bench_app.py",
+        "command": "python -m scripts.bench_app",
         "model": {"file": os.path.relpath(args.model, ROOT), "sha256": file_sha256(args.model)},
         "image": {"source": image_desc, "size": size},
         "server_startup_s": round(startup_s, 1),

@@ -1,22 +1,20 @@
 """Per-image CPU latency of the shipped model (2 threads): preprocessing, network, and the whole
 Predictor call with and without Grad-CAM. Writes assets/report/inference_benchmark.json.
 
-    python scripts/bench_infer.py [--model assets/model.pt] [--n 50]
+    python -m scripts.bench_infer [--model assets/model.pt] [--n 50]
 """
 import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import torch  # noqa: E402
+import torch
 
-from model.network import load_model  # noqa: E402
-from model.preprocess import preprocess  # noqa: E402
-from model.scoring import setup_cpu_threads  # noqa: E402
+from model.network import load_model
+from model.preprocess import preprocess
+from model.scoring import setup_cpu_threads
 
 
 def timed(fn, n):

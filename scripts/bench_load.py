@@ -1,6 +1,6 @@
 """Load and soak benchmark of the running app (`python -m app`), through gradio_client's /predict.
 
-    python scripts/bench_load.py            # writes assets/report/load.json
+    python -m scripts.bench_load            # writes assets/report/load.json
 
 load   for 1, 10, 50 and 100 concurrent clients (each its own gradio_client.Client, one call each,
        started together): p50 / p95 / max latency per call and the calls answered per second.
@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,12 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from app.serve import running_app
+from tests.helpers import dicom_bytes, radiograph_like
 
-from app.serve import running_app  # noqa: E402
-from tests.helpers import dicom_bytes, radiograph_like  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 KEEP = 20.0  # --keep-files for the benchmark server (short, so the soak can check the folder)
 

@@ -1,6 +1,6 @@
 """Temperature scaling against Platt scaling and isotonic regression, on the VALIDATION split only.
 
-    python scripts/compare_calibrators.py --model assets/model.pt --data ../shared/data/fracatlas
+    python -m scripts.compare_calibrators --model assets/model.pt --data ../shared/data/fracatlas
 
 Each method is fitted on 4/5 of the validation images and scored on the remaining fifth (5-fold,
 stratified, repeated 5 times with different shuffles), so no method is scored on the images it was
@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from calibration import core  # noqa: E402
+from calibration import core
 
 
 def _methods():

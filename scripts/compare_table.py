@@ -1,6 +1,6 @@
 """Collect training runs into a comparison table (validation only; the test split is never read).
 
-    python scripts/compare_table.py --out assets/report/comparison runs/screen/*/
+    python -m scripts.compare_table --out assets/report/comparison runs/screen/*/
 (assets/report/comparison_random_init.{md,json} is the earlier random-initialisation screen, kept as committed.)
 
 Per run: arch, input size, initialisation, box supervision, epochs, best epoch and its validation AUROC /

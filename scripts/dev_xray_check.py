@@ -1,6 +1,6 @@
 """Choose the X-ray check's signals on DEVELOPMENT non-X-rays, kept apart from the evaluation set.
 
-    python scripts/dev_xray_check.py --model assets/model.pt \\
+    python -m scripts.dev_xray_check --model assets/model.pt \\
         --data ../shared/data/fracatlas --data ../shared/data/multiregion
 
 Negatives: the development half of model.xray_negatives (split by source picture; the evaluation half
@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.xray_check import COLOUR_LIMIT, XrayCheck  # noqa: E402
-from model.xray_fit import fit_features, negative_inputs  # noqa: E402
-from model.xray_negatives import KIND_GROUP, all_negatives, split_sets  # noqa: E402
+from model.xray_check import COLOUR_LIMIT, XrayCheck
+from model.xray_fit import fit_features, negative_inputs
+from model.xray_negatives import KIND_GROUP, all_negatives, split_sets
 
 # (signals, learned_inputs): the statistics are always part of a gate
 SIGNAL_SETS = [(("stats",), None), (("stats", "layers"), None), (("stats", "features"), None),

@@ -1,6 +1,6 @@
 """Does the Grad-CAM land on the fracture? And does the Predictor leak memory over many CAM calls?
 
-    python scripts/eval_cam.py --model assets/model.pt --data ../shared/data/fracatlas --out assets/report/cam
+    python -m scripts.eval_cam --model assets/model.pt --data ../shared/data/fracatlas --out assets/report/cam
 
 On the FracAtlas TEST images that carry fracture boxes (annotations/COCO_fracture_masks_512.json, boxes in
 stored-image pixels), using the CAM the Predictor returns (original image geometry, letterbox removed):
@@ -33,7 +33,6 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("eval_cam")
 TOL = 5  # pointing-game tolerance in pixels

@@ -1,6 +1,6 @@
 """Evaluate the X-ray check (model/xray_check.py) on test X-rays and on non-X-ray images.
 
-    python scripts/eval_xray_check.py --model assets/model.pt --gate assets/xray_check.npz \
+    python -m scripts.eval_xray_check --model assets/model.pt --gate assets/xray_check.npz \
         --data ../shared/data/fracatlas --data ../shared/data/multiregion --out assets/report/xray_check
 
 Positives: the TEST-split X-rays of each data root (never used to fit or set the gate; the gate's
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.xray_check import XrayCheck  # noqa: E402
-from model.xray_fit import negative_inputs, network_features  # noqa: E402
-from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets  # noqa: E402
-from model.xray_signals import chroma, dicom_modality, image_stats  # noqa: E402
+from model.xray_check import XrayCheck
+from model.xray_fit import negative_inputs, network_features
+from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets
+from model.xray_signals import chroma, dicom_modality, image_stats
 
 log = logging.getLogger("eval_xray_check")
 

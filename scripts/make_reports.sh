@@ -17,10 +17,10 @@ python -m model.evaluate --model $m --data "$fa" --split val  --out assets/repor
 python -m model.evaluate --model $m --data "$fa" --split test --out assets/report/test
 python -m model.evaluate --model $m --data "$mr" --split test --out assets/report/multiregion_test
 python -m model.calibrate report --model $m --data "$fa" --split test --out assets/report/calibration
-python scripts/compare_calibrators.py --model $m --data "$fa"
-python scripts/dev_xray_check.py --model $m --data "$fa" --data "$mr"
-python scripts/eval_xray_check.py --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \
+python -m scripts.compare_calibrators --model $m --data "$fa"
+python -m scripts.dev_xray_check --model $m --data "$fa" --data "$mr"
+python -m scripts.eval_xray_check --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \
   --out assets/report/xray_check
-python scripts/eval_cam.py --model $m --data "$fa" --out assets/report/cam
-python scripts/bench_infer.py --threads 1 --out assets/report/inference_benchmark.json
-python scripts/bench_app.py
+python -m scripts.eval_cam --model $m --data "$fa" --out assets/report/cam
+python -m scripts.bench_infer --threads 1 --out assets/report/inference_benchmark.json
+python -m scripts.bench_app

@@ -1,11 +1,11 @@
 """Turn a training run's best.pt into the shipped model file.
 
-    python scripts/ship_model.py runs/screen/lite0-320-box --out assets/model.pt
+    python -m scripts.ship_model runs/screen/lite0-320-box --out assets/model.pt
 
 Reads the run's log.csv at its best epoch (by validation AUROC) and switches horizontal-flip test-time
 augmentation on in the model file's metadata (meta["tta"]) only if it raised the VALIDATION AUROC at
 that epoch; records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
-validation: python scripts/eval_cam.py --split val --cam-layer NAME ...). The weights are copied
+validation: python -m scripts.eval_cam --split val --cam-layer NAME ...). The weights are copied
 unchanged (fp16). The test split is not read. Afterwards refit what depends on the model file's hash:
 scripts/make_reports.sh --refit.
 """

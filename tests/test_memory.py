@@ -23,7 +23,6 @@ LIMIT_MB = 300
 CHILD = r"""
 import gc, json, sys, threading, time, warnings
 warnings.simplefilter("ignore")
-sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
 from model.inference import Predictor
@@ -33,13 +32,13 @@ from tests.helpers import dicom_raw, radiograph_like
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 
-p = Predictor(sys.argv[2], None, sys.argv[3])
+p = Predictor(sys.argv[1], None, sys.argv[2])
 for _ in range(2):
     p.predict(radiograph_like(0), cam_method="gradcam")
 gc.collect()
 start = rss()
 out = {}
-for path in sys.argv[4:]:
+for path in sys.argv[3:]:
     data = open(path, "rb").read()
     gc.collect()
     before = rss()
@@ -99,8 +98,8 @@ def test_big_and_hostile_uploads_keep_memory_bounded(tmp_path):
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
     assert len(files["deflated_bomb.dcm"]) < 400_000  # 288 MB of pixels in a few hundred kB
-    r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(MODEL), str(ROOT / "assets" / "xray_check.npz"),
-                        *paths], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(MODEL), str(ROOT / "assets" / "xray_check.npz"), *paths],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)  # python -c imports from cwd
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     print(json.dumps(res, indent=1))  # pytest -s shows the measured rises
