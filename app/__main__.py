@@ -15,12 +15,9 @@ import tempfile
 from pathlib import Path
 
 from app.retention import DEFAULT_INTERVAL, DEFAULT_MAX_AGE, Sweeper
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, EXAMPLES_DIR, REPORT_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = ROOT / "assets" / "model.pt"
-DEFAULT_CALIBRATION = ROOT / "assets" / "calibration.json"
-DEFAULT_XRAY_CHECK = ROOT / "assets" / "xray_check.npz"
-DEFAULT_EXAMPLES = ROOT / "assets" / "examples"  # three FracAtlas test-split X-rays (CC BY 4.0)
+DEFAULT_EXAMPLES = EXAMPLES_DIR  # three FracAtlas test-split X-rays (CC BY 4.0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="calibration file (default assets/calibration.json)")
     ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK),
                     help="X-ray check file (default assets/xray_check.npz; without it only colour is checked)")
-    ap.add_argument("--report-dir", default=str(ROOT / "assets" / "report"),
+    ap.add_argument("--report-dir", default=str(REPORT_DIR),
                     help="where the model card reads test metrics and plots (default assets/report)")
     ap.add_argument("--examples", default=None,
                     help=f"folder of example X-rays to offer (default {DEFAULT_EXAMPLES} when it exists)")
@@ -49,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     f"{DEFAULT_INTERVAL:g} s)")
     ap.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for the network (default 1: on a busy 2-core machine 2 threads measured "
-                         "41 ms vs 2,224 ms per image, see assets/report/inference_benchmark_2threads_busy.json)")
+                    help="CPU threads for the network (default 1: on a busy 2-core machine 2 threads were far "
+                         "slower, see assets/report/inference_benchmark_2threads_busy.json)")
     return ap.parse_args(argv)
 
 

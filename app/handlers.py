@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from model.common import pct, plain, to_uint8
+
 log = logging.getLogger(__name__)
 
 DISPLAY_MAX = 1024  # longest side of the images the page shows (and keeps per session)
@@ -66,21 +68,6 @@ class Analysis:
     loc: np.ndarray | None = None  # localisation-head probability map, uint8 0..255 = 0..1
 
 
-def _plain(v: Any) -> Any:
-    """numpy scalars/arrays -> JSON types, recursively."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def _path_of(file: Any) -> str | None:
     """Gradio hands a file as a str path (type='filepath'); accept objects with .path/.name too."""
     if file is None:
@@ -107,12 +94,6 @@ def _fit(img: Image.Image, cam: np.ndarray | None, max_side: int) -> tuple[Image
         cam = np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
         cam = np.clip(cam, 0.0, 1.0)
     return img, cam
-
-
-def pct(x: float | None, digits: int = 0) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{100 * x:.{digits}f}%"
 
 
 class Handlers:
@@ -332,7 +313,7 @@ class Handlers:
         if not result.get("is_xray", True):
             out.update(probability=None, raw_probability=None, boxes=[])
         out["reason"] = result.get("xray_reason") or ""
-        return _plain({k: out[k] for k in API_KEYS})
+        return plain({k: out[k] for k in API_KEYS})
 
     # ------------------------------------------------------------------------------------------
     # events
@@ -355,10 +336,10 @@ class Handlers:
             return {**empty, "status": self.error_html(msg) if file is not None else "", "message": msg}
         gray, cam = _fit(res["gray"], res.get("cam"), self.display_max)
         _, loc = _fit(res["gray"], res.get("loc_map"), self.display_max)
-        cam, loc = (None if m is None else np.clip(np.rint(np.asarray(m, np.float32) * 255), 0, 255).astype(np.uint8)
+        cam, loc = (None if m is None else to_uint8(m, 0.0, 1.0)
                     for m in (cam, loc))
         result = {k: v for k, v in res.items() if k not in ("gray", "cam", "loc_map")}
-        state = Analysis(result=_plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["image_size"][0], loc=loc)
+        state = Analysis(result=plain(result), gray=gray, cam=cam, scale=gray.size[0] / res["image_size"][0], loc=loc)
         return {
             "state": state,
             "status": "",
@@ -381,7 +362,7 @@ class Handlers:
             return {"state": None, "label": None, "operating": self.operating_markdown(target), "json": None,
                     "overlay": None}
         d = self.p.decide(float(state.result["probability"]), target, is_xray=bool(state.result.get("is_xray", True)))
-        result = {**state.result, **_plain(d)}
+        result = {**state.result, **plain(d)}
         new = Analysis(result=result, gray=state.gray, cam=state.cam, scale=state.scale, loc=state.loc)
         return {"state": new, "label": self.label_value(result, reveal=bool(reveal)),
                 "operating": self.operating_markdown(target, result), "json": self.api_json(result),

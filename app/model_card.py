@@ -14,8 +14,8 @@ import math
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REPORT_DIR = ROOT / "assets" / "report"
+from model.common import REPORT_DIR, pct
+from model.network import ModelMeta
 
 NOT_A_DEVICE = (
     "**FractureLens is a research demo, not a medical device.** It is not cleared or approved for "
@@ -80,9 +80,7 @@ def _num(v, digits: int = 3) -> str:
 
 
 def _pct(v, digits: int = 1) -> str:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        return "n/a"
-    return f"{100 * v:.{digits}f}%"
+    return pct(v, digits)
 
 
 def _ci(v) -> str:
@@ -179,10 +177,9 @@ def _calibration_section(report_dir: Path, model_sha256: str | None) -> list[str
     return lines
 
 
-def model_card_markdown(meta: dict, report_dir: Path = REPORT_DIR, model_sha256: str | None = None) -> str:
+def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sha256: str | None = None) -> str:
     report_dir = Path(report_dir)
-    meta = meta or {}
-    training = meta.get("training") or {}
+    training = meta.training or {}
     data = training.get("data") or []
     names = ", ".join(str(d.get("data", d)) if isinstance(d, dict) else str(d) for d in data) or "n/a"
     args = training.get("args") or {}
@@ -192,14 +189,14 @@ def model_card_markdown(meta: dict, report_dir: Path = REPORT_DIR, model_sha256:
         "### Intended use",
         INTENDED_USE,
         "### Model",
-        f"- Architecture: `{meta.get('arch', 'n/a')}` at {meta.get('img_size', 'n/a')} px "
-        f"(grayscale, letterboxed), initialisation: {meta.get('init', 'n/a')}",
+        f"- Architecture: `{meta.arch}` at {meta.img_size} px "
+        f"(grayscale, letterboxed), initialisation: {meta.init}",
         f"- Outputs: a fracture probability (temperature-calibrated on the validation split), the body "
-        f"region ({', '.join(meta.get('region_names') or []) or 'n/a'})"
+        f"region ({', '.join(meta.region_names) or 'n/a'})"
         + (", and fracture regions (boxes) from a localisation head trained on FracAtlas's fracture boxes"
-           if meta.get("loc_head") else "")
+           if meta.loc_head else "")
         + ("; each image is also scored mirrored and the two averaged (chosen on validation)"
-           if meta.get("tta") else ""),
+           if meta.tta else ""),
         "### Training data",
         f"- Data sets: {names} (FracAtlas: public musculoskeletal radiographs labelled fractured / not "
         "fractured, with body-region tags)" if "fracatlas" in names.lower() else f"- Data sets: {names}",
@@ -210,7 +207,7 @@ def model_card_markdown(meta: dict, report_dir: Path = REPORT_DIR, model_sha256:
         lines.append(f"- Training: {args.get('epochs', 'n/a')} epochs max, batch {args.get('batch_size', 'n/a')}, "
                      f"learning rate {args.get('lr', 'n/a')}, class imbalance weighted "
                      f"(pos_weight {_num(training.get('pos_weight'), 2)}), on {training.get('device', 'n/a')}")
-    vm = meta.get("val_metrics") or {}
+    vm = meta.val_metrics or {}
     if vm:
         vals = ", ".join(f"{k} {_num(v)}" for k, v in vm.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool))

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from model.common import REPO_ROOT
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def running_app(args: list[str] | tuple[str, ...] = (), launcher: list[str] | No
     cmd = list(launcher or [sys.executable, "-m", "app"]) + ["--host", "127.0.0.1", "--port", str(port), *args]
     full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
     log = tempfile.NamedTemporaryFile("w+", prefix="fracturelens-app-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

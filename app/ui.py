@@ -132,7 +132,7 @@ DecisionLabel = _without_pyi(_define_decision_label)
 def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None,
                report_dir: Path | None = None) -> gr.Blocks:
     h = handlers
-    meta = getattr(h.p, "meta", {}) or {}
+    meta = h.p.meta
     default_target = h.default_target
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(300, 900)) as demo:
@@ -150,7 +150,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                            label="Target recall (sensitivity)", elem_id="recall",
                                            info="Share of fractures the threshold is chosen to catch")
                         operating = gr.Markdown(h.operating_markdown(default_target), elem_id="oppoint")
-                        has_loc = bool(meta.get("loc_head"))
+                        has_loc = bool(meta.loc_head)
                         mapkind = gr.Radio(list(MAP_CHOICES) if has_loc else [MAP_GRADCAM],
                                            value=MAP_LOCALISATION if has_loc else MAP_GRADCAM,
                                            label="Heatmap", elem_id="mapkind")

@@ -11,7 +11,6 @@ file (a few binary searches), so it is cheap enough to call on every slider move
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -25,14 +24,6 @@ from calibration import core
 FORMAT = "fracturelens-calibration/1"
 DEFAULT_TARGET = 0.95
 REPORT_TARGETS = (0.80, 0.90, 0.95, 0.98, 0.99)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(a) -> list:
@@ -97,9 +88,10 @@ class Calibration:
         """The highest target with k >= 1: n / (n + 1)."""
         return self.n_positives / (self.n_positives + 1)
 
-    def matches_model(self, model_path: str | Path) -> bool:
-        """True if `model_path` is the model file this calibration was fitted for."""
-        return self.model_sha256 is not None and file_sha256(model_path) == self.model_sha256
+    def matches_model(self, model_sha256: str) -> bool:
+        """The one rule for "does this calibration belong to this model file?": True unless it records
+        another model file's sha256 (a calibration that records none cannot be checked and is trusted)."""
+        return self.model_sha256 is None or self.model_sha256 == model_sha256
 
     def curve(self) -> dict[str, np.ndarray]:
         """The validation operating curve (every distinct logit threshold, descending)."""

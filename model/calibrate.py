@@ -20,9 +20,11 @@ import sys
 
 import numpy as np
 
-from calibration.calibrator import DEFAULT_TARGET, REPORT_TARGETS, Calibration, file_sha256
+from calibration.calibrator import DEFAULT_TARGET, REPORT_TARGETS, Calibration
 from calibration.fit import fit_and_plot
 from calibration.report import write_report
+from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, file_sha256, shown
 from model.evaluate import score_data
 
 log = logging.getLogger("model.calibrate")
@@ -38,10 +40,10 @@ def score(model: str, data: list[str], split: str, splits_dir: str, cache: str |
 
 
 def _common(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", nargs="+", required=True, help="data root(s)")
-    ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--cache", default=".cache", help="squares cache folder ('none' to disable)")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP + " ('none': no cache)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     _common(f)
     f.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="split to fit on (default val; 'all' for a separate calibration tree)")
-    f.add_argument("--out", default="assets/calibration.json")
-    f.add_argument("--plots", default="assets/report/calibration", help="folder for the validation plots")
+    f.add_argument("--out", default=str(DEFAULT_CALIBRATION))
+    f.add_argument("--plots", default=str(REPORT_DIR / "calibration"), help="folder for the validation plots")
     f.add_argument("--default-target", type=float, default=DEFAULT_TARGET)
     r = sub.add_parser("report", help="report the calibration file's operating points on a split")
     _common(r)
     r.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    r.add_argument("--out", default="assets/report/calibration")
-    r.add_argument("--calibration", default="assets/calibration.json")
+    r.add_argument("--out", default=str(REPORT_DIR / "calibration"))
+    r.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
     r.add_argument("--targets", type=float, nargs="+", default=list(REPORT_TARGETS))
     r.add_argument("--prevalence", type=float, default=None,
                    help="also give the expected precision at this prevalence (default: the split's own)")
@@ -68,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "fit":
         z, y = score(args.model, args.data, args.split, args.splits_dir, args.cache)
-        fit_and_plot(z, y, model_file=str(args.model), model_sha256=file_sha256(args.model), data=args.data,
+        fit_and_plot(z, y, model_file=shown(args.model), model_sha256=file_sha256(args.model), data=args.data,
                      split=args.split, out=args.out, plots=args.plots, default_target=args.default_target)
         return 0
 
     cal = Calibration.load(args.calibration)
     sha = file_sha256(args.model)
-    if sha != cal.model_sha256:
+    if not cal.matches_model(sha):
         msg = (f"{args.model} (sha256 {sha[:12]}) is not the model {args.calibration} was fitted for "
                f"({str(cal.model_sha256)[:12]}); rerun python -m model.calibrate fit")
         if not args.force:
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(msg)
     z, y = score(args.model, args.data, args.split, args.splits_dir, args.cache)
     write_report(cal, z, y, split=args.split, out=args.out, targets=args.targets, prevalence=args.prevalence,
-                 extra={"data": [str(d) for d in args.data], "model_file": str(args.model), "model_sha256": sha})
+                 extra={"data": [str(d) for d in args.data], "model_file": shown(args.model), "model_sha256": sha})
     return 0
 
 

@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.core import sigmoid
+from model.bundle import load_calibration
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, SPLITS_DIR, file_sha256, shown
 from model.data import Sample
-from model.network import load_model
-from model.scoring import score_squares, setup_cpu_threads, sigmoid
+from model.network import ModelMeta, load_model
+from model.scoring import score_squares, setup_cpu_threads
 from model.splits import region_name, select_samples
 
 log = logging.getLogger("model.evaluate")
@@ -33,7 +36,7 @@ def score_data(
     model_path: str | Path,
     roots: list[str | Path],
     split: str,
-    splits_dir: str | Path = "assets/splits",
+    splits_dir: str | Path = SPLITS_DIR,
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     batch_size: int = 32,
     skipped: list | None = None,
@@ -45,9 +48,9 @@ def score_data(
     setup_cpu_threads()
     model, meta = load_model(model_path)
     samples = select_samples(roots, split, splits_dir)
-    squares, ok = load_squares(samples, int(meta["img_size"]), cache_dir, skipped=skipped)
+    squares, ok = load_squares(samples, int(meta.img_size), cache_dir, skipped=skipped)
     samples = [s for s, k in zip(samples, ok) if k]
-    logits = score_squares(model, squares[ok], meta["mean"], meta["std"], batch_size, tta=bool(meta.get("tta")))
+    logits = score_squares(model, squares[ok], meta.mean, meta.std, batch_size, tta=bool(meta.tta))
     return samples, logits, meta
 
 
@@ -177,25 +180,16 @@ def _plots(out: Path, y: np.ndarray, prob: np.ndarray, threshold: float, samples
     del Image
 
 
-def operating_threshold(model_path: str | Path, meta: dict, calibration_path: str | Path | None):
-    """(probability function, threshold, description): the shipped calibration when it belongs to this
-    model file, otherwise the raw sigmoid and the model's own threshold."""
-    from model.splits import file_sha256
-
-    if calibration_path and Path(calibration_path).is_file():
-        try:
-            from calibration import Calibration
-
-            cal = Calibration.load(calibration_path)
-            if getattr(cal, "model_sha256", None) in (None, file_sha256(model_path)):
-                op = cal.operating_point(cal.default_target)
-                return cal.probability, float(op["threshold"]), {
-                    "source": str(calibration_path), "target_recall": cal.default_target,
-                    "temperature": cal.temperature, "achievable_on_validation": bool(op["achievable"])}
-            log.warning("%s was fitted for another model file: ignoring it", calibration_path)
-        except ImportError:
-            pass
-    return sigmoid, float(meta.get("threshold", 0.5)), {"source": "model file (uncalibrated)"}
+def operating_threshold(model_path: str | Path, meta: ModelMeta, calibration_path: str | Path | None):
+    """(probability function, threshold, description): the calibration when it belongs to this model
+    file (model/bundle.py's rule), otherwise the raw sigmoid and the model's own threshold."""
+    cal, _ = load_calibration(calibration_path, file_sha256(model_path), meta.threshold)
+    if cal is None:
+        return sigmoid, float(meta.threshold), {"source": "model file (uncalibrated)"}
+    op = cal.operating_point(cal.default_target)
+    return cal.probability, float(op["threshold"]), {
+        "source": shown(calibration_path), "target_recall": cal.default_target,
+        "temperature": cal.temperature, "achievable_on_validation": bool(op["achievable"])}
 
 
 def evaluate(args) -> dict:
@@ -212,12 +206,12 @@ def evaluate(args) -> dict:
     prob = np.asarray(to_prob(logits[:, 0]), dtype=np.float64)
     y = np.array([s.label for s in samples])
     metrics = {
-        "model": str(args.model), "arch": meta["arch"], "img_size": meta["img_size"],
+        "model": shown(args.model), "arch": meta.arch, "img_size": meta.img_size,
         "data": [Path(d).resolve().name for d in args.data], "split": args.split,
         "threshold_from": thr_info,
         "skipped": {"n": len(skipped), "reasons": dict(Counter(r for _, r in skipped)),
                     "images": [i for i, _ in skipped]},
-        **compute_metrics(samples, logits, prob, threshold, meta["region_names"], args.bootstrap),
+        **compute_metrics(samples, logits, prob, threshold, meta.region_names, args.bootstrap),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out / "predictions.csv", "w", newline="") as f:
@@ -232,14 +226,14 @@ def evaluate(args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--calibration", default="assets/calibration.json")
+    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
     ap.add_argument("--threshold", type=float, default=None, help="override the operating threshold")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--no-cache", action="store_true", help="decode the images in memory only; write no cache")
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """Grad-CAM (and the other CAM methods of pytorch-grad-cam) for the fracture output.
 
-    engine = CamEngine(model, meta)              # hooks the layer named in meta["cam_layer"]
+    engine = CamEngine(model, meta.cam_layer)    # hooks the layer the model file names
     with engine:                                  # releases the library's hooks on exit
         out = engine.run(x, "gradcam")            # ONE forward pass: logits, features and the CAM
     heat = to_original(out.cam_square[0], lb)     # back through the letterbox: (orig_h, orig_w) in [0, 1]
@@ -91,11 +91,9 @@ class CamOutput:
 class CamEngine:
     """CAMs for the fracture logit of one network. Thread-safe (a lock around every network call)."""
 
-    def __init__(self, model: nn.Module, meta: dict | None = None, layer: str | None = None,
-                 short_backward: bool = True):
-        layer = layer or (meta or {}).get("cam_layer")
+    def __init__(self, model: nn.Module, layer: str, short_backward: bool = True):
         if not layer:
-            raise ValueError("no CAM layer: the model meta has no 'cam_layer'")
+            raise ValueError("no CAM layer given (a model file names its own: ModelMeta.cam_layer)")
         self.model = model.eval()
         self.wrapper = FractureLogit(model).eval()
         self.layer_name = layer

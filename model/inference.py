@@ -3,21 +3,23 @@ boxes, and the X-ray check; used by the CLI (model.predict) and the app."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
 
+from calibration import DEFAULT_TARGET
+from calibration.core import sigmoid
+from model.bundle import Bundle, load_bundle
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
 from model.preprocess import normalize
-from model.scoring import sigmoid
-from model.xray_check import XrayCheck
 from model.xray_signals import Taps, chroma, dicom_modality
 
 # ------------------------------------------------------------------------------------------------
 # The Predictor: one object that the CLI (model.predict) and the app use for single uploads.
 
-NO_CALIBRATION_NOTE = "no calibration file: uncalibrated score, threshold 0.5"
-MISMATCH_CALIBRATION_NOTE = ("the calibration file belongs to another model file: uncalibrated score, "
-                             "threshold 0.5")
 DECISIONS = ("No fracture detected", "Fracture suspected")
 NOT_ASSESSED = "Not assessed"  # the decision when the X-ray check fails: no verdict on a non-X-ray
 BOX_MIN_SCORE = 0.2  # localisation-head regions below this peak probability are not reported
@@ -55,7 +57,7 @@ def peak_xy(m: np.ndarray) -> list[int] | None:
 class Predictor:
     """Loads the model, its calibration and the X-ray check once; `predict()` analyses one image.
 
-        p = Predictor("assets/model.pt", "assets/calibration.json", "assets/xray_check.npz")
+        p = Predictor()   # assets/model.pt, assets/calibration.json, assets/xray_check.npz (model/bundle.py)
         res = p.predict("hand.png", target_recall=0.95, cam_method="gradcam")   # None: no CAM
         p.decide(res["probability"], 0.90)      # new operating point without the network (slider moves)
 
@@ -63,48 +65,26 @@ class Predictor:
     X-ray check) and the Grad-CAM. Thread-safe: a lock serialises the network calls.
     """
 
-    def __init__(self, model_path="assets/model.pt", calibration_path="assets/calibration.json",
-                 xray_path="assets/xray_check.npz", device="cpu", cam_layer: str | None = None):
-        import logging
-        import threading
-        from pathlib import Path
-
+    def __init__(self, model_path: str | Path = DEFAULT_MODEL,
+                 calibration_path: str | Path | None = DEFAULT_CALIBRATION,
+                 xray_path: str | Path | None = DEFAULT_XRAY_CHECK, device="cpu", cam_layer: str | None = None,
+                 bundle: Bundle | None = None):
+        """Loads the bundle (model/bundle.py: one loader, one rule for which calibration and X-ray check
+        belong to the model file), unless an already loaded `bundle` is given."""
         from model.gradcam import CAM_METHODS, CamEngine
-        from model.network import load_model
-        from model.splits import file_sha256
 
-        log = logging.getLogger("model.inference")
-        self.model_path = str(model_path)
-        self.device = torch.device(device)
-        self.model, self.meta = load_model(model_path, self.device)
-        self.model_sha256 = file_sha256(model_path)
-        self.region_names = list(self.meta.get("region_names", []))
+        b = bundle or load_bundle(model_path, calibration_path, xray_path, device)
+        self.bundle = b
+        self.model_path = str(b.model_path)
+        self.device = next(b.model.parameters()).device
+        self.model, self.meta, self.model_sha256 = b.model, b.meta, b.model_sha256
+        self.region_names = list(self.meta.region_names)
         self.cam_methods = list(CAM_METHODS)
-        self.engine = CamEngine(self.model, self.meta, layer=cam_layer)  # cam_layer: override meta's
+        self.engine = CamEngine(self.model, cam_layer or self.meta.cam_layer)  # cam_layer: override meta's
         self._lock = threading.Lock()
-        self.calibration = None
-        self.calibration_note = NO_CALIBRATION_NOTE
-        if calibration_path:
-            try:
-                from calibration import Calibration
-
-                cal = Calibration.load(calibration_path)
-                if hasattr(cal, "matches_model") and getattr(cal, "model_sha256", None) \
-                        and not cal.matches_model(model_path):
-                    log.warning("calibration file %s was fitted for another model file (sha256 mismatch): "
-                                "uncalibrated scores", Path(calibration_path).name)
-                    self.calibration_note = MISMATCH_CALIBRATION_NOTE
-                else:
-                    self.calibration = cal
-            except Exception as exc:  # noqa: BLE001 - absent, broken or unimportable: uncalibrated
-                if not isinstance(exc, FileNotFoundError):
-                    log.warning("calibration unavailable (%s): uncalibrated scores", type(exc).__name__)
-        self.default_target = float(getattr(self.calibration, "default_target", 0.95) or 0.95)
-        if xray_path and Path(xray_path).is_file():
-            self.xray = XrayCheck.load(xray_path, model_sha256=self.model_sha256)
-        else:
-            self.xray = XrayCheck.colour_only(f"no X-ray check file at {xray_path}: only colour is checked")
-            log.warning(self.xray.note)
+        self.calibration, self.calibration_note = b.calibration, b.calibration_note
+        self.default_target = float(self.calibration.default_target if self.calibration else DEFAULT_TARGET)
+        self.xray = b.xray
         self.xray_note = self.xray.note
         self.taps = Taps(self.model, self.xray.tap_layers if self.xray.use_features else [])
 
@@ -126,11 +106,11 @@ class Predictor:
                    "recall_lower_bound": op.get("recall_lower_bound"),
                    "achievable": bool(op["achievable"]), "operating_note": str(op.get("note", ""))}
         else:
-            thr = float(self.meta.get("threshold", 0.5))
+            thr = float(self.meta.threshold)
             out = {"threshold": thr, "target_recall": None if target_recall is None else float(target_recall),
                    "expected_specificity": None, "expected_precision": None, "recall_lower_bound": None,
                    "achievable": False,
-                   "operating_note": self.calibration_note.replace("threshold 0.5", f"threshold {thr:g}")}
+                   "operating_note": self.calibration_note}
         if not is_xray:
             return {"decision": NOT_ASSESSED, "is_fracture": None, **out}
         is_fr = bool(float(probability) >= thr)
@@ -153,16 +133,16 @@ class Predictor:
         if cam_method is not None:
             cam_method = method_name(cam_method)  # ValueError for an unknown name, before any work
         gray = decode_image(source)
-        square, lb = letterbox(gray, int(self.meta["img_size"]))
-        x = normalize(square, float(self.meta["mean"]), float(self.meta["std"])).to(self.device)
+        square, lb = letterbox(gray, int(self.meta.img_size))
+        x = normalize(square, float(self.meta.mean), float(self.meta.std)).to(self.device)
         with self._lock:
             out = self.engine.run(x, cam_method)  # the taps' hooks record the same forward pass
             taps = self.taps.collect()
-            if self.meta.get("tta"):  # the mirrored image too (the model file says whether it was chosen)
+            if self.meta.tta:  # the mirrored image too (the model file says whether it was chosen)
                 mirrored = self.engine.logits(torch.flip(x, dims=[-1])[None])
         feats = np.concatenate([out.features, taps], axis=1) if taps.size else out.features
         logits = out.logits[0]
-        if self.meta.get("tta"):
+        if self.meta.tta:
             logits = 0.5 * (logits + mirrored[0])
         logit = float(logits[0])
         prob = self.probability(logit)

@@ -2,27 +2,32 @@
 
 The saved model file is a plain dict loadable with torch.load(weights_only=True):
     {"format": FORMAT, "meta": {...}, "state_dict": {name: fp16 tensor}}
-`meta` carries everything needed to use the network: arch, img_size, mean, std, class_names,
-region_names, cam_layer, training data, split file hashes, validation metrics.
+`meta` carries everything needed to use the network (`ModelMeta`, validated on load and on save):
+arch, img_size, mean, std, class_names, region_names, cam_layer, training data, split file hashes,
+validation metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from model.common import DEFAULT_THRESHOLD, SHARED_DIR
+from model.data import REGIONS
+from model.preprocess import PREPROCESS_VERSION
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fracturelens-model/1"
 CLASS_NAMES = ["not fractured", "fractured"]
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey inputs: ImageNet's channel means/stds averaged
-SHARED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
-
-
+SHARED_WEIGHTS_DIR = SHARED_DIR / "weights"
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -75,6 +80,84 @@ def arch_spec(arch: str) -> ArchSpec:
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch]
+
+
+class MetaError(ValueError):
+    """A model file's metadata is missing a fact or holds an impossible one."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a model file says about its network, typed and checked (the pattern of timm's PretrainedCfg).
+
+    Built with `ModelMeta.from_dict` (raises MetaError naming the field), written with `to_dict`; keys
+    this version does not know are kept in `extra` and written back unchanged."""
+
+    arch: str
+    img_size: int
+    mean: float
+    std: float
+    class_names: tuple[str, ...] = tuple(CLASS_NAMES)
+    region_names: tuple[str, ...] = tuple(REGIONS)
+    cam_layer: str = ""  # default: the architecture's (ARCHS)
+    loc_head: bool = False
+    tta: bool = False  # average the logits of the image and its mirror (chosen on validation)
+    preprocess_version: str = PREPROCESS_VERSION
+    threshold: float = DEFAULT_THRESHOLD  # decision threshold without a calibration
+    init: str = "unknown"
+    training: dict = field(default_factory=dict)
+    created: str = ""
+    val_metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str):
+            raise MetaError(f"model metadata: {name} {why}")
+
+        if self.arch not in ARCHS:
+            bad("arch", f"{self.arch!r} is not a known architecture ({', '.join(ARCHS)})")
+        if not 16 <= self.img_size <= 4096:
+            bad("img_size", f"{self.img_size} is outside 16..4096")
+        if not (0 <= self.mean <= 1 and 0 < self.std <= 1):
+            bad("mean/std", f"{self.mean}/{self.std} are not a normalisation of 0..1 pixels")
+        if len(self.class_names) != 2:
+            bad("class_names", "must name two classes (not fractured, fractured)")
+        if not 0 < self.threshold < 1:
+            bad("threshold", f"{self.threshold} is not a probability")
+        if self.preprocess_version != PREPROCESS_VERSION:
+            bad("preprocess_version", f"{self.preprocess_version!r}: this code preprocesses as version "
+                f"{PREPROCESS_VERSION!r}; retrain or use the matching release")
+        if not self.cam_layer:
+            object.__setattr__(self, "cam_layer", ARCHS[self.arch].cam_layer)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
+        if not isinstance(d, dict):
+            raise MetaError("model metadata is not a dictionary")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = [k for k in ("arch", "img_size", "mean", "std") if k not in d]
+        if missing:
+            raise MetaError(f"model metadata lacks {', '.join(missing)}")
+        try:
+            kw = {k: v for k, v in d.items() if k in names}
+            for k in ("class_names", "region_names"):
+                if k in kw:
+                    kw[k] = tuple(str(x) for x in kw[k])
+            for k, conv in (("img_size", int), ("mean", float), ("std", float), ("threshold", float),
+                            ("loc_head", bool), ("tta", bool), ("preprocess_version", str), ("init", str)):
+                if k in kw:
+                    kw[k] = conv(kw[k])
+        except (TypeError, ValueError) as exc:
+            raise MetaError(f"model metadata has a value of the wrong type ({exc})") from None
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d["class_names"], d["region_names"] = list(self.class_names), list(self.region_names)
+        return {**d, **self.extra}
+
+    def replace(self, **changes) -> "ModelMeta":
+        return dataclasses.replace(self, **changes)
 
 
 class SeedCNN(nn.Module):
@@ -226,7 +309,7 @@ class FractureNet(nn.Module):
             self._loc_feat = None
         # torchvision's MobileNetV3/EfficientNet use BatchNorm momentum 0.01: from random init the
         # running statistics then lag the weights for many epochs and eval-mode outputs are garbage
-        # (measured: val AUROC 0.44 in eval mode vs 0.74 with batch statistics after 4 epochs).
+        # (seen on an early from-scratch run: eval-mode validation AUROC near chance).
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 0.1
@@ -254,17 +337,19 @@ class FractureNet(nn.Module):
         return self.heads(self.features(x))
 
 
-def save_model(path: str | Path, model: FractureNet, meta: dict, half: bool = True) -> None:
+def save_model(path: str | Path, model: FractureNet, meta: ModelMeta | dict, half: bool = True) -> None:
+    meta = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)  # never write an invalid file
     state = {
         k: (v.detach().to("cpu").half() if half and v.is_floating_point() else v.detach().to("cpu"))
         for k, v in model.state_dict().items()
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "meta": meta, "state_dict": state}, path)
+    torch.save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}, path)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureNet, dict]:
-    """Load a model file (fp16 or fp32 state dict) as a float32 network in eval mode."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureNet, ModelMeta]:
+    """Load a model file (fp16 or fp32 state dict) as a float32 network in eval mode, with its checked
+    metadata. ValueError (MetaError for the metadata) for anything that is not a usable model file."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -274,7 +359,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fr
                          f"{type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a FractureLens model file")
-    meta = blob["meta"]
-    model = FractureNet(meta["arch"], n_regions=len(meta["region_names"]), loc_head=bool(meta.get("loc_head")))
+    meta = ModelMeta.from_dict(blob.get("meta"))
+    model = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=meta.loc_head)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     return model.to(device).eval(), meta

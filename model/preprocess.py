@@ -368,14 +368,14 @@ def normalize(squares: np.ndarray | torch.Tensor, mean: float, std: float) -> to
     return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
 
 
-def preprocess(source: Source, spec: dict) -> tuple[torch.Tensor, Letterbox, Image.Image]:
-    """decode -> letterbox -> normalise with the model's own spec (img_size, mean, std).
+def preprocess(source: Source, spec) -> tuple[torch.Tensor, Letterbox, Image.Image]:
+    """decode -> letterbox -> normalise with the model's own spec (a ModelMeta: img_size, mean, std).
 
     Returns the (3, S, S) input tensor, the letterbox geometry and the decoded grayscale image.
     """
     gray = decode_image(source)
-    square, lb = letterbox(gray, int(spec["img_size"]))
-    return normalize(square, float(spec["mean"]), float(spec["std"])), lb, gray
+    square, lb = letterbox(gray, int(spec.img_size))
+    return normalize(square, float(spec.mean), float(spec.std)), lb, gray
 
 
 def train_augment():

@@ -51,6 +51,3 @@ def score_squares(
         return logits, (torch.cat(heats).numpy() if heats else None)
     return logits
 
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))

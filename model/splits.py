@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from model.common import SPLITS_DIR, file_sha256, shown
 from model.data import REGIONS, ReadResult, Sample, read_root
 from model.preprocess import ImageError, decode_image
 
@@ -177,15 +177,11 @@ def load_splits(split_file: str | Path) -> dict[str, str]:
     return {r["image_id"]: r["split"] for r in load_split_rows(split_file)}
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def default_split_file(root: str | Path, splits_dir: str | Path = "assets/splits") -> Path:
+def default_split_file(root: str | Path, splits_dir: str | Path = SPLITS_DIR) -> Path:
     return Path(splits_dir) / f"{Path(root).resolve().name}.csv"
 
 
-def select_samples(roots: list[str | Path], split: str, splits_dir: str | Path = "assets/splits") -> list[Sample]:
+def select_samples(roots: list[str | Path], split: str, splits_dir: str | Path = SPLITS_DIR) -> list[Sample]:
     """The samples of `split` ('train', 'val', 'test') from each root's split file, or every readable
     labelled image for 'all' (no split file needed: any class-folder tree can be scored)."""
     if split == "all":
@@ -195,7 +191,7 @@ def select_samples(roots: list[str | Path], split: str, splits_dir: str | Path =
 
 
 def samples_by_split(
-    roots: list[str | Path], splits_dir: str | Path = "assets/splits", create: bool = True
+    roots: list[str | Path], splits_dir: str | Path = SPLITS_DIR, create: bool = True
 ) -> tuple[dict[str, list[Sample]], list[dict]]:
     """Read each data root and sort its samples into train/val/test with the root's split file
     (made, and written, on first use when `create`). Returns the samples and, per root, the split
@@ -220,7 +216,7 @@ def samples_by_split(
                 unknown += 1
         if unknown:
             log.warning("%d images under %s are not in %s and were left out", unknown, root, split_file)
-        used.append({"data": Path(root).resolve().name, "split_file": split_file.as_posix(),
+        used.append({"data": Path(root).resolve().name, "split_file": shown(split_file),
                      "split_sha256": file_sha256(split_file)})
     return out, used
 

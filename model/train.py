@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,9 +34,10 @@ from tqdm import tqdm
 
 from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+from model.common import DEFAULT_THRESHOLD, SPLITS_DIR
 from model.data import REGIONS, Sample
-from model.network import CLASS_NAMES, FractureNet, arch_spec, save_model
-from model.preprocess import PREPROCESS_VERSION, normalize, train_augment
+from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
+from model.preprocess import normalize, train_augment
 from model.scoring import score_squares, setup_cpu_threads
 from model.splits import samples_by_split
 
@@ -161,7 +163,7 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=None, help="data-loader workers (default: 1 on CPU, 8 on GPU)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
-    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--channels-last", action="store_true", default=True)
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -187,20 +189,198 @@ def _plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(args) -> dict:
+@dataclass
+class TrainData:
+    """What one run trains and validates on: decoded squares, targets and the run's normalisation."""
+
+    train: list[Sample]
+    val: list[Sample]
+    train_squares: np.ndarray
+    val_squares: np.ndarray
+    mean: float
+    std: float
+    pos_weight: float
+    weights: np.ndarray  # per training image: 1 / its near-duplicate group's size
+    split_info: list[dict]
+    train_boxes: list | None = None
+    val_boxes: list | None = None
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.val])
+
+    @property
+    def primary(self) -> np.ndarray:
+        """Mask of the validation images of the first data root (the model is chosen on these)."""
+        first = self.val[0].source if self.val else None
+        return np.array([s.source == first for s in self.val])
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides the weights: where the run is and how it went so far."""
+
+    epoch: int = -1  # last finished epoch (0-based)
+    best: float = -1.0
+    bad: int = 0  # epochs since the best
+    rows: list = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+def resume_args(args) -> tuple[argparse.Namespace, dict | None]:
+    """With --resume: the run's own args.json (device, workers, threads, time budget and --epochs from
+    the command line) and its last checkpoint; without: the arguments as given."""
+    if not args.resume:
+        return args, None
     out = Path(args.out)
     ckpt_path = out / "last.ckpt"
-    state = None
-    if args.resume:
-        if not ckpt_path.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
-        if not (out / "args.json").is_file():
-            raise SystemExit(f"--resume: {out} has no args.json (a run from an older version): start it again")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = json.loads((out / "args.json").read_text())
-        keep = {k: getattr(args, k) for k in ("device", "workers", "threads", "max_minutes")}
-        args = argparse.Namespace(**{**saved, **keep, **({"epochs": args.epochs} if args.epochs else {})})
-        log.info("resuming %s at epoch %d", out, state["epoch"] + 1)
+    if not ckpt_path.is_file():
+        raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+    if not (out / "args.json").is_file():
+        raise SystemExit(f"--resume: {out} has no args.json (a run from an older version): start it again")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    saved = json.loads((out / "args.json").read_text())
+    keep = {k: getattr(args, k) for k in ("device", "workers", "threads", "max_minutes")}
+    args = argparse.Namespace(**{**saved, **keep, **({"epochs": args.epochs} if args.epochs else {})})
+    log.info("resuming %s at epoch %d", out, state["epoch"] + 1)
+    return args, state
+
+
+def load_data(args, use_loc: bool) -> TrainData:
+    by_split, split_info = samples_by_split(args.data, args.splits_dir)
+    train_s, val_s = by_split["train"], by_split["val"]
+    t0 = time.time()
+    tr_sq, tr_ok = load_squares(train_s, args.img_size, args.cache_dir)
+    va_sq, va_ok = load_squares(val_s, args.img_size, args.cache_dir)
+    train_s = [s for s, k in zip(train_s, tr_ok) if k]
+    val_s = [s for s, k in zip(val_s, va_ok) if k]
+    tr_sq, va_sq = tr_sq[tr_ok], va_sq[va_ok]
+    log.info("train %d, val %d images (%.0f s to load)", len(train_s), len(val_s), time.time() - t0)
+    spec = arch_spec(args.arch)
+    if args.weights:
+        mean, std = spec.mean, spec.std
+    else:
+        sample = tr_sq[:: max(1, len(tr_sq) // 500)].astype(np.float32) / 255.0
+        mean, std = round(float(sample.mean()), 4), round(float(sample.std()), 4)
+    labels = np.array([s.label for s in train_s])
+    w = group_weights(train_s)
+    pos_weight = float(w[labels == 0].sum() / max(w[labels == 1].sum(), 1e-9))
+    data = TrainData(train_s, val_s, tr_sq, va_sq, mean, std, pos_weight, w, split_info)
+    if use_loc:
+        data.train_boxes, data.val_boxes = square_boxes(train_s, args.img_size), square_boxes(val_s, args.img_size)
+        tb = data.train_boxes
+        log.info("localisation targets: %d train images with boxes, %d known box-free, %d unknown",
+                 sum(b is not None and len(b) > 0 for b in tb), sum(b is not None and len(b) == 0 for b in tb),
+                 sum(b is None for b in tb))
+    return data
+
+
+def make_loader(args, data: TrainData, device: torch.device, start_epoch: int) -> DataLoader:
+    """The training loader: augmented, each near-duplicate group drawn about once per epoch; its
+    generator is seeded by the epoch it starts at, so a resumed run draws like an uninterrupted one would
+    from that epoch on."""
+    labels, regions, rmask = _targets(data.train)
+    ds = SquareDataset(data.train_squares, labels, regions, rmask, augment=train_augment(), boxes=data.train_boxes)
+    g = torch.Generator().manual_seed(args.seed + start_epoch)
+    w = data.weights
+    if np.allclose(w, 1.0):
+        sampler, shuffle = None, True
+    else:  # grouped copies: draw each radiograph about once per epoch
+        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=int(round(w.sum())), generator=g)
+        shuffle = False
+    workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
+    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+                      num_workers=workers, drop_last=True, persistent_workers=workers > 0,
+                      pin_memory=device.type == "cuda")
+
+
+def make_optimiser(model: nn.Module, args, steps_per_epoch: int):
+    """AdamW with a linear warm-up (a tenth of the steps, at most one epoch), then cosine decay."""
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    total = max(1, args.epochs * steps_per_epoch)
+    warm = min(steps_per_epoch, total // 10)
+
+    def lr_factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
+def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: TrainData, device: torch.device,
+                epoch: int) -> float:
+    """One pass over the training loader; returns the mean training loss."""
+    frac_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(data.pos_weight, device=device))
+    region_loss = nn.BCEWithLogitsLoss(reduction="none")
+    use_loc = model.loc_head is not None
+    model.train()
+    run_loss, n_seen = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
+               dynamic_ncols=False, ncols=100)
+    for x, y, r, rm, bm, bv in bar:
+        x = normalize(x, data.mean, data.std).to(device, non_blocking=True)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y, r, rm = y.to(device), r.to(device), rm.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            f, heat = model.forward_maps(x)
+            out_ = model.heads(f).float()
+        loss = frac_loss(out_[:, 0], y)
+        if use_loc:
+            loss = loss + args.loc_weight * focal_loc_loss(heat.float(), bm.to(device), bv.to(device))
+        if rm.sum() > 0:
+            rl = region_loss(out_[:, 1:], r).mean(dim=1)
+            loss = loss + args.region_loss_weight * (rl * rm).sum() / rm.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run_loss += loss.item() * len(x)
+        n_seen += len(x)
+        bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
+    bar.close()
+    return run_loss / max(1, n_seen)
+
+
+def validate(model: FractureNet, data: TrainData, args, device: torch.device) -> dict:
+    """Validation loss, AUROC and AP on the first data root (logits on the saved model's probability
+    scale), the AUROC with flip TTA, and the localisation pointing game."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    va_sq, val_y, prim = data.val_squares, data.val_labels, data.primary
+    logits, vheat = score_squares(model, va_sq, data.mean, data.std, 64, device, args.channels_last, with_heat=True)
+    mirrored = score_squares(model, np.ascontiguousarray(va_sq[:, :, ::-1]), data.mean, data.std, 64, device,
+                             args.channels_last)
+    tta_logits = 0.5 * (logits + mirrored)  # what score_squares(tta=True) gives, without a 2nd plain pass
+    fl = logits[:, 0] - math.log(data.pos_weight)  # the probability scale the saved model will have
+    point = pointing_game(vheat, data.val_boxes, args.img_size) if model.loc_head is not None else None
+    val_loss = float(nn.functional.binary_cross_entropy_with_logits(
+        torch.as_tensor(fl), torch.as_tensor(val_y, dtype=torch.float32)))
+    return {"val_loss": val_loss, "val_auroc": float(roc_auc_score(val_y[prim], fl[prim])),
+            "val_ap": float(average_precision_score(val_y[prim], fl[prim])),
+            "val_auroc_tta": float(roc_auc_score(val_y[prim], tta_logits[prim, 0])), "val_point": point}
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt, sched, progress: Progress) -> None:
+    """last.ckpt: tensors and plain values only (loaded with weights_only=True); the run's arguments
+    live in args.json beside it."""
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": progress.epoch, "best": progress.best, "bad": progress.bad, "rows": progress.rows,
+                "elapsed": progress.elapsed, "rng": torch.get_rng_state()}, path)
+
+
+def write_log(out: Path, rows: list[dict]) -> None:
+    with open(out / "log.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n")
+        wr.writeheader()
+        wr.writerows(rows)
+    _plot_curves(rows, out / "curves.png")
+
+
+def train(args) -> dict:
+    args, state = resume_args(args)
+    out = Path(args.out)
     if not args.data:
         raise SystemExit("--data is required")
     args.epochs = args.epochs or 6
@@ -214,162 +394,69 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    by_split, split_info = samples_by_split(args.data, args.splits_dir)
-    train_s, val_s = by_split["train"], by_split["val"]
-    t0 = time.time()
-    tr_sq, tr_ok = load_squares(train_s, args.img_size, args.cache_dir)
-    va_sq, va_ok = load_squares(val_s, args.img_size, args.cache_dir)
-    train_s = [s for s, k in zip(train_s, tr_ok) if k]
-    val_s = [s for s, k in zip(val_s, va_ok) if k]
-    tr_sq, va_sq = tr_sq[tr_ok], va_sq[va_ok]
-    log.info("train %d, val %d images (%.0f s to load)", len(train_s), len(val_s), time.time() - t0)
-
-    spec = arch_spec(args.arch)
-    if args.weights:
-        mean, std = spec.mean, spec.std
-    else:
-        sample = tr_sq[:: max(1, len(tr_sq) // 500)].astype(np.float32) / 255.0
-        mean, std = round(float(sample.mean()), 4), round(float(sample.std()), 4)
-
-    labels, regions, rmask = _targets(train_s)
-    w = group_weights(train_s)
-    pos_weight = float(w[labels.numpy() == 0].sum() / max(w[labels.numpy() == 1].sum(), 1e-9))
     use_loc = getattr(args, "loc_weight", 0.0) > 0
-    tr_boxes = square_boxes(train_s, args.img_size) if use_loc else None
-    va_boxes = square_boxes(val_s, args.img_size) if use_loc else None
-    if use_loc:
-        log.info("localisation targets: %d train images with boxes, %d known box-free, %d unknown",
-                 sum(b is not None and len(b) > 0 for b in tr_boxes),
-                 sum(b is not None and len(b) == 0 for b in tr_boxes),
-                 sum(b is None for b in tr_boxes))
-    ds = SquareDataset(tr_sq, labels, regions, rmask, augment=train_augment(), boxes=tr_boxes)
-    g = torch.Generator().manual_seed(args.seed + (state["epoch"] + 1 if state else 0))
-    if np.allclose(w, 1.0):
-        sampler, shuffle = None, True
-    else:  # grouped copies: draw each radiograph about once per epoch
-        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=int(round(w.sum())), generator=g)
-        shuffle = False
-    workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, sampler=sampler, generator=g,
-                        num_workers=workers, drop_last=True, persistent_workers=workers > 0,
-                        pin_memory=device.type == "cuda")
-
+    data = load_data(args, use_loc)
+    loader = make_loader(args, data, device, state["epoch"] + 1 if state else 0)
     model = FractureNet(args.arch, n_regions=len(REGIONS), weights=args.weights, loc_head=use_loc).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(loader)
-    total = max(1, args.epochs * steps_per_epoch)
-    warm = min(steps_per_epoch, total // 10)
-    def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay
-        if s < warm:
-            return (s + 1) / max(1, warm)
-        return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    frac_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    region_loss = nn.BCEWithLogitsLoss(reduction="none")
-    start_epoch, best, bad, rows, elapsed = 0, -1.0, 0, [], 0.0
+    opt, sched = make_optimiser(model, args, len(loader))
+    progress = Progress()
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start_epoch, best, bad, rows, elapsed = (
-            state["epoch"] + 1, state["best"], state["bad"], state["rows"], state["elapsed"])
+        progress = Progress(state["epoch"], state["best"], state["bad"], state["rows"], state["elapsed"])
         torch.set_rng_state(state["rng"])
 
-    primary = val_s[0].source if val_s else None
-    prim_idx = np.array([s.source == primary for s in val_s])
-    val_y = np.array([s.label for s in val_s])
-    meta_base = {
-        "arch": args.arch, "img_size": args.img_size, "mean": mean, "std": std,
-        "class_names": CLASS_NAMES, "region_names": list(REGIONS), "cam_layer": spec.cam_layer,
-        "loc_head": use_loc, "tta": False,
-        "preprocess_version": PREPROCESS_VERSION, "threshold": 0.5,
-        "init": args.weights or "random",
-        "training": {"data": split_info, "pos_weight": round(pos_weight, 4), "n_train": len(train_s),
-                     "n_val": len(val_s), "args": {k: v for k, v in vars(args).items() if k != "resume"},
-                     "device": device.type, "torch": str(torch.__version__)},
-    }
-    log_path = out / "log.csv"
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    for epoch in range(start_epoch, args.epochs):
+    meta_base = ModelMeta(
+        arch=args.arch, img_size=args.img_size, mean=data.mean, std=data.std, class_names=tuple(CLASS_NAMES),
+        region_names=tuple(REGIONS), cam_layer=arch_spec(args.arch).cam_layer, loc_head=use_loc, tta=False,
+        threshold=DEFAULT_THRESHOLD, init=args.weights or "random",
+        training={"data": data.split_info, "pos_weight": round(data.pos_weight, 4), "n_train": len(data.train),
+                  "n_val": len(data.val), "args": {k: v for k, v in vars(args).items() if k != "resume"},
+                  "device": device.type, "torch": str(torch.__version__)})
+    for epoch in range(progress.epoch + 1, args.epochs):
         t_ep = time.time()
-        model.train()
-        run_loss, n_seen = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
-                   dynamic_ncols=False, ncols=100)
-        for x, y, r, rm, bm, bv in bar:
-            x = normalize(x, mean, std).to(device, non_blocking=True)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y, r, rm = y.to(device), r.to(device), rm.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                f, heat = model.forward_maps(x)
-                out_ = model.heads(f).float()
-            loss = frac_loss(out_[:, 0], y)
-            if use_loc:
-                loss = loss + args.loc_weight * focal_loc_loss(heat.float(), bm.to(device), bv.to(device))
-            if rm.sum() > 0:
-                rl = region_loss(out_[:, 1:], r).mean(dim=1)
-                loss = loss + args.region_loss_weight * (rl * rm).sum() / rm.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            run_loss += loss.item() * len(x)
-            n_seen += len(x)
-            bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
-        bar.close()
-        logits, vheat = score_squares(model, va_sq, mean, std, 64, device, args.channels_last, with_heat=True)
-        mirrored = score_squares(model, np.ascontiguousarray(va_sq[:, :, ::-1]), mean, std, 64, device,
-                                 args.channels_last)
-        tta_logits = 0.5 * (logits + mirrored)  # what score_squares(tta=True) gives, without a 2nd plain pass
-        fl = logits[:, 0] - math.log(pos_weight)  # the probability scale the saved model will have
-        auroc_tta = float(roc_auc_score(val_y[prim_idx], tta_logits[prim_idx, 0]))
-        point = pointing_game(vheat, va_boxes, args.img_size) if use_loc else None
-        val_loss = float(nn.functional.binary_cross_entropy_with_logits(
-            torch.as_tensor(fl), torch.as_tensor(val_y, dtype=torch.float32)))
-        auroc = float(roc_auc_score(val_y[prim_idx], fl[prim_idx]))
-        ap_ = float(average_precision_score(val_y[prim_idx], fl[prim_idx]))
-        elapsed += time.time() - t_ep
-        row = {"epoch": epoch + 1, "train_loss": round(run_loss / max(1, n_seen), 5), "val_loss": round(val_loss, 5),
-               "val_auroc": round(auroc, 5), "val_ap": round(ap_, 5), "val_auroc_tta": round(auroc_tta, 5),
-               "val_point": "" if point is None else round(point, 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
-               "seconds": round(time.time() - t_ep, 1)}
-        rows.append(row)
+        train_loss = train_epoch(model, loader, opt, sched, args, data, device, epoch)
+        v = validate(model, data, args, device)
+        progress.elapsed += time.time() - t_ep
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(v["val_loss"], 5),
+               "val_auroc": round(v["val_auroc"], 5), "val_ap": round(v["val_ap"], 5),
+               "val_auroc_tta": round(v["val_auroc_tta"], 5),
+               "val_point": "" if v["val_point"] is None else round(v["val_point"], 4),
+               "lr": f"{sched.get_last_lr()[0]:.2e}", "seconds": round(time.time() - t_ep, 1)}
+        progress.rows.append(row)
+        progress.epoch = epoch
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        if auroc > best:
-            best, bad = auroc, 0
-            meta = {**meta_base, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "val_metrics": {"source": primary, "auroc": round(auroc, 5), "average_precision": round(ap_, 5),
-                                    "loss": round(val_loss, 5), "epoch": epoch + 1}}
-            _save_shippable(out / "best.pt", model, meta, pos_weight)
+        if v["val_auroc"] > progress.best:
+            progress.best, progress.bad = v["val_auroc"], 0
+            meta = meta_base.replace(
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                val_metrics={"source": data.val[0].source, "auroc": round(v["val_auroc"], 5),
+                             "average_precision": round(v["val_ap"], 5), "loss": round(v["val_loss"], 5),
+                             "epoch": epoch + 1})
+            _save_shippable(out / "best.pt", model, meta, data.pos_weight)
         else:
-            bad += 1
-        with open(log_path, "w", newline="") as f:
-            wr = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n")
-            wr.writeheader()
-            wr.writerows(rows)
-        _plot_curves(rows, out / "curves.png")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best": best, "bad": bad, "rows": rows, "elapsed": elapsed,
-                    "rng": torch.get_rng_state()}, ckpt_path)
-        if bad >= args.patience:
-            log.info("early stop: no better validation AUROC for %d epochs", bad)
+            progress.bad += 1
+        write_log(out, progress.rows)
+        save_checkpoint(out / "last.ckpt", model, opt, sched, progress)
+        if progress.bad >= args.patience:
+            log.info("early stop: no better validation AUROC for %d epochs", progress.bad)
             break
-        if args.max_minutes and elapsed / 60 > args.max_minutes:
+        if args.max_minutes and progress.elapsed / 60 > args.max_minutes:
             log.info("time budget of %.0f min reached", args.max_minutes)
             break
-    summary = {"best_val_auroc": best, "epochs_run": len(rows), "train_minutes": round(elapsed / 60, 1),
-               "arch": args.arch, "img_size": args.img_size, "device": device.type,
+    rows = progress.rows
+    summary = {"best_val_auroc": progress.best, "epochs_run": len(rows),
+               "train_minutes": round(progress.elapsed / 60, 1), "arch": args.arch, "img_size": args.img_size,
+               "device": device.type,
                "best_epoch": max(rows, key=lambda r: r["val_auroc"])["epoch"] if rows else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _save_shippable(path: Path, model: FractureNet, meta: dict, pos_weight: float) -> None:
+def _save_shippable(path: Path, model: FractureNet, meta: ModelMeta, pos_weight: float) -> None:
     """Save an fp16 model file whose fracture logit is on the natural probability scale: the
     pos_weight used against the class imbalance shifts logits by log(pos_weight); undo it."""
     import copy
@@ -377,7 +464,7 @@ def _save_shippable(path: Path, model: FractureNet, meta: dict, pos_weight: floa
     m = copy.deepcopy(model).cpu().float()
     with torch.no_grad():
         m.fracture_head.bias -= math.log(pos_weight)
-    meta = {**meta, "training": {**meta["training"], "logit_offset_removed": round(math.log(pos_weight), 5)}}
+    meta = meta.replace(training={**meta.training, "logit_offset_removed": round(math.log(pos_weight), 5)})
     save_model(path, m.to(memory_format=torch.contiguous_format), meta)
 
 

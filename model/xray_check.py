@@ -42,13 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common import DEFAULT_XRAY_CHECK
 from model.xray_negatives import GROUP_REASONS, KIND_GROUP
 from model.xray_signals import FOREIGN_RATIO, MODALITY_NAMES, foreign_modality, squares_stats
 
 log = logging.getLogger("model.xray_check")
 
 FORMAT = "fracturelens-xray-check/3"  # /2: the LBP texture histogram; /3: the learned signal
-DEFAULT_PATH = Path("assets/xray_check.npz")
+DEFAULT_PATH = DEFAULT_XRAY_CHECK
 COLOUR_LIMIT = 0.06  # mean chroma (0..1) above which an upload counts as a colour image
 VAL_QUANTILE = 0.99  # fraction of validation X-rays that must pass (the issue: at most 1% flagged)
 SCORE_POWER = 4.0

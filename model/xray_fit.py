@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, file_sha256, shown
 from model.network import load_model
 from model.preprocess import decode_image, letterbox, normalize
 from model.scoring import setup_cpu_threads
-from model.splits import file_sha256, select_samples
+from model.splits import select_samples
 from model.xray_check import (
     COLOUR_LIMIT,
     DEFAULT_LEARNED_C,
@@ -87,11 +88,11 @@ def _channels(model, name: str) -> int:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     ap.add_argument("--out", default=str(DEFAULT_PATH))
     ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
-    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
@@ -99,13 +100,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
                     help="network columns the learned signal reads besides the image statistics")
     ap.add_argument("--learned-c", type=float, default=DEFAULT_LEARNED_C, help="its inverse regularisation")
-    ap.add_argument("--report", default="assets/report/xray_check/fit.json")
+    ap.add_argument("--report", default=str(REPORT_DIR / "xray_check" / "fit.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
     t0 = time.time()
     model, meta = load_model(args.model)
-    size = int(meta["img_size"])
+    size = int(meta.img_size)
     sha = file_sha256(args.model)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
                                          args.cache_dir)
@@ -124,7 +125,7 @@ def main(argv=None) -> dict:
                          quantile=min(VAL_QUANTILE + colour_fa, 0.9999),
                          signals=signals, negatives=negatives, learned_inputs=args.learned_inputs,
                          learned_c=args.learned_c,
-                         info={"model": str(args.model), "arch": meta["arch"], "img_size": size,
+                         info={"model": shown(args.model), "arch": meta.arch, "img_size": size,
                                "data": [Path(d).resolve().name for d in args.data],
                                "n_dev_negatives": 0 if negatives is None else len(negatives[2]),
                                "learned_inputs": args.learned_inputs if negatives else None,
@@ -151,7 +152,7 @@ def main(argv=None) -> dict:
 
 
 def fit_features(model_path, model, meta: dict, data: list[str], max_train: int = 1500,
-                 splits_dir: str = "assets/splits", cache_dir: str | None = None):
+                 splits_dir: str | Path = SPLITS_DIR, cache_dir: str | None = None):
     """(features, statistics, chroma) of the training X-rays (a random subset of max_train) and of all
     validation X-rays of the data roots, cached per model file. Returns (parts, per_source_val):
     parts = {"train": (...), "val": (...)}; per_source_val = {root name: (n, end row in val)} plus
@@ -175,7 +176,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
 
 
 def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
-    size = int(meta["img_size"])
+    size = int(meta.img_size)
     rng = np.random.default_rng(0)
     parts = {}
     per_source_val = {}
@@ -192,7 +193,7 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
                 idx = np.sort(rng.choice(idx, cap, replace=False))
             sq = squares[idx]
             log.info("%s %s: %d X-rays: features and statistics", Path(root).name, split, len(sq))
-            f, layout, taps = network_features(model, sq, meta["mean"], meta["std"], return_layout=True)
+            f, layout, taps = network_features(model, sq, meta.mean, meta.std, return_layout=True)
             feats.append(f)
             stats.append(np.stack([image_stats(s) for s in sq]))
             chromas.append(np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx)))
@@ -214,13 +215,13 @@ def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, 
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as z:
                 return z["feats"], z["stats"], z["chromas"], [str(m) or None for m in z["modalities"]]
-    size = int(meta["img_size"])
+    size = int(meta.img_size)
     feats, stats, chromas = [], [], []
     for i in range(0, len(negatives), 16):
         grays = [decode_image(n.image) for n in negatives[i : i + 16]]
         chromas += [g.info["chroma"] for g in grays]  # measured by the decode, as Predictor.predict reads it
         sq = np.stack([letterbox(g, size)[0] for g in grays])
-        feats.append(network_features(model, sq, meta["mean"], meta["std"]))
+        feats.append(network_features(model, sq, meta.mean, meta.std))
         stats.append(squares_stats(sq))
     out = (np.concatenate(feats), np.concatenate(stats), np.array(chromas),
            [dicom_modality(n.image) for n in negatives])

@@ -19,9 +19,9 @@ every category that has two or more sources.
 
 Each image also carries a `kind` (KINDS: cross-sectional (CT/MR), ultrasound, nuclear, other-medical,
 photo, graphic), the classes of the check's learned signal. The reason the check gives names only the
-kind's group (KIND_GROUP: another kind of medical image, or a photograph/drawing): on evaluation
-images the fine kind was right about half the time, the group about four times in five
-(assets/report/xray_check/table.md), so the reason does not claim more than that.
+kind's group (KIND_GROUP: another kind of medical image, or a photograph/drawing): on the evaluation
+images the group is named right far more often than the fine kind (the numbers are in
+assets/report/xray_check/table.md), so the reason does not claim more than the group.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from model.common import to_uint8
 
 log = logging.getLogger("model.xray_negatives")
 
@@ -60,21 +62,6 @@ class Negative:
     kind: str  # one of KINDS
     image: object  # PIL image, or DICOM bytes
     modality: str = ""  # the DICOM modality (also for PNG renderings of a DICOM file)
-
-
-def to_uint8(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Linear map of [lo, hi] (default: the full range) to 0..255."""
-    a = np.asarray(a)
-    if a.dtype == bool:
-        return a.astype(np.uint8) * 255
-    if a.dtype == np.uint8 and lo is None and hi is None:
-        return a
-    a = a.astype(np.float64)
-    lo = float(np.nanmin(a)) if lo is None else lo
-    hi = float(np.nanmax(a)) if hi is None else hi
-    if hi <= lo:
-        return np.zeros(a.shape, np.uint8)
-    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
 
 
 def variants(name: str, category: str, kind: str, img: Image.Image, rng: np.random.Generator):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from model.common import to_uint8
 from model.network import ARCHS
 from model.preprocess import _is_dicom, chroma_of
 
@@ -32,7 +33,7 @@ def chroma(source) -> float:
             if arr.ndim != 3 or arr.shape[-1] < 3:
                 return 0.0
             img = Image.fromarray(np.ascontiguousarray(arr[..., :3]).astype(np.uint8) if arr.dtype == np.uint8
-                                  else _float_rgb(arr[..., :3]))
+                                  else to_uint8(arr[..., :3]))
         elif isinstance(source, Image.Image):
             img = source
         else:
@@ -44,12 +45,6 @@ def chroma(source) -> float:
         return chroma_of(ImageOps.exif_transpose(img) if hasattr(img, "getexif") else img)
     except Exception:  # noqa: BLE001 - the decoder raises the user-facing error
         return 0.0
-
-
-def _float_rgb(arr: np.ndarray) -> np.ndarray:
-    a = np.asarray(arr, dtype=np.float64)
-    lo, hi = np.nanmin(a), np.nanmax(a)
-    return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) / (hi - lo) * 255).astype(np.uint8)
 
 
 # DICOM Modality values of projection radiographs (and of scanned or secondary-capture images, left to

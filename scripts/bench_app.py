@@ -19,21 +19,20 @@ from pathlib import Path
 
 from app.handlers import MAP_LOCALISATION
 from app.serve import running_app
+from model.common import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_MODEL,
+    DEFAULT_XRAY_CHECK,
+    REPORT_DIR,
+    SHARED_DIR,
+    file_sha256,
+    shown,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def file_sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-FRACATLAS = ROOT.parent / "shared" / "data" / "fracatlas" / "images" / "Fractured"
+FRACATLAS = SHARED_DIR / "data" / "fracatlas" / "images" / "Fractured"
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -118,12 +117,12 @@ def bench_browser(url: str, image: Path, moves: int) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(ROOT / "assets" / "model.pt"))
-    ap.add_argument("--calibration", default=str(ROOT / "assets" / "calibration.json"))
-    ap.add_argument("--xray-check", default=str(ROOT / "assets" / "xray_check.npz"))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
+    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
     ap.add_argument("--image", default=None, help="X-ray to send (default: a FracAtlas image or a synthetic one)")
     ap.add_argument("-n", type=int, default=30, help="timed /predict calls (default 30)")
-    ap.add_argument("--out", default=str(ROOT / "assets" / "report" / "app_benchmark.json"))
+    ap.add_argument("--out", default=str(REPORT_DIR / "app_benchmark.json"))
     args = ap.parse_args()
 
     from gradio_client import Client, handle_file
@@ -160,7 +159,7 @@ def main() -> None:
         "what": "End-to-end /predict through gradio_client on a local server (upload + queue + decode + "
                 "network + calibration + JSON), and the target-recall slider's re-decision",
         "command": "python -m scripts.bench_app",
-        "model": {"file": os.path.relpath(args.model, ROOT), "sha256": file_sha256(args.model)},
+        "model": {"file": shown(args.model), "sha256": file_sha256(args.model)},
         "image": {"source": image_desc, "size": size},
         "server_startup_s": round(startup_s, 1),
         "predict_endpoint": predict,

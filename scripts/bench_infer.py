@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from model.common import DEFAULT_MODEL, REPORT_DIR, shown
 from model.network import load_model
 from model.preprocess import preprocess
 from model.scoring import setup_cpu_threads
@@ -30,23 +31,23 @@ def timed(fn, n):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="assets/report/inference_benchmark.json")
+    ap.add_argument("--out", default=str(REPORT_DIR / "inference_benchmark.json"))
     args = ap.parse_args()
     setup_cpu_threads(args.threads)
     shared = sorted(Path("../shared/data/fracatlas/images/Fractured").glob("*.jpg"))
     if shared:
         image = shared[0]
     else:
-        from tests.helpers import xray_like
+        from model.synthetic import xray_like
 
         image = Path("/tmp/bench_xray.png")
         xray_like(0, True, size=(373, 454)).save(image)
     model, meta = load_model(args.model)
     x, _, _ = preprocess(image, meta)
-    res = {"model": args.model, "arch": meta["arch"], "img_size": meta["img_size"], "threads": args.threads,
+    res = {"model": shown(args.model), "arch": meta.arch, "img_size": meta.img_size, "threads": args.threads,
            "load_average_at_start": [round(x, 2) for x in __import__("os").getloadavg()],
            "cpu": platform.processor() or platform.machine(), "image_pixels": None, "n": args.n}
 

@@ -11,7 +11,7 @@ soak   --soak N sequential calls (default 1000) mixing valid X-rays (PNG, JPEG, 
        DICOM) with invalid inputs (not an image, empty, truncated PNG, a photo-sized colour image): the
        server's RSS at the start and the end (+/- 100 MB is the target) and the files in its temp
        folder before and after (after --keep-files has passed: none may accumulate).
-Inputs are synthetic (tests.helpers.radiograph_like) plus the committed example X-rays, so it runs on
+Inputs are synthetic (model.synthetic.radiograph_like) plus the committed example X-rays, so it runs on
 a fresh clone. Numbers depend on the machine and on what else runs on it (recorded in the output).
 """
 
@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 
 from app.serve import running_app
-from tests.helpers import dicom_bytes, radiograph_like
+from model.common import DEFAULT_MODEL, EXAMPLES_DIR, REPORT_DIR
+from model.synthetic import dicom_bytes, radiograph_like
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 KEEP = 20.0  # --keep-files for the benchmark server (short, so the soak can check the folder)
@@ -93,8 +93,8 @@ def batch_gain(model_path: str) -> dict:
 
     torch.set_num_threads(1)
     model, meta = load_model(model_path)
-    sq = np.stack([letterbox(radiograph_like(s), int(meta["img_size"]))[0] for s in range(4)])
-    x = normalize(sq, meta["mean"], meta["std"])
+    sq = np.stack([letterbox(radiograph_like(s), int(meta.img_size))[0] for s in range(4)])
+    x = normalize(sq, meta.mean, meta.std)
 
     def per_image(batch):
         times = []
@@ -104,7 +104,7 @@ def batch_gain(model_path: str) -> dict:
                 for i in range(0, 4, batch):
                     xb = x[i : i + batch]
                     model(xb)
-                    if meta.get("tta"):
+                    if meta.tta:
                         model(torch.flip(xb, dims=[-1]))
                 times.append((time.perf_counter() - t) / 4)
         return float(np.median(times[1:])) * 1000
@@ -135,7 +135,7 @@ def soak_inputs(tmp: Path) -> list[tuple[Path, bool]]:
     a.convert("RGBA").save(b, format="PNG")
     save("xrgba.png", b.getvalue(), True)
     save("x.dcm", dicom_bytes(np.asarray(a, np.uint16) * 16, "DX"), True)
-    for ex in sorted((ROOT / "assets" / "examples").glob("*.png"))[:1]:
+    for ex in sorted((EXAMPLES_DIR).glob("*.png"))[:1]:
         out.append((ex, True))
     save("not_an_image.png", b"hello, this is text", False)
     save("empty.png", b"", False)
@@ -184,10 +184,10 @@ def soak(url: str, pid: int, temp: Path, tmp: Path, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "assets" / "model.pt"))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--levels", default="1,10,50,100")
     ap.add_argument("--soak", type=int, default=1000)
-    ap.add_argument("--out", default=str(ROOT / "assets" / "report" / "load.json"))
+    ap.add_argument("--out", default=str(REPORT_DIR / "load.json"))
     args = ap.parse_args()
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_at_start": os.getloadavg()}, "server": "python -m app (defaults: 1 network "

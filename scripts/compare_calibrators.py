@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration import core
+from model.common import DEFAULT_MODEL, REPORT_DIR, shown
 
 
 def _methods():
@@ -67,14 +68,14 @@ def main(argv=None) -> dict:
     from model.evaluate import score_data
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", nargs="+", default=["../shared/data/fracatlas"])
-    ap.add_argument("--out", default="assets/report/calibration")
+    ap.add_argument("--out", default=str(REPORT_DIR / "calibration"))
     args = ap.parse_args(argv)
     samples, logits, _ = score_data(args.model, args.data, "val")
     z = logits[:, 0].astype(np.float64)
     y = np.array([s.label for s in samples], dtype=np.int64)
-    res = {"model": args.model, "split": "val", "n": int(len(y)), "n_positive": int(y.sum()),
+    res = {"model": shown(args.model), "split": "val", "n": int(len(y)), "n_positive": int(y.sum()),
            "protocol": "5-fold stratified cross-validation on validation, repeated 5 times", "methods": compare(z, y)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import csv
 import json
 from pathlib import Path
 
+from model.common import REPORT_DIR
+
 
 def run_row(run: Path) -> dict | None:
     log = run / "log.csv"
@@ -53,7 +55,7 @@ def ci(r, name):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--out", default="assets/report/comparison")
+    ap.add_argument("--out", default=str(REPORT_DIR / "comparison"))
     args = ap.parse_args(argv)
     rows = [r for r in (run_row(Path(p)) for p in args.runs) if r]
     out = Path(args.out)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, shown
 from model.xray_check import COLOUR_LIMIT, XrayCheck
 from model.xray_fit import fit_features, negative_inputs
 from model.xray_negatives import KIND_GROUP, all_negatives, split_sets
@@ -39,16 +40,16 @@ def main(argv=None) -> dict:
     from model.scoring import setup_cpu_threads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--max-train", type=int, default=1500)
-    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--c", default="0.01,0.05,0.2,1,5",
                     help="the learned signal's inverse regularisation (comma-separated values are compared)")
-    ap.add_argument("--out", default="assets/report/xray_check/development.json")
+    ap.add_argument("--out", default=str(REPORT_DIR / "xray_check" / "development.json"))
     args = ap.parse_args(argv)
     setup_cpu_threads(args.threads)
     model, meta = load_model(args.model)
@@ -99,7 +100,7 @@ def main(argv=None) -> dict:
         print(f"{key:40s} AUROC {rows[key]['auroc_all']:.4f} caught {rows[key]['caught_all']:.3f} "
               f"(grey {rows[key]['caught_grey']:.3f}) val flagged {rows[key]['val_flagged']:.4f} "
               f"named {rows[key]['group_named_when_caught']}", flush=True)
-    out = {"model": args.model, "n_train_xrays": int(len(trs)), "n_val_xrays": int(len(vas)),
+    out = {"model": shown(args.model), "n_train_xrays": int(len(trs)), "n_val_xrays": int(len(vas)),
            "n_dev_negatives": len(dev), "n_dev_sources": int(len(set(groups))), "folds": args.folds,
            "signal_sets": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.boxes import read_coco_boxes
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, shown
+
 ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("eval_cam")
@@ -45,14 +48,11 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def boxed_test_images(root: Path, splits_dir: Path, split: str = "test") -> list[tuple[Path, list[list[float]]]]:
+def boxed_test_images(root: Path, splits_dir: Path, split: str = "test") -> list[tuple[Path, np.ndarray]]:
+    """(image path, its (K, 4) [x0, y0, x1, y1] fracture boxes) for each fractured image of the split."""
     import pandas as pd
 
-    coco = json.loads((root / "annotations" / "COCO_fracture_masks_512.json").read_text())
-    by_id = {im["id"]: im["file_name"] for im in coco["images"]}
-    boxes: dict[str, list] = {}
-    for a in coco["annotations"]:
-        boxes.setdefault(by_id[a["image_id"]], []).append([float(v) for v in a["bbox"]])
+    boxes = read_coco_boxes(root)
     df = pd.read_csv(splits_dir / f"{root.resolve().name}.csv")
     test = df[(df.split == split) & (df.label == 1)]
     out = []
@@ -66,9 +66,9 @@ def boxed_test_images(root: Path, splits_dir: Path, split: str = "test") -> list
 def box_mask(shape: tuple[int, int], boxes, tol: int = 0) -> np.ndarray:
     h, w = shape
     m = np.zeros((h, w), bool)
-    for x, y, bw, bh in boxes:
-        x0, y0 = max(0, int(np.floor(x)) - tol), max(0, int(np.floor(y)) - tol)
-        x1, y1 = min(w, int(np.ceil(x + bw)) + tol), min(h, int(np.ceil(y + bh)) + tol)
+    for bx0, by0, bx1, by1 in boxes:
+        x0, y0 = max(0, int(np.floor(bx0)) - tol), max(0, int(np.floor(by0)) - tol)
+        x1, y1 = min(w, int(np.ceil(bx1)) + tol), min(h, int(np.ceil(by1)) + tol)
         m[y0:y1, x0:x1] = True
     return m
 
@@ -99,7 +99,7 @@ def localisation(cam: np.ndarray, boxes) -> dict:
 def localisation_point(box, boxes) -> bool:
     """Is the centre of a predicted [x0, y0, x1, y1, ...] box inside a (tolerance-widened) fracture box?"""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return any(x - TOL <= cx <= x + bw + TOL and y - TOL <= cy <= y + bh + TOL for x, y, bw, bh in boxes)
+    return any(x0 - TOL <= cx <= x1 + TOL and y0 - TOL <= cy <= y1 + TOL for x0, y0, x1, y1 in boxes)
 
 
 def bootstrap_means(*columns: np.ndarray, n: int = 1000, seed: int = 0) -> list[list[float]]:
@@ -146,7 +146,7 @@ def road_scores(model, meta, items, maps_by_name, percentiles) -> dict:
 
     metric = ROADCombined(percentiles=percentiles)
     wrapped = _FractureOnly(model).eval()
-    size = int(meta["img_size"])
+    size = int(meta.img_size)
     out = {k: [] for k in maps_by_name}
     for i, (path, _) in enumerate(items):
         x, _, _ = preprocess(path, meta)
@@ -162,7 +162,7 @@ def random_model_file(meta: dict, path: Path, seed: int = 0) -> Path:
     from model.network import FractureNet, save_model
 
     torch.manual_seed(seed)
-    net = FractureNet(meta["arch"], n_regions=len(meta["region_names"]), loc_head=bool(meta.get("loc_head"))).eval()
+    net = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=bool(meta.loc_head)).eval()
     save_model(path, net, {**meta, "init": "random (untrained sanity check)"})
     return path
 
@@ -211,10 +211,10 @@ def main(argv=None) -> dict:
     from model.scoring import setup_cpu_threads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/model.pt")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", default="../shared/data/fracatlas")
-    ap.add_argument("--splits-dir", default="assets/splits")
-    ap.add_argument("--out", default="assets/report/cam")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
+    ap.add_argument("--out", default=str(REPORT_DIR / "cam"))
     ap.add_argument("--methods", default="gradcam,gradcam++,eigencam", help="CAM methods to localise")
     ap.add_argument("--max-images", type=int, default=0, help="0 = all boxed test images")
     ap.add_argument("--road-n", type=int, default=10, help="images for ROAD (slow: a sparse solve per map)")
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
     setup_cpu_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from model.splits import file_sha256
+    from model.common import file_sha256
 
     items = boxed_test_images(Path(args.data), Path(args.splits_dir), args.split)
     if args.max_images:
@@ -268,8 +268,8 @@ def main(argv=None) -> dict:
             "pointing_game_ci95": bootstrap_means(hits)[0],
             "energy_in_boxes": None, "energy_in_boxes_ci95": None,
             "images_with_a_box": int(sum(b is not None for b in top_boxes))}
-    res = {"model": str(args.model), "model_sha256": file_sha256(args.model), "arch": meta["arch"],
-           "cam_layer": meta.get("cam_layer"), "data": Path(args.data).resolve().name, "split": args.split,
+    res = {"model": shown(args.model), "model_sha256": file_sha256(args.model), "arch": meta.arch,
+           "cam_layer": meta.cam_layer, "data": Path(args.data).resolve().name, "split": args.split,
            "n_images": len(items), "tolerance_px": TOL, "localisation": loc,
            "mean_box_area_fraction": round(float(np.mean([localisation(m, b)["area"] for m, (_, b) in
                                                           zip(maps["centre Gaussian (baseline)"], items)])), 4)}

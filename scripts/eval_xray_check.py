@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common import DEFAULT_MODEL, DEFAULT_XRAY_CHECK, REPORT_DIR, SPLITS_DIR, shown
 from model.xray_check import XrayCheck
 from model.xray_fit import negative_inputs, network_features
 from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets
@@ -36,18 +37,19 @@ def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+    from model.common import file_sha256
     from model.inference import Predictor
     from model.network import load_model
     from model.scoring import setup_cpu_threads
-    from model.splits import file_sha256, select_samples
+    from model.splits import select_samples
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/model.pt")
-    ap.add_argument("--gate", default="assets/xray_check.npz")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--gate", default=str(DEFAULT_XRAY_CHECK))
     ap.add_argument("--data", action="append", required=True)
-    ap.add_argument("--out", default="assets/report/xray_check")
+    ap.add_argument("--out", default=str(REPORT_DIR / "xray_check"))
     ap.add_argument("--split", default="test")
-    ap.add_argument("--splits-dir", default="assets/splits")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-xrays", type=int, default=0, help="cap per data root (0 = all)")
@@ -58,7 +60,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     model, meta = load_model(args.model)
     sha = file_sha256(args.model)
-    size = int(meta["img_size"])
+    size = int(meta.img_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -83,7 +85,7 @@ def main(argv=None) -> dict:
                 samples = samples[: args.max_xrays]
             squares, ok = load_squares(samples, size, args.cache_dir)
             idx = np.flatnonzero(ok)
-            feats.append(network_features(model, squares[idx], meta["mean"], meta["std"]))
+            feats.append(network_features(model, squares[idx], meta.mean, meta.std))
             stats += [image_stats(squares[i]) for i in idx]
             chromas += [chroma(samples[i].path) for i in idx]
             modalities += [dicom_modality(samples[i].path) or "" for i in idx]
@@ -127,7 +129,8 @@ def main(argv=None) -> dict:
     ratios = {k: np.array([r[3]["xray_ratios"].get(k, np.nan) for r in rows]) for k in keys}
     groups = sorted({r[1] for r in rows})
     m = {
-        "model": args.model, "model_sha256": sha, "gate": args.gate, "gate_matches_model": gate.model_sha256 == sha,
+        "model": shown(args.model), "model_sha256": sha, "gate": shown(args.gate),
+        "gate_matches_model": gate.model_sha256 == sha,
         "gate_threshold": gate.threshold, "colour_limit": gate.colour_limit,
         "n_xray": int(y.sum()), "n_non_xray": int((1 - y).sum()),
         "auroc": round(float(roc_auc_score(y, score)), 4),

@@ -3,7 +3,7 @@
     python -m scripts.ship_model runs/screen/lite0-320-box --out assets/model.pt
 
 Reads the run's log.csv at its best epoch (by validation AUROC) and switches horizontal-flip test-time
-augmentation on in the model file's metadata (meta["tta"]) only if it raised the VALIDATION AUROC at
+augmentation on in the model file's metadata (ModelMeta.tta) only if it raised the VALIDATION AUROC at
 that epoch; records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
 validation: python -m scripts.eval_cam --split val --cam-layer NAME ...). The weights are copied
 unchanged (fp16). The test split is not read. Afterwards refit what depends on the model file's hash:
@@ -20,33 +20,36 @@ from pathlib import Path
 
 import torch
 
+from model.common import DEFAULT_MODEL
+from model.network import ModelMeta
+
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="training run folder (best.pt, log.csv)")
-    ap.add_argument("--out", default="assets/model.pt")
+    ap.add_argument("--out", default=str(DEFAULT_MODEL))
     ap.add_argument("--cam-layer", default=None, help="Grad-CAM layer to record (default: the run's)")
     args = ap.parse_args(argv)
     run = Path(args.run)
     rows = list(csv.DictReader(open(run / "log.csv")))
     best = max(rows, key=lambda r: float(r["val_auroc"]))
     blob = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-    meta = blob["meta"]
-    if int(meta["val_metrics"]["epoch"]) != int(best["epoch"]):
-        raise SystemExit(f"{run}/best.pt is from epoch {meta['val_metrics']['epoch']}, "
+    meta = ModelMeta.from_dict(blob["meta"])
+    if int(meta.val_metrics["epoch"]) != int(best["epoch"]):
+        raise SystemExit(f"{run}/best.pt is from epoch {meta.val_metrics['epoch']}, "
                          f"log.csv's best is {best['epoch']}")
     plain, tta = float(best["val_auroc"]), float(best.get("val_auroc_tta") or 0.0)
-    meta["tta"] = tta > plain
-    if args.cam_layer:
-        meta["cam_layer"] = args.cam_layer  # the Predictor refuses to start if the layer does not exist
-    meta["val_metrics"] = {**meta["val_metrics"], "auroc_tta": tta, "tta_rule": "flip TTA on iff it raised the "
-                           "validation AUROC at the best epoch"}
-    meta["training"] = {**meta["training"], "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
-                        "epochs_run": len(rows)}
+    meta = meta.replace(
+        tta=tta > plain,
+        cam_layer=args.cam_layer or meta.cam_layer,  # the Predictor refuses to start if the layer does not exist
+        val_metrics={**meta.val_metrics, "auroc_tta": tta,
+                     "tta_rule": "flip TTA on iff it raised the validation AUROC at the best epoch"},
+        training={**meta.training, "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
+                  "epochs_run": len(rows)})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(blob, args.out)
+    torch.save({**blob, "meta": meta.to_dict()}, args.out)
     out = {"out": args.out, "epoch": int(best["epoch"]), "val_auroc": plain, "val_auroc_tta": tta,
-           "tta": meta["tta"], "size_mb": round(Path(args.out).stat().st_size / 1e6, 2)}
+           "tta": meta.tta, "size_mb": round(Path(args.out).stat().st_size / 1e6, 2)}
     print(json.dumps(out, indent=2))
     return out
 

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from model.common import REPO_ROOT as ROOT
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

@@ -18,10 +18,11 @@ import pytest
 from PIL import Image
 
 from app.serve import running_app
+from model.common import EXAMPLES_DIR
 from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, synthetic_xray
 
 CHROMIUM = "/usr/bin/chromium"
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+EXAMPLES = EXAMPLES_DIR
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed"),

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.handlers import API_KEYS
-from app.serve import ROOT, running_app
+from app.serve import running_app
+from model.common import REPO_ROOT as ROOT
 from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, _dicom_bytes, synthetic_xray
 
 ARGS = SERVER_ARGS

@@ -21,9 +21,9 @@ from PIL import Image
 from app.handlers import API_KEYS, NO_FILE_MESSAGE, RECALL_MAX, RECALL_MIN, Analysis, Handlers, InputProblem
 from app.model_card import NOT_A_DEVICE, model_card_markdown
 from app.ui import find_examples
+from model.common import REPO_ROOT as ROOT
 from tests.helpers import dicom_bytes, radiograph_like
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
 CALIBRATION = Path(os.environ.get("FRACTURELENS_TEST_CALIBRATION", ROOT / "assets" / "calibration.json"))
 XRAY_CHECK = Path(os.environ.get("FRACTURELENS_TEST_XRAY_CHECK", ROOT / "assets" / "xray_check.npz"))
@@ -112,7 +112,7 @@ def _check_ok(v: dict, h: Handlers) -> None:
         assert isinstance(v["overlay"], Image.Image) and v["overlay"].size == v["image"].size
     else:
         assert v["overlay"] is None
-    assert (v["state"].loc is not None) == bool(h.p.meta.get("loc_head"))
+    assert (v["state"].loc is not None) == h.p.meta.loc_head
     assert max(v["image"].size) <= h.display_max
     assert f"{r['threshold']:.3f}" in v["operating"] and "Threshold in force" in v["operating"]
     assert set(v["json"]) == set(API_KEYS)
@@ -333,7 +333,7 @@ def test_find_examples(tmp_path):
 
 def test_model_card(predictor):
     md = model_card_markdown(predictor.meta)
-    assert NOT_A_DEVICE in md and predictor.meta["arch"] in md
+    assert NOT_A_DEVICE in md and predictor.meta.arch in md
     assert "Limitations" in md and "Training data" in md
 
 
@@ -348,9 +348,11 @@ def test_missing_model_exits_with_one_line():
 def test_model_card_reads_the_committed_reports(tmp_path):
     """(appended by app-helper A, owner of app/model_card.py) The card shows the reports' own numbers."""
     from app.model_card import report_plots
+    from model.network import ModelMeta
 
-    meta = {"arch": "mobilenet_v3_large", "img_size": 320, "init": "random", "region_names": ["hand", "leg"],
-            "training": {"data": [{"data": "fracatlas"}], "n_train": 2438, "n_val": 488}}
+    meta = ModelMeta.from_dict({"arch": "mobilenet_v3_large", "img_size": 320, "mean": 0.45, "std": 0.23,
+                                "init": "random", "region_names": ["hand", "leg"],
+                                "training": {"data": [{"data": "fracatlas"}], "n_train": 2438, "n_val": 488}})
     md = model_card_markdown(meta, tmp_path)
     assert "No test report found" in md and "2438 training, 488 validation" in md
     assert report_plots(tmp_path) == []
@@ -430,7 +432,7 @@ def test_ct_slice_saved_as_png_gets_no_verdict_in_the_page(fast_handlers, upload
     from pydicom.data import get_testdata_file
     from pydicom.pixels import apply_modality_lut
 
-    from model.xray_negatives import to_uint8
+    from model.common import to_uint8
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     png = _save(Image.fromarray(to_uint8(apply_modality_lut(ds.pixel_array, ds))), uploads / "ct_slice.png")

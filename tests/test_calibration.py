@@ -297,6 +297,7 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     from PIL import Image
 
     from model import calibrate
+    from model.common import file_sha256
     from model.network import FractureNet, save_model
 
     rng = np.random.default_rng(0)
@@ -318,7 +319,8 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     assert calibrate.main(["fit", "--model", str(model_path), "--data", str(root), "--split", "all",
                            "--out", str(cal_path), "--plots", str(tmp_path / "plots"), "--cache", cache]) == 0
     cal = Calibration.load(cal_path)
-    assert cal.n_positives == 10 and cal.n_negatives == 10 and cal.matches_model(model_path)
+    assert cal.n_positives == 10 and cal.n_negatives == 10 and cal.matches_model(file_sha256(model_path))
+    assert not cal.matches_model("0" * 64)
     assert (tmp_path / "plots" / "reliability_all.png").stat().st_size > 0
     out = tmp_path / "out"
     assert calibrate.main(["report", "--model", str(model_path), "--data", str(root), "--split", "all",

@@ -57,7 +57,7 @@ def bar_image(w=96, h=64, corner="top-left") -> Image.Image:
 @pytest.fixture()
 def engine():
     net = KnownNet().eval()
-    eng = CamEngine(net, {"cam_layer": "backbone.features"})
+    eng = CamEngine(net, "backbone.features")
     yield eng
     eng.close()
 

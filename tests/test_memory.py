@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.common import REPO_ROOT as ROOT
 from tests.helpers import dicom_raw, radiograph_like
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "model.pt"
 LIMIT_MB = 300
 

@@ -161,12 +161,12 @@ def test_short_backward_gives_the_same_cam_and_restores_gradients():
 
     torch.manual_seed(0)
     net = FractureNet("mobilenet_v3_small", n_regions=4).eval()
-    meta = {"cam_layer": arch_spec("mobilenet_v3_small").cam_layer}
+    layer = arch_spec("mobilenet_v3_small").cam_layer
     x = torch.randn(3, 64, 64)
-    full = CamEngine(net, meta, short_backward=False)
+    full = CamEngine(net, layer, short_backward=False)
     ref = full.run(x).cam_square
     full.close()
-    short = CamEngine(net, meta)
+    short = CamEngine(net, layer)
     assert not net.backbone.features[0][0].weight.requires_grad  # frozen below the CAM layer
     np.testing.assert_allclose(short.run(x).cam_square, ref, atol=1e-5)
     short.close()

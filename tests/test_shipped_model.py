@@ -1,17 +1,18 @@
 """The shipped assets/model.pt: small, self-describing, loads safely and predicts."""
 
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch
 
+from calibration.core import sigmoid
+from model.common import DEFAULT_MODEL
 from model.network import load_model
 from model.preprocess import letterbox, preprocess
-from model.scoring import score_squares, sigmoid
+from model.scoring import score_squares
 from tests.helpers import xray_like
 
-MODEL = Path(__file__).resolve().parent.parent / "assets" / "model.pt"
+MODEL = DEFAULT_MODEL
 
 
 def test_shipped_model_is_small_and_loads_with_weights_only():
@@ -22,29 +23,30 @@ def test_shipped_model_is_small_and_loads_with_weights_only():
 
 def test_shipped_model_predicts_and_records_its_training():
     model, meta = load_model(MODEL)
+    blob = torch.load(MODEL, map_location="cpu", weights_only=True)
     for key in ("arch", "img_size", "mean", "std", "class_names", "region_names", "cam_layer", "val_metrics"):
-        assert key in meta
-    assert meta["class_names"] == ["not fractured", "fractured"]
+        assert key in blob["meta"]
+    assert meta.class_names == ("not fractured", "fractured")
     # the architecture's facts travel in the file and agree with the one table in model/network.py
     from model.network import arch_spec
 
-    spec = arch_spec(meta["arch"])
-    assert meta["cam_layer"] == spec.cam_layer and (meta["mean"], meta["std"]) == (spec.mean, spec.std)
-    assert meta["init"] == "imagenet" and meta["loc_head"] is True and isinstance(meta["tta"], bool)
-    assert meta["region_names"] == ["hand", "leg", "hip", "shoulder"]
+    spec = arch_spec(meta.arch)
+    assert meta.cam_layer == spec.cam_layer and (meta.mean, meta.std) == (spec.mean, spec.std)
+    assert meta.init == "imagenet" and meta.loc_head is True and isinstance(meta.tta, bool)
+    assert meta.region_names == ("hand", "leg", "hip", "shoulder")
     # the split file the model was trained with is the committed one
     root = MODEL.parent.parent
-    for d in meta["training"]["data"]:
+    for d in meta.training["data"]:
         assert hashlib.sha256((root / d["split_file"]).read_bytes()).hexdigest() == d["split_sha256"]
     x, _, _ = preprocess(xray_like(0, True, size=(300, 380)), meta)
     with torch.inference_mode():
         out = model(x.unsqueeze(0))
-    assert out.shape == (1, 1 + len(meta["region_names"]))
+    assert out.shape == (1, 1 + len(meta.region_names))
     p = float(sigmoid(out[0, 0].item()))
     assert 0.0 < p < 1.0
     # batched scoring gives the same logit as the single-image path
-    sq, _ = letterbox(xray_like(0, True, size=(300, 380)), meta["img_size"])
-    batched = score_squares(model, sq[None], meta["mean"], meta["std"])
+    sq, _ = letterbox(xray_like(0, True, size=(300, 380)), meta.img_size)
+    batched = score_squares(model, sq[None], meta.mean, meta.std)
     assert batched[0, 0] == pytest.approx(out[0, 0].item(), abs=1e-4)
 
 

@@ -42,10 +42,10 @@ def test_model_file_carries_its_metadata(trained):
     assert all(v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point())
     model, meta = load_model(tmp / "run" / "best.pt")
     for key in ("arch", "img_size", "mean", "std", "class_names", "region_names", "cam_layer", "val_metrics"):
-        assert key in meta
-    assert meta["img_size"] == 32 and meta["class_names"] == ["not fractured", "fractured"]
-    assert len(meta["training"]["data"][0]["split_sha256"]) == 64
-    model.get_submodule(meta["cam_layer"])  # the Grad-CAM layer exists
+        assert key in blob["meta"]
+    assert meta.img_size == 32 and meta.class_names == ("not fractured", "fractured")
+    assert len(meta.training["data"][0]["split_sha256"]) == 64
+    model.get_submodule(meta.cam_layer)  # the Grad-CAM layer exists
     assert not model.training
 
 
@@ -95,7 +95,7 @@ def test_box_supervised_training_logs_localisation_and_ships_the_head(tmp_path):
     assert json.loads((out / "args.json").read_text())["loc_weight"] == 1.0
     assert "args" not in torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     model, meta = load_model(out / "best.pt")
-    assert meta["loc_head"] is True and meta["cam_layer"] == "backbone.features.3"
+    assert meta.loc_head is True and meta.cam_layer == "backbone.features.3"
     with torch.no_grad():
         _, heat = model.forward_maps(torch.zeros(1, 3, 32, 32))
     assert heat.shape == (1, 4, 4)  # the stride-8 feature grid of a 32 px input

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model.common import REPO_ROOT as ROOT
 from model.network import FractureNet
 from model.preprocess import letterbox
 from model.xray_check import COLOUR_LIMIT, DEFAULT_PATH, XrayCheck
@@ -19,7 +20,6 @@ from model.xray_fit import network_features
 from model.xray_signals import chroma, dicom_modality, image_stats, lbp_histogram
 from tests.helpers import dicom_bytes, xray_like
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZE, MEAN, STD = 64, 0.2, 0.25
 
 
@@ -151,7 +151,7 @@ def test_shipped_gate_file_loads_and_matches_the_shipped_model():
     assert gate.info.get("val_flagged", 1.0) <= 0.01
     model = ROOT / "assets" / "model.pt"
     if model.is_file():
-        from model.splits import file_sha256
+        from model.common import file_sha256
 
         assert gate.model_sha256 == file_sha256(model), "the gate was fitted for another model file"
         assert XrayCheck.load(path, model_sha256=file_sha256(model)).note == ""  # no mismatch warning
@@ -194,7 +194,7 @@ def _slice_pngs(name: str) -> dict[str, Image.Image]:
     from pydicom.data import get_testdata_file
     from pydicom.pixels import apply_modality_lut
 
-    from model.xray_negatives import to_uint8
+    from model.common import to_uint8
 
     ds = pydicom.dcmread(get_testdata_file(name))
     a = np.asarray(apply_modality_lut(ds.pixel_array, ds), np.float64)

@@ -1,0 +1,87 @@
+"""What every layer shares, in one place: the repository's paths, the default decision threshold, and
+small helpers (file hash, JSON-safe values, percentages, 8-bit stretching). Imports nothing of the
+project, so anything may import it (calibration/ excepted, which imports nothing of the project at all;
+it owns the default target recall, calibration.DEFAULT_TARGET, and the sigmoid, calibration.core.sigmoid).
+
+Paths are anchored at the repository root, so the commands work from any working directory. Reports
+record paths with `shown()`: relative to the repository when inside it, never this machine's absolute
+path."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS = REPO_ROOT / "assets"
+DEFAULT_MODEL = ASSETS / "model.pt"
+DEFAULT_CALIBRATION = ASSETS / "calibration.json"
+DEFAULT_XRAY_CHECK = ASSETS / "xray_check.npz"
+SPLITS_DIR = ASSETS / "splits"
+REPORT_DIR = ASSETS / "report"
+EXAMPLES_DIR = ASSETS / "examples"  # three FracAtlas test-split X-rays (CC BY 4.0)
+SHARED_DIR = REPO_ROOT.parent / "shared"  # data sets and weights beside the checkout (never committed)
+
+# the decision threshold of an uncalibrated model (the calibration's operating points replace it)
+DEFAULT_THRESHOLD = 0.5
+
+
+def shown(path: str | os.PathLike | None) -> str | None:
+    """A path as reports record it: relative to the repository root when it lies inside, else as given."""
+    if path is None or str(path) == "":
+        return None if path is None else ""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def plain(v: Any, digits: int | None = None) -> Any:
+    """numpy scalars/arrays -> JSON types, recursively; NaN/inf -> None; floats rounded to `digits`."""
+    if isinstance(v, dict):
+        return {str(k): plain(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x, digits) for x in v]
+    if isinstance(v, np.ndarray):
+        return plain(v.tolist(), digits)
+    if isinstance(v, np.generic):
+        return plain(v.item(), digits)
+    if isinstance(v, float):
+        return None if not math.isfinite(v) else (v if digits is None else round(v, digits))
+    return v
+
+
+def pct(v: Any, digits: int = 0) -> str:
+    """0.953 -> '95%' (digits=0) or '95.3%'; 'n/a' for None, NaN, booleans and non-numbers."""
+    if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not math.isfinite(float(v)):
+        return "n/a"
+    return f"{100 * float(v):.{digits}f}%"
+
+
+def to_uint8(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linear map of [lo, hi] (default: the array's own range) to 0..255, rounded; booleans -> 0/255."""
+    a = np.asarray(a)
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint8 and lo is None and hi is None:
+        return a
+    a = a.astype(np.float64)
+    lo = float(np.nanmin(a)) if lo is None else lo
+    hi = float(np.nanmax(a)) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
