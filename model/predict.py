@@ -1,6 +1,13 @@
-"""Score X-ray images from the command line.
+"""Score X-ray images from the command line: single files, or whole folder trees as a worklist.
 
     python -m model.predict IMAGE... [--json] [--target-recall R] [--cam-dir DIR] [--model PATH]
+    python -m model.predict DIR [DIR...] --csv worklist.csv [--target-recall R]
+
+A folder is searched recursively for PNG, JPEG and DICOM files (.png, .jpg, .jpeg, .dcm, .dicom, and files
+without an extension that carry the DICOM preamble); hidden files and folders are skipped.
+--csv FILE writes the worklist: one row per file, sorted by fracture probability (highest first), then
+the images that failed the X-ray check ("Not assessed"), then the files that could not be read; a
+progress bar runs on stderr. Grad-CAM is skipped in --csv mode unless --cam-dir is given.
 
 Plain output: one line per image. --json: a JSON list with one object per image (file, probability,
 raw_probability, decision, threshold, target_recall, expected_specificity, is_xray, xray_score,
@@ -16,42 +23,87 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, plain
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_recall", "expected_specificity",
+               "region", "is_xray", "xray_reason", "error")
 JSON_KEYS = ("file", "probability", "raw_probability", "decision", "is_fracture", "threshold", "target_recall",
              "expected_specificity", "expected_precision", "achievable", "is_xray", "xray_score", "xray_reason",
              "region", "operating_note", "cam_peak", "boxes")
 
 
-def _plain(v):
-    if isinstance(v, float):
-        return None if not math.isfinite(v) else round(v, 6)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if hasattr(v, "item"):
-        return _plain(v.item())
-    return v
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def find_images(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, name to report) for every file given and every image file under every folder given; the
+    name is relative to the folder it was found in (with the folder's own name in front)."""
+    out = []
+    for given in paths:
+        root = Path(given)
+        if not root.is_dir():
+            out.append((given, given))
+            continue
+        for f in sorted(root.rglob("*")):
+            rel = f.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and _looks_like_dicom(f)):
+                out.append((str(f), (Path(root.name) / rel).as_posix() if root.name else rel.as_posix()))
+    return out
+
+
+def worklist_order(rows: list[dict]) -> list[dict]:
+    """Assessed images by probability (highest first), then "Not assessed" ones, then unreadable files;
+    ties keep the input order."""
+    def key(r: dict):
+        if r.get("error"):
+            return (2, 0.0)
+        if not r.get("is_xray") or r.get("probability") is None:
+            return (1, 0.0)
+        return (0, -float(r["probability"]))
+
+    return sorted(rows, key=key)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    import csv
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for i, r in enumerate(worklist_order(rows), 1):
+            w.writerow({**{k: "" if r.get(k) is None else r.get(k) for k in CSV_COLUMNS}, "rank": i})
 
 
 def main(argv=None) -> int:
     from model.inference import Predictor
     from model.preprocess import ImageError
     from model.scoring import setup_cpu_threads
-    from model.xray_check import DEFAULT_PATH as XRAY_PATH
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files")
+    ap.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files, or folders (searched recursively)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
+    ap.add_argument("--csv", default=None, metavar="FILE",
+                    help="write the worklist (sorted by probability) to FILE instead of printing lines")
     ap.add_argument("--target-recall", type=float, default=None,
                     help="operating point (target sensitivity); default: the calibration's default")
     ap.add_argument("--cam-dir", default=None, help="write a Grad-CAM overlay PNG per image here")
     ap.add_argument("--cam-method", default="gradcam", help="gradcam, gradcam++, eigencam, ... (with --cam-dir)")
     ap.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (with --cam-dir)")
-    ap.add_argument("--model", default="assets/model.pt")
-    ap.add_argument("--calibration", default="assets/calibration.json")
-    ap.add_argument("--xray-check", default=str(XRAY_PATH))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
+    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-cam", action="store_true", help="skip Grad-CAM (no cam_peak; a little faster)")
     ap.add_argument("--reveal", action="store_true",
@@ -71,42 +123,57 @@ def main(argv=None) -> int:
     if not Path(args.model).is_file():
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
+    files = find_images(args.images)
+    if not files:
+        print("error: no PNG, JPEG or DICOM files found in the folders given", file=sys.stderr)
+        return 2
     p = Predictor(args.model, args.calibration, args.xray_check)
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
         from model.gradcam import draw_boxes, overlay
+    cam_method = None if (args.no_cam or args.csv) and not cam_dir else args.cam_method
+    quiet = bool(args.json or args.csv)
     rows, n_err = [], 0
-    for f in args.images:
+    from tqdm import tqdm
+
+    for f, name in tqdm(files, desc="scoring", unit="image", file=sys.stderr, disable=not args.csv, mininterval=1):
         try:
-            r = p.predict(f, target_recall=args.target_recall, cam_method=None if args.no_cam and not cam_dir
-                          else args.cam_method, reveal=args.reveal)
+            r = p.predict(f, target_recall=args.target_recall, cam_method=cam_method, reveal=args.reveal)
         except (ImageError, OSError) as exc:
             n_err += 1
             msg = str(exc) if isinstance(exc, ImageError) else f"could not read the file ({type(exc).__name__})"
-            rows.append({"file": f, "error": msg})
-            if not args.json:
-                print(f"{f}: ERROR {msg}")
+            rows.append({"file": name, "error": msg})
+            if not quiet:
+                print(f"{name}: ERROR {msg}")
             continue
-        row = {k: _plain(r.get(k)) for k in JSON_KEYS if k != "file"}
-        row = {"file": f, **row}
+        row = {"file": name, **{k: plain(r.get(k), digits=6) for k in JSON_KEYS if k != "file"}}
         if cam_dir and r.get("cam") is not None:
-            out = cam_dir / f"{Path(f).stem}_cam.png"
+            # a file given by name: <stem>_cam.png; one found in a folder: its relative path, '/' -> '__'
+            stem = Path(f).stem if name == f else Path(name).with_suffix("").as_posix().replace("/", "__")
+            out = cam_dir / f"{stem}_cam.png"
             draw_boxes(overlay(r["gray"], r["cam"], alpha=args.alpha), r["boxes"]).save(out)
             row["cam_png"] = str(out)
         rows.append(row)
-        if not args.json:
+        if not quiet:
             if not r["is_xray"]:
                 prob = "" if r["probability"] is None else f" (withheld p={r['probability']:.3f})"
-                print(f"{f}: {r['decision']}: {r['xray_reason']}{prob}")
+                print(f"{name}: {r['decision']}: {r['xray_reason']}{prob}")
                 continue
             where = f", peak at {r['cam_peak']}" if r.get("cam_peak") else ""
-            print(f"{f}: {r['decision']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f}, "
+            print(f"{name}: {r['decision']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f}, "
                   f"region {r['region']}{where})")
+    if args.csv:
+        write_csv(args.csv, rows)
+        n_flag = sum(1 for r in rows if r.get("is_fracture"))
+        n_na = sum(1 for r in rows if not r.get("error") and not r.get("is_xray"))
+        print(f"{len(rows)} files: {n_flag} fracture suspected, {len(rows) - n_flag - n_na - n_err} no fracture "
+              f"detected, {n_na} not assessed (not an X-ray), {n_err} unreadable; worklist written to {args.csv}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     p.close()
-    return 1 if n_err == len(args.images) else 0
+    return 1 if n_err == len(files) else 0
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model.inference import NO_CALIBRATION_NOTE, Predictor
+from calibration.core import sigmoid
+from model.bundle import no_calibration_note
+from model.common import file_sha256
+from model.inference import Predictor
 from model.network import FractureNet, save_model
 from model.preprocess import ImageError, letterbox
-from model.scoring import sigmoid
-from model.splits import file_sha256
 from model.xray_check import XrayCheck
 from model.xray_signals import image_stats
 from tests.helpers import xray_like
@@ -76,12 +77,12 @@ def test_no_calibration_fallback(predictor):
     assert r["cam"] is None
     assert r["threshold"] == 0.5 and r["achievable"] is False
     assert r["expected_specificity"] is None and r["expected_precision"] is None
-    assert r["operating_note"] == NO_CALIBRATION_NOTE
+    assert r["operating_note"] == no_calibration_note(0.5) == "no calibration file: uncalibrated score, threshold 0.5"
     d = predictor.decide(0.7, 0.9)
     assert d["decision"] == "Fracture suspected" and d["is_fracture"] and d["threshold"] == 0.5
     assert predictor.decide(0.2)["decision"] == "No fracture detected"
     assert "gradcam" in predictor.cam_methods and "eigencam" in predictor.cam_methods
-    assert predictor.meta["img_size"] == 64
+    assert predictor.meta.img_size == 64
 
 
 def test_with_calibration(model_file, tmp_path):
@@ -191,3 +192,43 @@ def test_cli_json_and_cam_dir(model_file, tmp_path, capsys):
                "--xray-check", str(tmp_path / "none.npz"), "--threads", "1"])
     line = capsys.readouterr().out.strip()
     assert rc == 0 and line.startswith(str(good)) and ("Fracture suspected" in line or "No fracture" in line)
+
+
+def test_cli_worklist_csv_over_a_folder_tree(model_file, tmp_path, capsys):
+    """`python -m model.predict DIR --csv FILE`: every image under the tree (DICOM without an extension
+    too, hidden files skipped), sorted by probability, then not-assessed images, then unreadable files."""
+    import csv
+
+    from model.predict import main
+    from tests.helpers import dicom_bytes
+
+    root = tmp_path / "studies"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    for i, sub in enumerate(("a", "a/b", "")):
+        image(seed=10 + i).save(root / sub / f"x{i}.png")
+    image(seed=20).convert("L").save(root / "a" / "x3.JPG")
+    (root / "a" / "b" / "study1").write_bytes(dicom_bytes(np.asarray(image(seed=21), np.uint16) * 16))
+    image(seed=22).save(root / ".hidden" / "skipped.png")
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "a" / "broken.png").write_bytes(b"broken")
+    rgb = np.zeros((60, 90, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = 200, np.arange(90, dtype=np.uint8)[None, :] * 2  # a colourful picture
+    Image.fromarray(rgb).save(root / "photo.png")
+    out = tmp_path / "out" / "worklist.csv"
+    rc = main([str(root), "--csv", str(out), "--model", str(model_file), "--calibration", "",
+               "--xray-check", str(tmp_path / "none.npz"), "--threads", "1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "7 files:" in err and "1 unreadable" in err and "1 not assessed" in err
+    rows = list(csv.DictReader(open(out)))
+    files = [r["file"] for r in rows]
+    assert sorted(files[:5]) == ["studies/a/b/study1", "studies/a/b/x1.png", "studies/a/x0.png", "studies/a/x3.JPG",
+                                 "studies/x2.png"]
+    assert [int(r["rank"]) for r in rows] == list(range(1, 8))
+    probs = [float(r["probability"]) for r in rows[:5]]
+    assert probs == sorted(probs, reverse=True)
+    assert {r["decision"] for r in rows[:5]} <= {"Fracture suspected", "No fracture detected"}
+    assert rows[5]["file"] == "studies/photo.png" and rows[5]["decision"] == "Not assessed"
+    assert rows[5]["probability"] == "" and rows[5]["is_xray"] == "False"
+    assert rows[6]["file"] == "studies/a/broken.png" and rows[6]["error"] and rows[6]["probability"] == ""
