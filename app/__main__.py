@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     calibration = Path(args.calibration)
     if not calibration.is_file():
         print(f"FractureLens: calibration file not found: {calibration}; showing uncalibrated scores at "
-              "threshold 0.5 (make one with `python -m model.calibrate fit`)", file=sys.stderr)
+              "the model file's own threshold (make one with `python -m model.calibrate fit`)", file=sys.stderr)
 
     # Before gradio is imported: no analytics/version pings, and uploads in a private temp folder
     # (inside $GRADIO_TEMP_DIR when that is set) that is removed when the app stops; each upload is

@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from model.network import ModelMeta
 from model.preprocess import ImageError, decode_image, letterbox, normalize, preprocess, unletterbox
 from tests.helpers import dicom_raw
 
-SPEC = {"img_size": 64, "mean": 0.3, "std": 0.2}
+SPEC = ModelMeta(arch="seedcnn", img_size=64, mean=0.3, std=0.2)
 
 
 def _png_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:
