@@ -246,3 +246,45 @@ def test_credentials_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DICOMWEB_USER", "carol")
     monkeypatch.setenv("DICOMWEB_PASSWORD", "pw2")
     assert read_credentials(None) == ("carol", "pw2")
+
+
+@pytest.mark.parametrize("assessed", [True, False])
+def test_result_objects_offline(assessed, tmp_path):
+    """The SC and SR built from a result with boxes (boxes in the original image's pixels, the grey image
+    reduced), and from one that failed the X-ray check; validated by dciodvfy where installed."""
+    from pydicom.uid import generate_uid
+
+    from pacs import results
+
+    src, _ = make_instance("DX", generate_uid(), size=(200, 300))  # 200 wide, 300 high
+    gray = radiograph_like(3, (100, 150))  # the Predictor's reduced copy (half size)
+    res = {"probability": 0.8 if assessed else None, "decision": "Fracture suspected" if assessed else "Not assessed",
+           "is_fracture": True if assessed else None, "threshold": 0.3, "target_recall": 0.95,
+           "expected_specificity": 0.5, "is_xray": assessed, "xray_reason": "looks like a photograph",
+           "image_size": [200, 300], "gray": gray, "cam": np.zeros((150, 100), np.float32),
+           "boxes": [[20, 40, 120, 160, 0.7]] if assessed else []}
+    sc = results.secondary_capture(src, res)
+    sr = results.structured_report(src, res, {"arch": "test-arch", "created": "2024-01-01T00:00:00"}, "ab" * 32)
+    assert (sc.Rows, sc.Columns) == (150, 100) and sc.PatientID == SECRET_ID  # the study's patient, in DICOM only
+    pixels = sc.pixel_array
+    if assessed:  # the box, drawn at half its original coordinates (x 10..60, y 20..80), in draw_boxes' red
+        assert tuple(pixels[50, 10]) == (255, 64, 64) and tuple(pixels[50, 30]) != (255, 64, 64)
+    # the decision burnt in: yellow text on a black band along the top edge
+    assert ((pixels[:20, :, 0] > 200) & (pixels[:20, :, 1] > 200) & (pixels[:20, :, 2] < 60)).sum() > 10
+    items = [i for i in sr_items(sr) if "ConceptNameCodeSequence" in i]
+    codes = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeMeaning
+             for i in items if i.ValueType == "CODE"}
+    nums = {i.ConceptNameCodeSequence[0].CodeValue for i in items if i.ValueType == "NUM"}
+    scoords = [i for i in items if i.ValueType == "SCOORD"]
+    assert codes["decision"] == res["decision"]
+    if assessed:
+        assert codes["xray-check"] == "Passed" and codes["125605004"] == "Present"
+        assert "probability" in nums and "box-score" in nums
+        assert [list(s.GraphicData) for s in scoords] == [[20, 40, 120, 40, 120, 160, 20, 160, 20, 40]]
+    else:
+        assert codes["xray-check"] == "Failed: looks like a photograph"
+        assert "probability" not in nums and "125605004" not in codes and scoords == []
+    if shutil.which("dciodvfy"):
+        for name, ds in (("sc", sc), ("sr", sr)):
+            errors, warnings = dciodvfy_errors(ds, tmp_path, name)
+            assert errors == [], (name, errors, warnings)
