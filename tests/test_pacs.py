@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -12,49 +11,12 @@ import numpy as np
 import pytest
 
 from pacs.orthanc import missing_reason
-from tests.helpers import radiograph_like
-
-SECRET_NAME = "Quixotic^Zebulon^Secretname"
-SECRET_ID = "PID-SECRET-98765"
+from tests.helpers import SECRET_ID, SECRET_NAME, radiograph_like
+from tests.helpers import radiograph_instance as make_instance
 
 pytestmark = pytest.mark.orthanc
 if missing_reason():
     pytestmark = [pytest.mark.orthanc, pytest.mark.skip(reason=f"no local Orthanc: {missing_reason()}")]
-
-
-def make_instance(modality: str, study_uid: str, pixels: np.ndarray | None = None, corrupt: bool = False,
-                  size=(256, 320)):
-    """A CR/DX (radiograph_like pixels, 12 bits in 16) or CT instance with a distinctive patient name and ID."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    sop_class = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1",
-                 "CT": "1.2.840.10008.5.1.4.1.1.2"}[modality]
-    if pixels is None:
-        pixels = np.asarray(radiograph_like(len(study_uid) + ord(modality[0]), size), np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
-    ds.PatientName, ds.PatientID = SECRET_NAME, SECRET_ID
-    ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
-    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "S1", "ACC-SECRET"
-    ds.ReferringPhysicianName = ""
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    if modality == "CT":
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()[: 64 if corrupt else None]
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return ds, buf.getvalue()
 
 
 @pytest.fixture(scope="module")
