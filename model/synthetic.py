@@ -83,3 +83,45 @@ def radiograph_like(seed: int = 0, size=(600, 760)) -> Image.Image:
     a = a + rng.normal(0, 0.02, a.shape) * np.sqrt(np.clip(a, 0.02, None) / 0.3)  # quantum noise
     a = gaussian_filter(a, 0.7)
     return Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), "L")
+
+
+SECRET_NAME = "Quixotic^Zebulon^Secretname"
+SECRET_ID = "PID-SECRET-98765"
+
+
+def radiograph_instance(modality: str, study_uid: str, pixels: np.ndarray | None = None, corrupt: bool = False,
+                        size=(256, 320), seed: int | None = None):
+    """(dataset, DICOM bytes) of a CR/DX (radiograph_like pixels, 12 bits in 16) or CT instance in the given
+    study, with a distinctive patient name and ID (SECRET_NAME, SECRET_ID) that must never be logged; corrupt:
+    the pixel data cut to 64 bytes (the header still says Rows x Columns)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+                 "CT": "1.2.840.10008.5.1.4.1.1.2"}[modality]
+    if pixels is None:
+        seed = len(study_uid) + ord(modality[0]) if seed is None else seed
+        pixels = np.asarray(radiograph_like(seed, size), np.uint16) * 16
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientName, ds.PatientID = SECRET_NAME, SECRET_ID
+    ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "S1", "ACC-SECRET"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    if modality == "CT":
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PixelData = pixels.astype(np.uint16).tobytes()[: 64 if corrupt else None]
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return ds, buf.getvalue()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from model.synthetic import dicom_bytes, radiograph_like, xray_like  # noqa: F401 - the tests import them from here
+from model.synthetic import (  # noqa: F401 - the tests import them from here
+    SECRET_ID,
+    SECRET_NAME,
+    dicom_bytes,
+    radiograph_instance,
+    radiograph_like,
+    xray_like,
+)
 
 
 def class_tree(root: Path, n_per_class: int = 16, layout: str = "flat", names=("fractured", "not_fractured")) -> Path:

@@ -1,0 +1,133 @@
+"""FractureLens and a PACS (DICOMweb).
+
+    python -m pacs scan --url http://127.0.0.1:8042/dicom-web [--credentials FILE] [--target-recall R] [--json]
+    python -m pacs orthanc            # a throwaway demo Orthanc on loopback (prints its URL and demo user)
+
+scan: finds the projection radiographs (modality CR, DX, RG or DR) that have no FractureLens result yet
+(QIDO-RS), fetches each (WADO-RS), scores it at the target recall and stores into its study (STOW-RS) a Secondary
+Capture with the Grad-CAM overlay, the boxes and the decision burnt in (series "FractureLens overlay - NOT FOR
+DIAGNOSTIC USE") and a TID 1500 SR with the probability, decision, threshold, model and boxes (series
+"FractureLens report - NOT FOR DIAGNOSTIC USE"): one series of each per study. A second run writes nothing new;
+a killed run resumes where it stopped. Other modalities are skipped and counted; an instance that cannot be
+read is counted as failed with its reason and the run goes on.
+
+Credentials (never on the command line): the environment variables DICOMWEB_USER and DICOMWEB_PASSWORD, or
+--credentials FILE holding either two lines (user, then password) or JSON {"user": ..., "password": ...}.
+No credentials: no authentication.
+
+Exit codes: 0 done (even with failed instances; see the summary), 1 error, 2 credentials refused (HTTP 401/403)
+or unreadable credentials file, 3 server unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def read_credentials(path: str | None) -> tuple[str | None, str | None]:
+    """(user, password) from --credentials FILE, else from DICOMWEB_USER / DICOMWEB_PASSWORD, else (None, None)."""
+    from pacs.bridge import BridgeError
+
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BridgeError(f"cannot read the credentials file ({type(exc).__name__})", code=2) from None
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+                return str(data["user"]), str(data["password"])
+            except (ValueError, KeyError, TypeError):
+                raise BridgeError('the credentials file is not JSON {"user": ..., "password": ...}', code=2) from None
+        lines = [ln.rstrip("\r") for ln in text.splitlines()]
+        if len(lines) < 2 or not lines[0]:
+            raise BridgeError("the credentials file needs two lines: user, then password", code=2)
+        return lines[0], lines[1]
+    user = os.environ.get("DICOMWEB_USER")
+    return (user, os.environ.get("DICOMWEB_PASSWORD", "")) if user else (None, None)
+
+
+def cmd_scan(args) -> int:
+    from model.inference import Predictor
+    from model.scoring import setup_cpu_threads
+    from model.xray_check import DEFAULT_PATH as XRAY_PATH
+    from pacs.bridge import BridgeError, check_server, make_client, scan
+
+    log = logging.getLogger("pacs")
+    try:
+        user, password = read_credentials(args.credentials)
+        client = make_client(args.url, user, password)
+        check_server(client)
+        setup_cpu_threads(args.threads)
+        predictor = Predictor(args.model, args.calibration, args.xray_check or str(XRAY_PATH))
+        summary = scan(client, predictor, args.target_recall, progress=not args.no_progress, alpha=args.alpha,
+                       limit=args.limit)
+    except BridgeError as exc:
+        log.error("%s", exc)
+        return exc.code
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(summary.text())
+    return 0
+
+
+def cmd_orthanc(args) -> int:
+    import time
+
+    from pacs.orthanc import OrthancServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        print(f"cannot start Orthanc: {reason}", file=sys.stderr)
+        return 1
+    srv = OrthancServer(http_port=args.port or None)
+    srv.start()
+    print(f"Orthanc (demo, loopback only) at {srv.url}/app/explorer.html\nDICOMweb root: {srv.dicomweb_url}\n"
+          f"demo credentials (from pacs/orthanc.json): user {srv.user!r}, password in pacs/orthanc.json\n"
+          f"storage (deleted on exit): {srv.workdir}\nCtrl-C stops it.", flush=True)
+    try:
+        while srv.proc is not None and srv.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pacs", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("scan", help="score the radiographs on a DICOMweb server that have no result yet")
+    s.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    s.add_argument("--credentials", default=None,
+                   help="file with the user and password (two lines, or JSON); default: DICOMWEB_USER/_PASSWORD")
+    s.add_argument("--target-recall", type=float, default=0.95, help="operating point (default 0.95)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--limit", type=int, default=None, help="score at most this many instances in this run")
+    s.add_argument("--alpha", type=float, default=0.4, help="Grad-CAM overlay opacity in the Secondary Capture")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--model", default="assets/model.pt")
+    s.add_argument("--calibration", default="assets/calibration.json")
+    s.add_argument("--xray-check", default=None, help="default: the shipped X-ray check")
+    s.add_argument("--threads", type=int, default=2)
+    s.set_defaults(func=cmd_scan)
+    o = sub.add_parser("orthanc", help="start a demo Orthanc on loopback with pacs/orthanc.json")
+    o.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
+    o.set_defaults(func=cmd_orthanc)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("dicomweb_client", "urllib3", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

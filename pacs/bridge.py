@@ -1,0 +1,240 @@
+"""The PACS bridge: find projection radiographs without a FractureLens result on a DICOMweb server (QIDO-RS),
+fetch them (WADO-RS), score them with the Predictor and store a Secondary Capture and an SR into the same study
+(STOW-RS). See pacs/__main__.py for the command and pacs/results.py for the objects written.
+
+Idempotence rule: the SR's SOPInstanceUID is derived from the source SOPInstanceUID (pacs.results.sr_uid) and it
+lives in the study's "FractureLens report" series; a source counts as done when that SR is listed there. The
+SC and SR go in one STOW request, the SC first, so a run killed at any point leaves at most an SC without its
+SR, which the next run rewrites under the same UID. A second run writes nothing; a killed run resumes.
+
+Nothing here logs patient data: counts and reasons only (no names, IDs, UIDs or other tag values).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pacs import results
+
+log = logging.getLogger("pacs.bridge")
+
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "DR")
+OWN_SERIES = (results.SC_SERIES_DESCRIPTION, results.SR_SERIES_DESCRIPTION)
+TAG_STUDY, TAG_SERIES, TAG_SOP = "0020000D", "0020000E", "00080018"
+TAG_MODALITY, TAG_DESCRIPTION, TAG_COUNT = "00080060", "0008103E", "00201209"
+
+
+class BridgeError(Exception):
+    """A failure that ends the run with a clear message (exit code in .code)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Summary:
+    scanned: int = 0  # instances seen in radiograph series (done or not)
+    scored: int = 0  # scored and written back in this run
+    skipped: Counter = field(default_factory=Counter)  # reason -> instances
+    failed: Counter = field(default_factory=Counter)  # reason -> instances
+    decisions: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)  # stage -> seconds (fetch, score, build, store)
+
+    def as_dict(self) -> dict:
+        return {"scanned": self.scanned, "scored": self.scored, "skipped": dict(self.skipped),
+                "failed": dict(self.failed), "decisions": dict(self.decisions),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+    def text(self) -> str:
+        def part(c: Counter) -> str:
+            return ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) or "none"
+
+        return (f"scanned {self.scanned} radiograph instance(s); scored and written back {self.scored}; "
+                f"skipped {sum(self.skipped.values())} ({part(self.skipped)}); "
+                f"failed {sum(self.failed.values())} ({part(self.failed)})")
+
+
+def _value(item: dict, tag: str):
+    v = item.get(tag, {}).get("Value")
+    return v[0] if v else None
+
+
+def http_error(exc: Exception, what: str) -> BridgeError:
+    """A clear message for a server's refusal or absence (no URL: it may carry UIDs)."""
+    import requests
+
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status == 401:
+            return BridgeError("the DICOMweb server refused the credentials (HTTP 401): check DICOMWEB_USER / "
+                               "DICOMWEB_PASSWORD or the --credentials file", code=2)
+        if status == 403:
+            return BridgeError(f"the DICOMweb server forbids {what} for this user (HTTP 403)", code=2)
+        return BridgeError(f"the DICOMweb server answered HTTP {status} to {what}")
+    if isinstance(exc, requests.ConnectionError):
+        return BridgeError("cannot reach the DICOMweb server (connection refused or host unknown): check --url "
+                           "and that the server is running", code=3)
+    if isinstance(exc, requests.Timeout):
+        return BridgeError(f"the DICOMweb server did not answer {what} in time", code=3)
+    return BridgeError(f"{what} failed ({type(exc).__name__})")
+
+
+def make_client(url: str, user: str | None, password: str | None):
+    """A dicomweb-client DICOMwebClient with HTTP basic authentication when a user is given."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if user is not None:
+        session.auth = (user, password or "")
+    return DICOMwebClient(url=url.rstrip("/"), session=session)
+
+
+def check_server(client) -> None:
+    """One cheap QIDO-RS request, so that refused credentials or an absent server are reported before the
+    model is loaded."""
+    import requests
+
+    client.set_http_retry_params(retry=False)  # the library retries refused connections for ~30 s
+    try:
+        client.search_for_studies(limit=1)
+    except requests.RequestException as exc:
+        raise http_error(exc, "the search (QIDO-RS)") from None
+    finally:
+        client.set_http_retry_params()  # the library's defaults for the run (busy servers: 429, 503, ...)
+
+
+@dataclass
+class Todo:
+    study: str
+    series: str
+    sop: str
+
+
+def find_work(client, summary: Summary) -> list[Todo]:
+    """QIDO-RS: every radiograph instance without a FractureLens SR (counts the rest in summary.skipped)."""
+    series = client.search_for_series(fields=[TAG_MODALITY, TAG_DESCRIPTION, TAG_COUNT], get_remaining=True)
+    by_study: dict[str, list[dict]] = {}
+    for s in series:
+        by_study.setdefault(_value(s, TAG_STUDY), []).append(s)
+    todo: list[Todo] = []
+    for study, items in by_study.items():
+        done = set()
+        for s in items:
+            if _value(s, TAG_DESCRIPTION) == results.SR_SERIES_DESCRIPTION:
+                done |= {_value(i, TAG_SOP) for i in client.search_for_instances(study, _value(s, TAG_SERIES),
+                                                                                  get_remaining=True)}
+        for s in items:
+            modality = str(_value(s, TAG_MODALITY) or "none").upper()
+            if _value(s, TAG_DESCRIPTION) in OWN_SERIES:
+                continue  # FractureLens's own output
+            if modality not in RADIOGRAPH_MODALITIES:
+                summary.skipped[f"modality {modality}"] += int(_value(s, TAG_COUNT) or 0)
+                continue
+            for inst in client.search_for_instances(study, _value(s, TAG_SERIES), get_remaining=True):
+                summary.scanned += 1
+                sop = _value(inst, TAG_SOP)
+                if results.sr_uid(sop) in done:
+                    summary.skipped["already scored"] += 1
+                else:
+                    todo.append(Todo(study, _value(s, TAG_SERIES), sop))
+    return todo
+
+
+def _to_bytes(ds) -> bytes:
+    import pydicom
+
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def _store_failed(response) -> bool:
+    return response is not None and len(getattr(response, "FailedSOPSequence", [])) > 0
+
+
+def process(client, predictor, item: Todo, target_recall: float, summary: Summary, alpha: float = 0.4) -> None:
+    """Fetch, score and write back one instance; a problem with this instance is counted, never raised
+    (a server-wide problem, 401 or unreachable, is raised as BridgeError)."""
+    import requests
+
+    from model.preprocess import ImageError
+
+    t = time.perf_counter()
+    try:
+        ds = client.retrieve_instance(item.study, item.series, item.sop)
+    except requests.HTTPError as exc:
+        if exc.response is not None and exc.response.status_code in (401, 403):
+            raise http_error(exc, "retrieving an instance") from None
+        summary.failed[f"fetch: HTTP {exc.response.status_code if exc.response is not None else '?'}"] += 1
+        return
+    except requests.RequestException as exc:
+        raise http_error(exc, "retrieving an instance") from None
+    except Exception as exc:  # noqa: BLE001 - an instance the library cannot parse
+        summary.failed[f"fetch: unreadable instance ({type(exc).__name__})"] += 1
+        return
+    summary.seconds["fetch"] += time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        res = predictor.predict(_to_bytes(ds), target_recall=target_recall, cam_method="gradcam")
+    except ImageError as exc:
+        summary.failed[f"image: {exc}"] += 1
+        return
+    except Exception as exc:  # noqa: BLE001 - one bad instance never stops the run
+        summary.failed[f"image: {type(exc).__name__}"] += 1
+        return
+    summary.seconds["score"] += time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        sc = results.secondary_capture(ds, res, alpha)
+        sr = results.structured_report(ds, res, predictor.meta, predictor.model_sha256)
+    except Exception as exc:  # noqa: BLE001 - a source whose header highdicom refuses
+        summary.failed[f"building the result objects ({type(exc).__name__})"] += 1
+        return
+    summary.seconds["build"] += time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        response = client.store_instances([sc, sr], study_instance_uid=item.study)  # SR last: it marks "done"
+    except requests.HTTPError as exc:
+        if exc.response is not None and exc.response.status_code in (401, 403):
+            raise http_error(exc, "storing results") from None
+        summary.failed[f"store: HTTP {exc.response.status_code if exc.response is not None else '?'}"] += 1
+        return
+    except requests.RequestException as exc:
+        raise http_error(exc, "storing results") from None
+    summary.seconds["store"] += time.perf_counter() - t
+    if _store_failed(response):
+        summary.failed["store: the server refused an object"] += 1
+        return
+    summary.scored += 1
+    summary.decisions[res["decision"]] += 1
+
+
+def scan(client, predictor, target_recall: float, progress: bool = True, alpha: float = 0.4,
+         limit: int | None = None) -> Summary:
+    """One pass over the server: find the work, then process it with a tqdm progress bar (stderr)."""
+    import requests
+    from tqdm import tqdm
+
+    summary = Summary()
+    t = time.perf_counter()
+    try:
+        todo = find_work(client, summary)
+    except requests.RequestException as exc:
+        raise http_error(exc, "the search (QIDO-RS)") from None
+    summary.seconds["search"] += time.perf_counter() - t
+    if limit is not None:
+        todo = todo[:limit]
+    log.info("%d instance(s) to score, %d already scored, %d skipped for their modality", len(todo),
+             summary.skipped.get("already scored", 0),
+             sum(v for k, v in summary.skipped.items() if k.startswith("modality")))
+    for item in tqdm(todo, desc="FractureLens", unit="image", disable=not progress):
+        process(client, predictor, item, target_recall, summary, alpha)
+    for reason, n in sorted(summary.failed.items()):
+        log.warning("%d instance(s) failed: %s", n, reason)
+    return summary

@@ -1,0 +1,221 @@
+"""FractureLens results as DICOM objects (highdicom), written back into the source image's study:
+
+- a Secondary Capture (`hd.sc.SCImage`): the image with the Grad-CAM overlay, the localisation boxes and the
+  decision + "NOT FOR DIAGNOSTIC USE" burnt in (BurnedInAnnotation YES);
+- a Comprehensive 3D SR with a TID 1500 measurement report: one image-level group (TID 1501) with the
+  calibrated fracture probability, the threshold and target recall, the decision and the X-ray check, the
+  algorithm (name, version = arch + model sha256 + created) and the source image reference; plus one
+  planar ROI group (TID 1410) per localisation box, a closed POLYLINE in the source image's pixels.
+
+Series layout: per study, one FractureLens SC series and one FractureLens SR series (a series holds one
+modality). Their SeriesInstanceUIDs are derived from the StudyInstanceUID, and each SC/SR's SOPInstanceUID
+from the source SOPInstanceUID, so results of later runs join the same two series and a result's UID is
+known before it exists (the bridge's idempotence rule, see pacs/bridge.py).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from PIL import ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from model.network import ModelMeta
+
+MANUFACTURER = "FractureLens"
+SC_SERIES_DESCRIPTION = "FractureLens overlay - NOT FOR DIAGNOSTIC USE"
+SR_SERIES_DESCRIPTION = "FractureLens report - NOT FOR DIAGNOSTIC USE"
+SC_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902
+NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+
+# Private coding scheme for the concepts no standard code covers (declared in the SR's CodingSchemeIdentification)
+SCHEME = "99FRACLENS"  # code values at most 16 characters (SH)
+FRACTURE_PROBABILITY = hd.sr.CodedConcept("probability", SCHEME, "Fracture probability (calibrated)")
+THRESHOLD = hd.sr.CodedConcept("threshold", SCHEME, "Decision threshold")
+TARGET_RECALL = hd.sr.CodedConcept("target-recall", SCHEME, "Target recall")
+EXPECTED_SPECIFICITY = hd.sr.CodedConcept("exp-specificity", SCHEME, "Expected specificity")
+BOX_SCORE = hd.sr.CodedConcept("box-score", SCHEME, "Localisation score")
+DECISION = hd.sr.CodedConcept("decision", SCHEME, "FractureLens decision")
+XRAY_CHECK = hd.sr.CodedConcept("xray-check", SCHEME, "X-ray check")
+XRAY_PASSED = hd.sr.CodedConcept("xray-passed", SCHEME, "Passed")
+BODY_REGION = hd.sr.CodedConcept("body-region", SCHEME, "Body region (model)")
+DECISION_CODES = {
+    "Fracture suspected": hd.sr.CodedConcept("fx-suspected", SCHEME, "Fracture suspected"),
+    "No fracture detected": hd.sr.CodedConcept("no-fx-detected", SCHEME, "No fracture detected"),
+    "Not assessed": hd.sr.CodedConcept("not-assessed", SCHEME, "Not assessed"),
+}
+FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture")
+RADIOGRAPHY = hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID that is a function of its parts (pydicom's generate_uid with entropy sources)."""
+    return generate_uid(entropy_srcs=["FractureLens", *parts])
+
+
+def sc_series_uid(study_uid: str) -> str:
+    return derived_uid("SC series", study_uid)
+
+
+def sr_series_uid(study_uid: str) -> str:
+    return derived_uid("SR series", study_uid)
+
+
+def sc_uid(source_sop_uid: str) -> str:
+    return derived_uid("SC", source_sop_uid)
+
+
+def sr_uid(source_sop_uid: str) -> str:
+    return derived_uid("SR", source_sop_uid)
+
+
+def model_version(meta: ModelMeta, sha256: str) -> str:
+    """arch, the model file's sha256 (12 hex digits) and its creation date: at most 64 characters (LO)."""
+    return f"{meta.arch} sha256:{sha256[:12]} {meta.created[:19]}".strip()[:64]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def overlay_image(res: dict, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the returned grey image (at most 2048 px) with the Grad-CAM overlay, the boxes
+    (moved from the original image's pixels to the returned image's) and the decision + NOT FOR DIAGNOSTIC USE
+    burnt in along the top and bottom edges."""
+    from model.gradcam import draw_boxes, overlay
+
+    gray = res["gray"]
+    img = overlay(gray, res["cam"], alpha) if res.get("cam") is not None else gray.convert("RGB")
+    w0, h0 = res["image_size"]
+    fx, fy = img.size[0] / w0, img.size[1] / h0
+    boxes = [[b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy, *b[4:]] for b in res.get("boxes") or []]
+    img = draw_boxes(img, boxes)
+    draw = ImageDraw.Draw(img)
+    size = max(12, round(max(img.size) / 36))
+    font = _font(size)
+    prob = res.get("probability")
+    top = res["decision"] + ("" if prob is None else f"  p={prob:.2f} (threshold {res['threshold']:.2f})")
+    pad = max(2, size // 4)
+    for text, y in ((top, pad), (f"FractureLens - {NOT_FOR_DIAGNOSTIC_USE}", img.size[1] - size - 3 * pad)):
+        box = draw.textbbox((pad, y), text, font=font)
+        draw.rectangle([box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad], fill=(0, 0, 0))
+        draw.text((pad, y), text, fill=(255, 255, 0), font=font)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _source_reference(src: Dataset) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    return ref
+
+
+def secondary_capture(src: Dataset, res: dict, alpha: float = 0.4) -> hd.sc.SCImage:
+    """The overlay image as a Secondary Capture in the source's study (patient and study copied from it)."""
+    pixels = overlay_image(res, alpha)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        src, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", series_instance_uid=sc_series_uid(src.StudyInstanceUID),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=sc_uid(src.SOPInstanceUID),
+        instance_number=int(getattr(src, "InstanceNumber", None) or 1), manufacturer=MANUFACTURER,
+        patient_orientation=tuple(src.PatientOrientation) if len(getattr(src, "PatientOrientation", [])) == 2
+        else ("L", "F"), transfer_syntax_uid="1.2.840.10008.1.2.1")
+    sc.SeriesDescription = SC_SERIES_DESCRIPTION
+    if "Laterality" not in sc:  # Type 2C in General Series: the source's, else present and empty
+        sc.Laterality = getattr(src, "Laterality", None) or None
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.DerivationDescription = "FractureLens Grad-CAM overlay, localisation boxes and decision; not for diagnostic use"
+    sc.SourceImageSequence = [_source_reference(src)]
+    return sc
+
+
+def _polyline(box, src_rows: int, src_cols: int) -> np.ndarray:
+    """A closed rectangle [x0, y0, x1, y1] (pixel edges) as a DICOM SCOORD POLYLINE (column, row) in the
+    source image (points clipped to the image; 5 points, the first repeated)."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    x0, x1 = np.clip([x0, x1], 0, src_cols)
+    y0, y1 = np.clip([y0, y1], 0, src_rows)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+# Type 2 patient/study attributes highdicom copies from the evidence (present, possibly empty, in a valid image;
+# filled in empty when a source lacks them so that one sloppy instance still gets its report)
+TYPE2_FROM_EVIDENCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _evidence(src: Dataset) -> Dataset:
+    ev = Dataset()
+    ev.update(src)  # a shallow copy: the source is left unchanged
+    for name in TYPE2_FROM_EVIDENCE:
+        if name not in ev:
+            setattr(ev, name, None)
+    return ev
+
+
+def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: str) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of one image's result (see the module docstring)."""
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="FractureLens", version=model_version(meta, model_sha256),
+        parameters=[f"target_recall={res['target_recall']}", f"threshold={res['threshold']:.6f}",
+                    f"model_sha256={model_sha256}"],
+        manufacturer=MANUFACTURER)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", model_sha256), name="FractureLens", manufacturer_name=MANUFACTURER,
+            model_name=meta.arch[:64]))
+    source_group = hd.sr.SourceImageForMeasurementGroup.from_source_image(src)
+    measurements = []
+    if res.get("probability") is not None:
+        measurements.append(hd.sr.Measurement(name=FRACTURE_PROBABILITY, value=float(res["probability"]),
+                                              unit=NO_UNITS, algorithm_id=algorithm))
+    measurements.append(hd.sr.Measurement(name=THRESHOLD, value=float(res["threshold"]), unit=NO_UNITS))
+    if res.get("target_recall") is not None:
+        measurements.append(hd.sr.Measurement(name=TARGET_RECALL, value=float(res["target_recall"]), unit=NO_UNITS))
+    if res.get("expected_specificity") is not None:
+        measurements.append(hd.sr.Measurement(name=EXPECTED_SPECIFICITY, value=float(res["expected_specificity"]),
+                                              unit=NO_UNITS))
+    xray_value = XRAY_PASSED if res["is_xray"] else hd.sr.CodedConcept(
+        "xray-failed", SCHEME, f"Failed: {res.get('xray_reason') or ''}".strip(": ")[:64])
+    evaluations = [hd.sr.QualitativeEvaluation(DECISION, DECISION_CODES[res["decision"]]),
+                   hd.sr.QualitativeEvaluation(XRAY_CHECK, xray_value)]
+    if res.get("region"):
+        evaluations.append(hd.sr.QualitativeEvaluation(BODY_REGION, hd.sr.CodedConcept(
+            f"region-{res['region']}"[:16], SCHEME, str(res["region"]))))
+    if res.get("is_fracture") is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(FRACTURE, codes.SCT.Present if res["is_fracture"]
+                                                       else codes.SCT.Absent))
+    groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("image group", src.SOPInstanceUID),
+                                                     identifier="FractureLens image assessment"),
+        finding_type=FRACTURE, algorithm_id=algorithm, measurements=measurements,
+        qualitative_evaluations=evaluations, source_images=[source_group])]
+    for i, box in enumerate(res.get("boxes") or [], start=1):
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                   graphic_data=_polyline(box, int(src.Rows), int(src.Columns)),
+                                   source_image=hd.sr.SourceImageForRegion.from_source_image(src))
+        score = [hd.sr.Measurement(name=BOX_SCORE, value=float(box[4]), unit=NO_UNITS)] if len(box) > 4 else None
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("box", str(i), src.SOPInstanceUID),
+                                                         identifier=f"FractureLens box {i}"),
+            referenced_region=region, finding_type=FRACTURE, algorithm_id=algorithm, measurements=score))
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+                                     procedure_reported=RADIOGRAPHY, imaging_measurements=groups)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[_evidence(src)], content=report, series_instance_uid=sr_series_uid(src.StudyInstanceUID),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=sr_uid(src.SOPInstanceUID),
+        instance_number=int(getattr(src, "InstanceNumber", None) or 1), manufacturer=MANUFACTURER,
+        is_complete=True, is_final=False, is_verified=False)
+    sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "FractureLens private concepts"
+    scheme.CodingSchemeResponsibleOrganization = "FractureLens project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+

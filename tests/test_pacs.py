@@ -1,0 +1,254 @@
+"""The PACS bridge (python -m pacs scan) against a live Orthanc on loopback, with synthetic instances."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from model.network import ModelMeta
+from pacs.orthanc import missing_reason
+from tests.helpers import SECRET_ID, SECRET_NAME, radiograph_like
+from tests.helpers import radiograph_instance as make_instance
+
+pytestmark = pytest.mark.orthanc
+if missing_reason():
+    pytestmark = [pytest.mark.orthanc, pytest.mark.skip(reason=f"no local Orthanc: {missing_reason()}")]
+
+
+@pytest.fixture(scope="module")
+def orthanc():
+    from pacs.orthanc import OrthancServer
+
+    with OrthancServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def loaded(orthanc):
+    """Study A: a CR, a DX and a CT series; study B: a CR whose pixel data is cut short."""
+    import requests
+    from pydicom.uid import generate_uid
+
+    study_a, study_b = generate_uid(), generate_uid()
+    inst = {"cr": make_instance("CR", study_a), "dx": make_instance("DX", study_a),
+            "ct": make_instance("CT", study_a, pixels=np.full((64, 64), 1000, np.uint16)),
+            "bad": make_instance("CR", study_b, corrupt=True)}
+    for _, data in inst.values():
+        r = requests.post(f"{orthanc.url}/instances", data=data, auth=(orthanc.user, orthanc.password), timeout=30)
+        assert r.status_code == 200, r.text
+    return {"study_a": study_a, "study_b": study_b, **inst}
+
+
+def count_instances(orthanc) -> int:
+    import requests
+
+    return len(requests.get(f"{orthanc.url}/instances", auth=(orthanc.user, orthanc.password), timeout=30).json())
+
+
+def run_cli(monkeypatch, capsys, caplog, args, user, password, sink: list) -> tuple[int, str, str]:
+    from pacs.__main__ import main
+
+    monkeypatch.setenv("DICOMWEB_USER", user)
+    monkeypatch.setenv("DICOMWEB_PASSWORD", password)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        code = main(["scan", *args])
+    out, err = capsys.readouterr()
+    sink.append("\n".join([out, err, caplog.text]))
+    return code, out, err + caplog.text
+
+
+def sr_items(ds):
+    """Every content item of an SR, depth first."""
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from sr_items(item)
+
+
+def dciodvfy_errors(ds, tmp_path, name) -> tuple[list[str], list[str]]:
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (out.stdout + out.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
+
+
+def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+
+    from model.inference import Predictor
+    from pacs import results
+
+    logs: list[str] = []
+    url = orthanc.dicomweb_url
+    n0 = count_instances(orthanc)
+
+    # a first run stopped after one instance (as if killed), then a run that picks up the rest
+    code, out, _ = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json", "--limit", "1"],
+                           orthanc.user, orthanc.password, logs)
+    assert code == 0
+    first = json.loads(out)
+    assert first["scored"] + sum(first["failed"].values()) == 1
+
+    code, out, err = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json"], orthanc.user, orthanc.password,
+                             logs)
+    assert code == 0
+    second = json.loads(out)
+    assert first["scored"] + second["scored"] == 2  # the CR and the DX of study A
+    assert second["skipped"].get("modality CT") == 1
+    assert second["scanned"] == 3  # CR, DX, the corrupt CR (the CT is not a radiograph)
+    failed = {**first["failed"], **second["failed"]}
+    assert sum(failed.values()) == 1 and "pixel data" in next(iter(failed)), failed  # and the run went on
+    assert "failed" in err  # the reason is logged (a count and a reason, nothing else)
+    assert count_instances(orthanc) == n0 + 4  # an SC and an SR for each scored radiograph
+
+    # a third run writes nothing
+    code, out, _ = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json"], orthanc.user, orthanc.password,
+                           logs)
+    assert code == 0
+    third = json.loads(out)
+    assert third["scored"] == 0 and third["skipped"]["already scored"] == 2
+    assert count_instances(orthanc) == n0 + 4
+
+    # the results, read back over DICOMweb: in study A, one SC and one SR series, referencing the sources
+    client = DICOMwebClient(url=url)
+    client._session.auth = (orthanc.user, orthanc.password)
+    series = client.search_for_series(loaded["study_a"], fields=["0008103E", "00080060"])
+    desc = {s["0008103E"]["Value"][0]: s["0020000E"]["Value"][0] for s in series if "Value" in s.get("0008103E", {})}
+    assert results.SC_SERIES_DESCRIPTION in desc and results.SR_SERIES_DESCRIPTION in desc
+    assert client.search_for_series(loaded["study_b"], search_filters={"Modality": "SR"}) == []
+    src_cr, cr_bytes = loaded["cr"]
+    sr = client.retrieve_instance(loaded["study_a"], desc[results.SR_SERIES_DESCRIPTION],
+                                  results.sr_uid(src_cr.SOPInstanceUID))
+    sc = client.retrieve_instance(loaded["study_a"], desc[results.SC_SERIES_DESCRIPTION],
+                                  results.sc_uid(src_cr.SOPInstanceUID))
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == loaded["study_a"]
+    assert sr.Modality == "SR" and sr.Manufacturer == sc.Manufacturer == "FractureLens"
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src_cr.SOPInstanceUID
+    assert sc.BurnedInAnnotation == "YES" and sc.SamplesPerPixel == 3
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert [e.ReferencedSOPInstanceUID for e in evidence] == [src_cr.SOPInstanceUID]
+    items = [i for i in sr_items(sr) if "ConceptNameCodeSequence" in i or i.ValueType == "IMAGE"]
+    image_refs = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in items if i.ValueType == "IMAGE"}
+    assert image_refs == {src_cr.SOPInstanceUID}
+    nums = {i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+            for i in items if i.ValueType == "NUM"}
+    codes = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeMeaning
+             for i in items if i.ValueType == "CODE"}
+    texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT"]
+
+    # the values are the Predictor's for the same image at the same target recall
+    with Predictor() as p:
+        res = p.predict(cr_bytes, target_recall=0.95)
+        sha = p.model_sha256
+    assert res["is_xray"], res["xray_reason"]
+    assert nums["probability"] == pytest.approx(res["probability"], abs=1e-4)
+    assert nums["threshold"] == pytest.approx(res["threshold"], abs=1e-4)
+    assert nums["target-recall"] == pytest.approx(0.95)
+    assert codes["decision"] == res["decision"]
+    assert codes["xray-check"] == "Passed"
+    assert any(sha[:12] in t for t in texts)  # algorithm version: the model file's sha256
+    boxes = [i for i in items if i.ValueType == "SCOORD"]
+    assert len(boxes) == len(res["boxes"])
+    for item, box in zip(boxes, res["boxes"]):
+        assert item.GraphicType == "POLYLINE"
+        assert item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src_cr.SOPInstanceUID
+        assert list(item.GraphicData)[:2] == pytest.approx(box[:2], abs=0.01)
+
+    # dciodvfy (Debian dicom3tools), where installed: no errors
+    if shutil.which("dciodvfy"):
+        for name, ds in (("sc", sc), ("sr", sr)):
+            errors, warnings = dciodvfy_errors(ds, tmp_path, name)
+            assert errors == [], (name, errors, warnings)
+
+    # nothing of the patient in any line we wrote (stdout, stderr with the progress bar, log records)
+    text = "\n".join(logs)
+    for secret in (SECRET_NAME, SECRET_NAME.split("^")[1], SECRET_ID, "ACC-SECRET", src_cr.SOPInstanceUID):
+        assert secret not in text
+
+
+def test_wrong_credentials(orthanc, loaded, monkeypatch, capsys, caplog):
+    code, out, err = run_cli(monkeypatch, capsys, caplog, ["--url", orthanc.dicomweb_url], orthanc.user, "wrong",
+                             [])
+    assert code == 2
+    assert "refused the credentials (HTTP 401)" in err and "Traceback" not in err
+    assert "wrong" not in err  # the password is never echoed
+    assert out == ""
+
+
+def test_unreachable_server(monkeypatch, capsys, caplog):
+    from pacs.orthanc import free_port
+
+    code, _, err = run_cli(monkeypatch, capsys, caplog, ["--url", f"http://127.0.0.1:{free_port()}/dicom-web"],
+                           "u", "p", [])
+    assert code == 3 and "cannot reach the DICOMweb server" in err and "Traceback" not in err
+
+
+def test_credentials_file(tmp_path, monkeypatch):
+    from pacs.__main__ import read_credentials
+    from pacs.bridge import BridgeError
+
+    monkeypatch.delenv("DICOMWEB_USER", raising=False)
+    two = tmp_path / "two"
+    two.write_text("alice\ns3cret pass\n")
+    assert read_credentials(str(two)) == ("alice", "s3cret pass")
+    js = tmp_path / "c.json"
+    js.write_text('{"user": "bob", "password": "pw"}')
+    assert read_credentials(str(js)) == ("bob", "pw")
+    one = tmp_path / "one"
+    one.write_text("alice\n")
+    with pytest.raises(BridgeError) as e:
+        read_credentials(str(one))
+    assert e.value.code == 2
+    assert read_credentials(None) == (None, None)
+    monkeypatch.setenv("DICOMWEB_USER", "carol")
+    monkeypatch.setenv("DICOMWEB_PASSWORD", "pw2")
+    assert read_credentials(None) == ("carol", "pw2")
+
+
+@pytest.mark.parametrize("assessed", [True, False])
+def test_result_objects_offline(assessed, tmp_path):
+    """The SC and SR built from a result with boxes (boxes in the original image's pixels, the grey image
+    reduced), and from one that failed the X-ray check; validated by dciodvfy where installed."""
+    from pydicom.uid import generate_uid
+
+    from pacs import results
+
+    src, _ = make_instance("DX", generate_uid(), size=(200, 300))  # 200 wide, 300 high
+    gray = radiograph_like(3, (100, 150))  # the Predictor's reduced copy (half size)
+    res = {"probability": 0.8 if assessed else None, "decision": "Fracture suspected" if assessed else "Not assessed",
+           "is_fracture": True if assessed else None, "threshold": 0.3, "target_recall": 0.95,
+           "expected_specificity": 0.5, "is_xray": assessed, "xray_reason": "looks like a photograph",
+           "image_size": [200, 300], "gray": gray, "cam": np.zeros((150, 100), np.float32),
+           "boxes": [[20, 40, 120, 160, 0.7]] if assessed else []}
+    sc = results.secondary_capture(src, res)
+    meta = ModelMeta(arch="seedcnn", img_size=64, mean=0.5, std=0.5, created="2024-01-01T00:00:00")
+    sr = results.structured_report(src, res, meta, "ab" * 32)
+    assert (sc.Rows, sc.Columns) == (150, 100) and sc.PatientID == SECRET_ID  # the study's patient, in DICOM only
+    pixels = sc.pixel_array
+    if assessed:  # the box, drawn at half its original coordinates (x 10..60, y 20..80), in draw_boxes' red
+        assert tuple(pixels[50, 10]) == (255, 64, 64) and tuple(pixels[50, 30]) != (255, 64, 64)
+    # the decision burnt in: yellow text on a black band along the top edge
+    assert ((pixels[:20, :, 0] > 200) & (pixels[:20, :, 1] > 200) & (pixels[:20, :, 2] < 60)).sum() > 10
+    items = [i for i in sr_items(sr) if "ConceptNameCodeSequence" in i]
+    codes = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeMeaning
+             for i in items if i.ValueType == "CODE"}
+    nums = {i.ConceptNameCodeSequence[0].CodeValue for i in items if i.ValueType == "NUM"}
+    scoords = [i for i in items if i.ValueType == "SCOORD"]
+    assert codes["decision"] == res["decision"]
+    if assessed:
+        assert codes["xray-check"] == "Passed" and codes["125605004"] == "Present"
+        assert "probability" in nums and "box-score" in nums
+        assert [list(s.GraphicData) for s in scoords] == [[20, 40, 120, 40, 120, 160, 20, 160, 20, 40]]
+    else:
+        assert codes["xray-check"] == "Failed: looks like a photograph"
+        assert "probability" not in nums and "125605004" not in codes and scoords == []
+    if shutil.which("dciodvfy"):
+        for name, ds in (("sc", sc), ("sr", sr)):
+            errors, warnings = dciodvfy_errors(ds, tmp_path, name)
+            assert errors == [], (name, errors, warnings)
