@@ -28,6 +28,9 @@ import os
 import sys
 from pathlib import Path
 
+from calibration import DEFAULT_TARGET
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
+
 
 def read_credentials(path: str | None) -> tuple[str | None, str | None]:
     """(user, password) from --credentials FILE, else from DICOMWEB_USER / DICOMWEB_PASSWORD, else (None, None)."""
@@ -55,7 +58,6 @@ def read_credentials(path: str | None) -> tuple[str | None, str | None]:
 def cmd_scan(args) -> int:
     from model.inference import Predictor
     from model.scoring import setup_cpu_threads
-    from model.xray_check import DEFAULT_PATH as XRAY_PATH
     from pacs.bridge import BridgeError, check_server, make_client, scan
 
     log = logging.getLogger("pacs")
@@ -64,7 +66,10 @@ def cmd_scan(args) -> int:
         client = make_client(args.url, user, password)
         check_server(client)
         setup_cpu_threads(args.threads)
-        predictor = Predictor(args.model, args.calibration, args.xray_check or str(XRAY_PATH))
+        try:
+            predictor = Predictor(args.model, args.calibration, args.xray_check)
+        except (OSError, ValueError) as exc:
+            raise BridgeError(f"could not load the model ({type(exc).__name__}: {exc})") from None
         summary = scan(client, predictor, args.target_recall, progress=not args.no_progress, alpha=args.alpha,
                        limit=args.limit)
     except BridgeError as exc:
@@ -109,20 +114,23 @@ def main(argv=None) -> int:
     s.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
     s.add_argument("--credentials", default=None,
                    help="file with the user and password (two lines, or JSON); default: DICOMWEB_USER/_PASSWORD")
-    s.add_argument("--target-recall", type=float, default=0.95, help="operating point (default 0.95)")
+    s.add_argument("--target-recall", type=float, default=DEFAULT_TARGET,
+                   help=f"operating point (default {DEFAULT_TARGET})")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--limit", type=int, default=None, help="score at most this many instances in this run")
     s.add_argument("--alpha", type=float, default=0.4, help="Grad-CAM overlay opacity in the Secondary Capture")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--model", default="assets/model.pt")
-    s.add_argument("--calibration", default="assets/calibration.json")
-    s.add_argument("--xray-check", default=None, help="default: the shipped X-ray check")
+    s.add_argument("--model", default=str(DEFAULT_MODEL))
+    s.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
+    s.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
     s.add_argument("--threads", type=int, default=2)
     s.set_defaults(func=cmd_scan)
     o = sub.add_parser("orthanc", help="start a demo Orthanc on loopback with pacs/orthanc.json")
     o.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     o.set_defaults(func=cmd_orthanc)
     args = ap.parse_args(argv)
+    if args.command == "scan" and not 0.0 < args.target_recall < 1.0:
+        ap.error("--target-recall must lie strictly between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("dicomweb_client", "urllib3", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -152,6 +152,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     assert nums["target-recall"] == pytest.approx(0.95)
     assert codes["decision"] == res["decision"]
     assert codes["xray-check"] == "Passed"
+    assert codes["body-region"] == res["region"]  # the model's body region, for the worklist
     assert any(sha[:12] in t for t in texts)  # algorithm version: the model file's sha256
     boxes = [i for i in items if i.ValueType == "SCOORD"]
     assert len(boxes) == len(res["boxes"])
