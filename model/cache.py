@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common import REPO_ROOT
 from model.data import Sample
 from model.preprocess import PREPROCESS_VERSION, ImageError, decode_image, letterbox
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE_DIR = Path(os.environ.get("FRACTURELENS_CACHE") or ROOT / ".cache")
+DEFAULT_CACHE_DIR = Path(os.environ.get("FRACTURELENS_CACHE") or REPO_ROOT / ".cache")
 CACHE_HELP = (f"folder for decoded copies of the images (default {DEFAULT_CACHE_DIR}, or $FRACTURELENS_CACHE; "
               "about 100 kB per image at 320 px; delete it any time)")
 

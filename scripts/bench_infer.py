@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from model.common import DEFAULT_MODEL, REPORT_DIR, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SHARED_DIR, shown
 from model.network import load_model
 from model.preprocess import preprocess
 from model.scoring import setup_cpu_threads
@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--out", default=str(REPORT_DIR / "inference_benchmark.json"))
     args = ap.parse_args()
     setup_cpu_threads(args.threads)
-    shared = sorted(Path("../shared/data/fracatlas/images/Fractured").glob("*.jpg"))
+    shared = sorted((SHARED_DIR / "data" / "fracatlas" / "images" / "Fractured").glob("*.jpg"))
     if shared:
         image = shared[0]
     else:
