@@ -158,25 +158,38 @@ def _store_failed(response) -> bool:
     return response is not None and len(getattr(response, "FailedSOPSequence", [])) > 0
 
 
+FAILED = object()  # what _server_call returns for a failure it has counted
+
+
+def _server_call(summary: Summary, stage: str, what: str, call):
+    """call() against the server. A refused login (401/403) or an unreachable server ends the run
+    (BridgeError); any other failure (an HTTP error, an instance the library cannot parse) is counted for
+    this instance under `stage` and FAILED is returned."""
+    import requests
+
+    try:
+        return call()
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise http_error(exc, what) from None
+        summary.failed[f"{stage}: HTTP {status or '?'}"] += 1
+    except requests.RequestException as exc:
+        raise http_error(exc, what) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. an instance the library cannot parse
+        summary.failed[f"{stage}: unreadable ({type(exc).__name__})"] += 1
+    return FAILED
+
+
 def process(client, predictor, item: Todo, target_recall: float, summary: Summary, alpha: float = 0.4) -> None:
     """Fetch, score and write back one instance; a problem with this instance is counted, never raised
     (a server-wide problem, 401 or unreachable, is raised as BridgeError)."""
-    import requests
-
     from model.preprocess import ImageError
 
     t = time.perf_counter()
-    try:
-        ds = client.retrieve_instance(item.study, item.series, item.sop)
-    except requests.HTTPError as exc:
-        if exc.response is not None and exc.response.status_code in (401, 403):
-            raise http_error(exc, "retrieving an instance") from None
-        summary.failed[f"fetch: HTTP {exc.response.status_code if exc.response is not None else '?'}"] += 1
-        return
-    except requests.RequestException as exc:
-        raise http_error(exc, "retrieving an instance") from None
-    except Exception as exc:  # noqa: BLE001 - an instance the library cannot parse
-        summary.failed[f"fetch: unreadable instance ({type(exc).__name__})"] += 1
+    ds = _server_call(summary, "fetch", "retrieving an instance",
+                      lambda: client.retrieve_instance(item.study, item.series, item.sop))
+    if ds is FAILED:
         return
     summary.seconds["fetch"] += time.perf_counter() - t
     t = time.perf_counter()
@@ -198,15 +211,10 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
         return
     summary.seconds["build"] += time.perf_counter() - t
     t = time.perf_counter()
-    try:
-        response = client.store_instances([sc, sr], study_instance_uid=item.study)  # SR last: it marks "done"
-    except requests.HTTPError as exc:
-        if exc.response is not None and exc.response.status_code in (401, 403):
-            raise http_error(exc, "storing results") from None
-        summary.failed[f"store: HTTP {exc.response.status_code if exc.response is not None else '?'}"] += 1
+    response = _server_call(summary, "store", "storing results",  # SR last: it marks "done"
+                            lambda: client.store_instances([sc, sr], study_instance_uid=item.study))
+    if response is FAILED:
         return
-    except requests.RequestException as exc:
-        raise http_error(exc, "storing results") from None
     summary.seconds["store"] += time.perf_counter() - t
     if _store_failed(response):
         summary.failed["store: the server refused an object"] += 1
