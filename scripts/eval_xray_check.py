@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.bundle import load_xray_check
 from model.common import DEFAULT_MODEL, DEFAULT_XRAY_CHECK, REPORT_DIR, SPLITS_DIR, shown
-from model.xray_check import XrayCheck
 from model.xray_fit import negative_inputs, network_features
 from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets
 from model.xray_signals import chroma, dicom_modality, image_stats
@@ -110,7 +110,9 @@ def main(argv=None) -> dict:
     truth = np.r_[np.ones(n_x, int), np.zeros(len(neg), int)]
     feats, stats, chromas = np.vstack([feats, nf]), np.vstack([stats, ns]), np.r_[chromas, nc]
     modalities = [m or None for m in modalities] + list(nm)
-    gate = XrayCheck.load(args.gate, model_sha256=sha)
+    if not Path(args.gate).is_file():
+        raise SystemExit(f"X-ray check file not found: {args.gate}")
+    gate = load_xray_check(args.gate, sha, meta)  # model/bundle.py's rule: this model file, this input size
     results = gate.assess_batch(feats, None, chromas, stats=stats, modalities=modalities)
     rows = list(zip(names, groups, [int(t) for t in truth], results))
     res = results[n_x:]
