@@ -132,7 +132,8 @@ def compute_metrics(samples: list[Sample], logits: np.ndarray, prob: np.ndarray,
     return m
 
 
-def _plots(out: Path, y: np.ndarray, prob: np.ndarray, threshold: float, samples: list[Sample], title: str):
+def _plots(out: Path, y: np.ndarray, prob: np.ndarray, threshold: float, samples: list[Sample], title: str,
+           class_names: tuple[str, ...]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +153,7 @@ def _plots(out: Path, y: np.ndarray, prob: np.ndarray, threshold: float, samples
     fig.tight_layout(), fig.savefig(out / "pr.png", dpi=110), plt.close(fig)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ConfusionMatrixDisplay.from_predictions(y, (prob >= threshold).astype(int), labels=[0, 1],
-                                            display_labels=["not fractured", "fractured"], ax=ax, colorbar=False)
+                                            display_labels=list(class_names), ax=ax, colorbar=False)
     ax.set_title(f"threshold {threshold:.3f}")
     fig.tight_layout(), fig.savefig(out / "confusion.png", dpi=110), plt.close(fig)
     # sample grid: the most confident hits and the worst misses of each class
@@ -160,7 +161,8 @@ def _plots(out: Path, y: np.ndarray, prob: np.ndarray, threshold: float, samples
     pos, neg = order[y[order] == 1], order[y[order] == 0]
     picks = list(pos[::-1][:4]) + list(pos[:4]) + list(neg[:4]) + list(neg[::-1][:4])
     fig, axes = plt.subplots(4, 4, figsize=(10, 10.5))
-    rows_t = ["fractured, highest p", "fractured, lowest p", "not fractured, lowest p", "not fractured, highest p"]
+    neg_name, pos_name = class_names
+    rows_t = [f"{pos_name}, highest p", f"{pos_name}, lowest p", f"{neg_name}, lowest p", f"{neg_name}, highest p"]
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k >= len(picks):
@@ -220,7 +222,7 @@ def evaluate(args) -> dict:
         for s, p, lg in zip(samples, prob, logits[:, 0]):
             w.writerow([s.image_id, s.source, s.label, f"{p:.6f}", f"{sigmoid(lg):.6f}", region_name(s)])
     if 0 < y.sum() < len(y):
-        _plots(out, y, prob, threshold, samples, f"{'+'.join(metrics['data'])} {args.split}")
+        _plots(out, y, prob, threshold, samples, f"{'+'.join(metrics['data'])} {args.split}", meta.class_names)
     return metrics
 
 
