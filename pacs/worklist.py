@@ -41,9 +41,9 @@ from pacs.bridge import (
 )
 
 TAG_BODY_PART, TAG_PATIENT_NAME, TAG_PATIENT_ID, TAG_STUDY_DATE = "00180015", "00100010", "00100020", "00080020"
-NOT_SCORED, NOT_ASSESSED, SCORED = "not scored yet", "not assessed (failed the X-ray check)", "scored"
+NOT_SCORED, NOT_ASSESSED, SCORED = "not scored yet", "not assessed", "scored"
 THUMB_SIZE = 96  # longest side of a thumbnail, pixels
-COLUMNS = ("Rank", "Thumbnail", "Fracture probability", "Decision at this target", "Modality", "Body region",
+COLUMNS = ("Rank", "Image", "Fracture probability", "Decision at this target", "Modality", "Body region",
            "X-ray check", "Status")
 ID_COLUMNS = ("Patient name", "Patient ID", "Study date")
 # libraries whose DEBUG/INFO lines carry request URLs (with study, series and instance UIDs): keep them at WARNING
@@ -144,7 +144,8 @@ def rows(entries: list[Entry], decide: Callable[..., dict], target_recall: float
             decision = "Not assessed"
         else:
             decision = ""
-        region = (r.region if r is not None and r.region else None) or (e.body_part or "").lower() or ""
+        # the model's region (not for an image that failed the X-ray check), else the source's BodyPartExamined
+        region = (r.region if e.status == SCORED and r.region else None) or (e.body_part or "").lower()
         thumb = f"![thumbnail {i}]({e.thumbnail})" if e.thumbnail else ""
         row = [i, thumb, _pct(r.probability if e.status == SCORED else None), decision, e.modality, region,
                "" if r is None else r.xray_check, e.status]
