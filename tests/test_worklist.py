@@ -136,3 +136,26 @@ def test_worklist_errors_are_one_clear_line(scanned):
     client.set_http_retry_params(retry=False)
     with pytest.raises(BridgeError, match="cannot reach the DICOMweb server"):
         Worklist(client).entries()
+
+
+@pytest.mark.parametrize("case", ["wrong password", "unreachable"])
+def test_app_with_a_bad_pacs_exits_with_one_line(scanned, case):
+    """python -m app --pacs URL: refused credentials exit with code 2, an absent server with code 3, each with
+    one line on stderr (before the model is loaded) that never echoes the password."""
+    import os
+    import subprocess
+    import sys
+
+    from model.common import REPO_ROOT
+    from pacs.orthanc import free_port
+
+    srv, _, _ = scanned
+    url = srv.dicomweb_url if case == "wrong password" else f"http://127.0.0.1:{free_port()}/dicom-web"
+    env = {**os.environ, "DICOMWEB_USER": srv.user, "DICOMWEB_PASSWORD": "wrong-Secret-pw"}
+    out = subprocess.run([sys.executable, "-m", "app", "--port", str(free_port()), "--pacs", url], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == (2 if case == "wrong password" else 3), out.stderr
+    assert len(lines) == 1 and lines[0].startswith("FractureLens: --pacs: "), out.stderr
+    assert ("refused the credentials" if case == "wrong password" else "cannot reach") in lines[0]
+    assert "wrong-Secret-pw" not in out.stderr + out.stdout and "Traceback" not in out.stderr
