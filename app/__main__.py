@@ -44,6 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"delete every file in the app's temp folder (uploads never analysed, displayed "
                     f"images) once it is this many seconds old (default {DEFAULT_MAX_AGE:g}; checked every "
                     f"{DEFAULT_INTERVAL:g} s)")
+    ap.add_argument("--pacs", default=None, metavar="URL",
+                    help="DICOMweb root of a PACS (e.g. http://127.0.0.1:8042/dicom-web): adds a Worklist tab. "
+                    "Credentials from DICOMWEB_USER / DICOMWEB_PASSWORD or --pacs-credentials, never on the "
+                    "command line; if the server refuses them or cannot be reached at start, the app exits "
+                    "(code 2 or 3) with one line saying why")
+    ap.add_argument("--pacs-credentials", default=None, metavar="FILE",
+                    help="file with the PACS user and password (two lines, or JSON {\"user\": ..., "
+                    "\"password\": ...}), as for python -m pacs scan --credentials")
     ap.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for the network (default 1: on a busy 2-core machine 2 threads were far "
@@ -79,8 +87,27 @@ def one_line_rejections() -> None:
             mod.traceback = quiet
 
 
+def connect_pacs(url: str, credentials: str | None):
+    """A pacs.worklist.Worklist on the server, checked with one cheap request; exits with one clear line
+    (BridgeError's code: 2 credentials refused or unreadable, 3 unreachable, 1 other) when that fails."""
+    from pacs.__main__ import read_credentials
+    from pacs.bridge import BridgeError, check_server, make_client
+    from pacs.worklist import Worklist, quiet_library_logs
+
+    quiet_library_logs()  # their debug lines carry request URLs, which hold UIDs
+    try:
+        user, password = read_credentials(credentials)
+        client = make_client(url, user, password)
+        check_server(client)
+    except BridgeError as exc:
+        print(f"FractureLens: --pacs: {exc}", file=sys.stderr)
+        raise SystemExit(exc.code) from None
+    return Worklist(client)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    worklist = connect_pacs(args.pacs, args.pacs_credentials) if args.pacs else None
     model = Path(args.model)
     if not model.is_file():
         _fail(f"model file not found: {model} (train one with `python -m model.train`, or pass --model PATH)")
@@ -121,7 +148,7 @@ def main(argv=None) -> None:
 
     handlers = Handlers(predictor, upload_root=tmp, max_file_mb=args.max_file_size,
                         delete_delay=args.upload_grace)
-    demo = build_demo(handlers, examples=examples, report_dir=Path(args.report_dir))
+    demo = build_demo(handlers, examples=examples, report_dir=Path(args.report_dir), worklist=worklist)
     demo.queue(max_size=128, default_concurrency_limit=4)  # ~35 s of work at most; beyond: "queue is full"
     try:
         # Gradio's own startup text (its advice names launch() arguments and environment variables, and

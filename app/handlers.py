@@ -353,6 +353,24 @@ class Handlers:
             "json": self.api_json(state.result),
         }
 
+    def analyze_bytes(self, data: bytes, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
+                      kind: str = MAP_LOCALISATION, suffix: str = ".dcm") -> dict:
+        """Bytes from elsewhere (an instance fetched from the PACS) -> the same analysis as an upload: they are
+        written to a file with a random name inside upload_root (the app's temp folder, which the sweeper
+        cleans), which analyze() reads and deletes like an upload."""
+        import tempfile
+
+        if self.upload_root is None:
+            raise RuntimeError("analyze_bytes needs an upload_root")
+        fd, name = tempfile.mkstemp(prefix="pacs-", suffix=suffix, dir=self.upload_root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return self.analyze(name, target_recall, opacity, kind)
+
     def redecide(self, state: Analysis | None, target_recall: Any, reveal: Any = False,
                  opacity: Any = DEFAULT_OPACITY, kind: str = MAP_LOCALISATION) -> dict:
         """Slider moved (or the withheld result revealed): re-decide from the cached probability; no

@@ -41,6 +41,8 @@ CSS = """
            padding: 10px 14px; font-size: 1.05em;}
 #pred .output-class {font-size: 1.6em;}
 footer {display: none !important;}
+#wl_table img {height: 80px; width: auto; max-width: none; display: block;}
+#wl_table th {word-break: normal; overflow-wrap: normal; hyphens: none;}
 #model_card th {word-break: normal; overflow-wrap: normal; hyphens: none; white-space: nowrap;}
 #model_card table {display: block; overflow-x: auto;}
 /* narrow screens (phones): the upload, then the decision and images, then the controls */
@@ -130,7 +132,8 @@ DecisionLabel = _without_pyi(_define_decision_label)
 
 
 def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None,
-               report_dir: Path | None = None) -> gr.Blocks:
+               report_dir: Path | None = None, worklist=None) -> gr.Blocks:
+    """The page; with a pacs.worklist.Worklist, a "Worklist" tab too (see app/worklist_tab.py)."""
     h = handlers
     meta = h.p.meta
     default_target = h.default_target
@@ -139,7 +142,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
         gr.Markdown(f"# {TITLE}\nFracture triage for musculoskeletal X-rays.")
         gr.Markdown("⚠️ " + NOT_A_DEVICE, elem_id="banner")
         state = gr.State(None, time_to_live=900)  # per-session cache, dropped after 15 min
-        with gr.Tabs():
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Analyse", id="analyse"):
                 with gr.Row(equal_height=False, elem_id="main_row"):
                     with gr.Column(scale=2, min_width=280, elem_id="left_col"):
@@ -180,6 +183,10 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                 gr.Markdown(HEATMAP_NOTE, elem_id="cam_note")
                         with gr.Accordion("Result as JSON (what /predict returns)", open=False):
                             details = gr.JSON(label="Result", elem_id="json")
+            if worklist is not None:
+                from app.worklist_tab import worklist_tab
+
+                wl = worklist_tab(h, worklist)
             with gr.Tab("Model card", id="card"):
                 report = Path(report_dir) if report_dir else REPORT_DIR
                 plots = report_plots(report)
@@ -205,18 +212,21 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
 
         analysis_outputs = [state, status, pred, regions, image, overlay, warning, reveal, operating, details]
 
+        def analysis_values(v) -> tuple:
+            """Handlers.analyze's dict -> the values of analysis_outputs."""
+            if v["message"]:
+                gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
+            return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
+                    v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
+                    gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
+
         def on_file(file, target, alpha, kind):
             """An upload (or example) -> the analysis; the upload box is emptied again, so the next file can
             be dropped straight onto it (and no link to the deleted upload stays on the page). Its own
             emptying triggers this again with None, which changes nothing."""
             if file is None:
                 return tuple(gr.skip() for _ in range(len(analysis_outputs) + 1))
-            v = h.analyze(file, target, alpha, kind)
-            if v["message"]:
-                gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
-            return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
-                    v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
-                    gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"], None)
+            return (*analysis_values(h.analyze(file, target, alpha, kind)), None)
 
         def on_recall(st, target, show, alpha, kind):
             v = h.redecide(st, target, show, alpha, kind)
@@ -259,6 +269,8 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
         api_target = gr.Number(value=default_target, visible=False, label="target_recall")
         api_trigger.click(predict, [xray, api_target], details, api_name="predict", concurrency_id="model",
                           concurrency_limit=1)
+        if worklist is not None:
+            wl.wire(analysis_outputs, analysis_values, tabs, recall, opacity, mapkind)
 
     # Example files are copied into Gradio's cache once at build time; never delete those copies.
     for block in demo.blocks.values():
