@@ -72,7 +72,7 @@ def http_error(exc: Exception, what: str) -> BridgeError:
         status = exc.response.status_code
         if status == 401:
             return BridgeError("the DICOMweb server refused the credentials (HTTP 401): check DICOMWEB_USER / "
-                               "DICOMWEB_PASSWORD or the --credentials file", code=2)
+                               "DICOMWEB_PASSWORD or the credentials file given", code=2)
         if status == 403:
             return BridgeError(f"the DICOMweb server forbids {what} for this user (HTTP 403)", code=2)
         return BridgeError(f"the DICOMweb server answered HTTP {status} to {what}")

@@ -77,6 +77,17 @@ def model_version(meta: ModelMeta, sha256: str) -> str:
     return f"{meta.arch} sha256:{sha256[:12]} {meta.created[:19]}".strip()[:64]
 
 
+def failed_meaning(reason: str | None, limit: int = 64) -> str:
+    """The X-ray check's reason as a code meaning (at most 64 characters, LO): "Failed: <reason>" without
+    a leading "it looks like", cut at a word with "..." (ASCII, the default character set) when still too long."""
+    reason = (reason or "").strip()
+    reason = reason[len("it looks like "):] if reason.startswith("it looks like ") else reason
+    text = f"Failed: {reason}".strip(": ")
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
@@ -181,7 +192,7 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
         measurements.append(hd.sr.Measurement(name=EXPECTED_SPECIFICITY, value=float(res["expected_specificity"]),
                                               unit=NO_UNITS))
     xray_value = XRAY_PASSED if res["is_xray"] else hd.sr.CodedConcept(
-        "xray-failed", SCHEME, f"Failed: {res.get('xray_reason') or ''}".strip(": ")[:64])
+        "xray-failed", SCHEME, failed_meaning(res.get("xray_reason")))
     evaluations = [hd.sr.QualitativeEvaluation(DECISION, DECISION_CODES[res["decision"]]),
                    hd.sr.QualitativeEvaluation(XRAY_CHECK, xray_value)]
     if res.get("region"):

@@ -253,3 +253,15 @@ def test_result_objects_offline(assessed, tmp_path):
         for name, ds in (("sc", sc), ("sr", sr)):
             errors, warnings = dciodvfy_errors(ds, tmp_path, name)
             assert errors == [], (name, errors, warnings)
+
+
+def test_xray_reason_fits_a_code_meaning():
+    """The SR's coded X-ray-check value holds the reason in at most 64 ASCII characters (LO)."""
+    from model.xray_negatives import GROUP_REASONS
+    from pacs.results import failed_meaning
+
+    assert failed_meaning(GROUP_REASONS["picture"]) == "Failed: a photograph or a drawing, not a radiograph"
+    long = failed_meaning(GROUP_REASONS["medical"])
+    assert len(long) <= 64 and long.startswith("Failed: another kind of medical image (CT, MR,")
+    assert long.endswith("...") and long.isascii()
+    assert failed_meaning(None) == "Failed"
