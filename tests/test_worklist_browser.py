@@ -64,7 +64,7 @@ def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
             table = page.locator("#wl_table")
             expect(table).to_contain_text("not scored yet")
             expect(table).to_contain_text("Not assessed")
-            expect(table).to_contain_text("Failed: it looks like a photograph")
+            expect(table).to_contain_text("Failed: a photograph or a drawing, not a radiograph")
             text = table.inner_text()
             assert "Fracture probability" in text and "CT" not in text.split()
             thumbs = table.locator("img[src^='data:image/png']")
