@@ -104,6 +104,20 @@ class OrthancServer:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def store(self, data: bytes) -> None:
+        """Store one DICOM instance through Orthanc's own REST API (POST /instances), as an upload would."""
+        import requests
+
+        r = requests.post(f"{self.url}/instances", data=data, auth=(self.user, self.password), timeout=60)
+        r.raise_for_status()
+
+    def instance_count(self) -> int:
+        import requests
+
+        r = requests.get(f"{self.url}/instances", auth=(self.user, self.password), timeout=60)
+        r.raise_for_status()
+        return len(r.json())
+
     def __enter__(self) -> "OrthancServer":
         return self.start()
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    import requests
     from pydicom.uid import generate_uid
 
     from model.inference import Predictor
@@ -49,8 +48,7 @@ def main(argv=None) -> int:
     with OrthancServer() as srv:
         t = time.perf_counter()
         for data in instances:
-            requests.post(f"{srv.url}/instances", data=data, auth=(srv.user, srv.password),
-                          timeout=60).raise_for_status()
+            srv.store(data)
         upload_s = time.perf_counter() - t
         t = time.perf_counter()
         predictor = Predictor()

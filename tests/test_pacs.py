@@ -31,7 +31,6 @@ def orthanc():
 @pytest.fixture(scope="module")
 def loaded(orthanc):
     """Study A: a CR, a DX and a CT series; study B: a CR whose pixel data is cut short."""
-    import requests
     from pydicom.uid import generate_uid
 
     study_a, study_b = generate_uid(), generate_uid()
@@ -39,15 +38,8 @@ def loaded(orthanc):
             "ct": make_instance("CT", study_a, pixels=np.full((64, 64), 1000, np.uint16)),
             "bad": make_instance("CR", study_b, corrupt=True)}
     for _, data in inst.values():
-        r = requests.post(f"{orthanc.url}/instances", data=data, auth=(orthanc.user, orthanc.password), timeout=30)
-        assert r.status_code == 200, r.text
+        orthanc.store(data)
     return {"study_a": study_a, "study_b": study_b, **inst}
-
-
-def count_instances(orthanc) -> int:
-    import requests
-
-    return len(requests.get(f"{orthanc.url}/instances", auth=(orthanc.user, orthanc.password), timeout=30).json())
 
 
 def run_cli(monkeypatch, capsys, caplog, args, user, password, sink: list) -> tuple[int, str, str]:
@@ -86,7 +78,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
 
     logs: list[str] = []
     url = orthanc.dicomweb_url
-    n0 = count_instances(orthanc)
+    n0 = orthanc.instance_count()
 
     # a first run stopped after one instance (as if killed), then a run that picks up the rest
     code, out, _ = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json", "--limit", "1"],
@@ -105,7 +97,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     failed = {**first["failed"], **second["failed"]}
     assert sum(failed.values()) == 1 and "pixel data" in next(iter(failed)), failed  # and the run went on
     assert "failed" in err  # the reason is logged (a count and a reason, nothing else)
-    assert count_instances(orthanc) == n0 + 4  # an SC and an SR for each scored radiograph
+    assert orthanc.instance_count() == n0 + 4  # an SC and an SR for each scored radiograph
 
     # a third run writes nothing
     code, out, _ = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json"], orthanc.user, orthanc.password,
@@ -113,7 +105,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     assert code == 0
     third = json.loads(out)
     assert third["scored"] == 0 and third["skipped"]["already scored"] == 2
-    assert count_instances(orthanc) == n0 + 4
+    assert orthanc.instance_count() == n0 + 4
 
     # the results, read back over DICOMweb: in study A, one SC and one SR series, referencing the sources
     client = DICOMwebClient(url=url)

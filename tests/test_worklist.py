@@ -16,13 +16,6 @@ if missing_reason():
     pytestmark = [pytest.mark.orthanc, pytest.mark.skip(reason=f"no local Orthanc: {missing_reason()}")]
 
 
-def store(orthanc, data: bytes) -> None:
-    import requests
-
-    r = requests.post(f"{orthanc.url}/instances", data=data, auth=(orthanc.user, orthanc.password), timeout=30)
-    assert r.status_code == 200, r.text
-
-
 @pytest.fixture(scope="module")
 def predictor():
     from model.inference import Predictor
@@ -48,12 +41,12 @@ def scanned(predictor):
                 "photo": make_instance("CR", b, pixels=np.random.default_rng(0).integers(0, 4095, (256, 320))
                                        .astype(np.uint16))}
         for _, data in inst.values():
-            store(srv, data)
+            srv.store(data)
         client = make_client(srv.dicomweb_url, srv.user, srv.password)
         summary = scan(client, predictor, 0.95, progress=False)
         assert summary.scored == 4 and summary.skipped["modality CT"] == 1, summary.text()
         inst["late"] = make_instance("DX", b, seed=11)
-        store(srv, inst["late"][1])
+        srv.store(inst["late"][1])
         yield srv, client, inst
 
 

@@ -25,13 +25,6 @@ pytestmark = [
 ]
 
 
-def store(srv, data: bytes) -> None:
-    import requests
-
-    r = requests.post(f"{srv.url}/instances", data=data, auth=(srv.user, srv.password), timeout=30)
-    assert r.status_code == 200, r.text
-
-
 def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
     from playwright.sync_api import expect
     from pydicom.uid import generate_uid
@@ -45,7 +38,7 @@ def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
                      make_instance("CT", a, pixels=np.full((64, 64), 1000, np.uint16))[1],
                      make_instance("CR", b, pixels=np.random.default_rng(0).integers(0, 4095, (256, 320))
                                    .astype(np.uint16))[1]):
-            store(srv, data)
+            srv.store(data)
         env = {"DICOMWEB_USER": srv.user, "DICOMWEB_PASSWORD": srv.password, "GRADIO_TEMP_DIR": str(tmp_path)}
         with running_app([*SERVER_ARGS, "--pacs", srv.dicomweb_url], env=env) as (url, log_path), \
                 local_page(browser, url, viewport={"width": 1360, "height": 900}) as page:
@@ -57,7 +50,7 @@ def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
             expect(status).to_contain_text("scored and written back 4", timeout=90000)
             expect(status).to_contain_text("4 radiograph instance(s): 3 scored, 0 not scored yet, 1 not assessed")
 
-            store(srv, make_instance("DX", b, seed=11)[1])  # arrives after the scan
+            srv.store(make_instance("DX", b, seed=11)[1])  # arrives after the scan
             page.locator("#wl_refresh").click()
             expect(status).to_contain_text("5 radiograph instance(s): 3 scored, 1 not scored yet, 1 not assessed",
                                            timeout=30000)
