@@ -14,10 +14,16 @@ torch.set_num_threads(2)
 
 
 def pytest_collection_modifyitems(config, items):
+    from pacs.orthanc import missing_reason
+
     skip_data = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA}")
+    no_orthanc = missing_reason()
+    skip_orthanc = pytest.mark.skip(reason=f"no local Orthanc: {no_orthanc}")
     for item in items:
         if "realdata" in item.keywords and not (SHARED_DATA / "fracatlas").is_dir():
             item.add_marker(skip_data)
+        if "orthanc" in item.keywords and no_orthanc:  # tests against a live loopback Orthanc
+            item.add_marker(skip_orthanc)
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from model.network import ModelMeta
-from pacs.orthanc import missing_reason
 from tests.helpers import SECRET_ID, SECRET_NAME, radiograph_like
 from tests.helpers import radiograph_instance as make_instance
-
-pytestmark = pytest.mark.orthanc
-if missing_reason():
-    pytestmark = [pytest.mark.orthanc, pytest.mark.skip(reason=f"no local Orthanc: {missing_reason()}")]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +65,7 @@ def dciodvfy_errors(ds, tmp_path, name) -> tuple[list[str], list[str]]:
     return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
 
 
+@pytest.mark.orthanc  # a live loopback Orthanc; skipped without one (conftest)
 def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_path):
     from dicomweb_client.api import DICOMwebClient
 
@@ -165,6 +161,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
         assert secret not in text
 
 
+@pytest.mark.orthanc  # a live loopback Orthanc; skipped without one (conftest)
 def test_wrong_credentials(orthanc, loaded, monkeypatch, capsys, caplog):
     code, out, err = run_cli(monkeypatch, capsys, caplog, ["--url", orthanc.dicomweb_url], orthanc.user, "wrong",
                              [])

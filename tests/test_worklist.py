@@ -7,13 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from pacs.orthanc import missing_reason
 from tests.helpers import SECRET_ID, SECRET_NAME
 from tests.helpers import radiograph_instance as make_instance
 
-pytestmark = pytest.mark.orthanc
-if missing_reason():
-    pytestmark = [pytest.mark.orthanc, pytest.mark.skip(reason=f"no local Orthanc: {missing_reason()}")]
+pytestmark = pytest.mark.orthanc  # skipped without a local Orthanc (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
