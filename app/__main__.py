@@ -88,11 +88,11 @@ def one_line_rejections() -> None:
 
 
 def connect_pacs(url: str, credentials: str | None):
-    """A pacs.worklist.Worklist on the server, checked with one cheap request; exits with one clear line
+    """A DICOMweb client for the server, checked with one cheap request; exits with one clear line
     (BridgeError's code: 2 credentials refused or unreadable, 3 unreachable, 1 other) when that fails."""
     from pacs.__main__ import read_credentials
     from pacs.bridge import BridgeError, check_server, make_client
-    from pacs.worklist import Worklist, quiet_library_logs
+    from pacs.worklist import quiet_library_logs
 
     quiet_library_logs()  # their debug lines carry request URLs, which hold UIDs
     try:
@@ -102,12 +102,12 @@ def connect_pacs(url: str, credentials: str | None):
     except BridgeError as exc:
         print(f"FractureLens: --pacs: {exc}", file=sys.stderr)
         raise SystemExit(exc.code) from None
-    return Worklist(client)
+    return client
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    worklist = connect_pacs(args.pacs, args.pacs_credentials) if args.pacs else None
+    pacs_client = connect_pacs(args.pacs, args.pacs_credentials) if args.pacs else None  # before the model loads
     model = Path(args.model)
     if not model.is_file():
         _fail(f"model file not found: {model} (train one with `python -m model.train`, or pass --model PATH)")
@@ -148,6 +148,11 @@ def main(argv=None) -> None:
 
     handlers = Handlers(predictor, upload_root=tmp, max_file_mb=args.max_file_size,
                         delete_delay=args.upload_grace)
+    worklist = None
+    if pacs_client is not None:
+        from pacs.worklist import Worklist
+
+        worklist = Worklist(pacs_client, predictor.model_sha256)  # this model file's results
     demo = build_demo(handlers, examples=examples, report_dir=Path(args.report_dir), worklist=worklist)
     demo.queue(max_size=128, default_concurrency_limit=4)  # ~35 s of work at most; beyond: "queue is full"
     try:

@@ -2,8 +2,10 @@
 fetch them (WADO-RS), score them with the Predictor and store a Secondary Capture and an SR into the same study
 (STOW-RS). See pacs/__main__.py for the command and pacs/results.py for the objects written.
 
-Idempotence rule: the SR's SOPInstanceUID is derived from the source SOPInstanceUID (pacs.results.sr_uid) and it
-lives in the study's "FractureLens report" series; a source counts as done when that SR is listed there. The
+Idempotence rule: the SR's SOPInstanceUID is derived from the source SOPInstanceUID and the model file's sha256
+(pacs.results.sr_uid) and it lives in the study's "FractureLens report" series; a source counts as done when
+that SR is listed there. So results are per model file: after a model update every image is scored again (the
+earlier results stay in the study). The
 SC and SR go in one STOW request, the SC first, so a run killed at any point leaves at most an SC without its
 SR, which the next run rewrites under the same UID. A second run writes nothing; a killed run resumes.
 
@@ -116,8 +118,8 @@ class Todo:
     sop: str
 
 
-def find_work(client, summary: Summary) -> list[Todo]:
-    """QIDO-RS: every radiograph instance without a FractureLens SR (counts the rest in summary.skipped)."""
+def find_work(client, summary: Summary, model_sha256: str) -> list[Todo]:
+    """QIDO-RS: every radiograph instance without an SR of this model file (counts the rest in summary.skipped)."""
     series = client.search_for_series(fields=[TAG_MODALITY, TAG_DESCRIPTION, TAG_COUNT], get_remaining=True)
     by_study: dict[str, list[dict]] = {}
     for s in series:
@@ -139,7 +141,7 @@ def find_work(client, summary: Summary) -> list[Todo]:
             for inst in client.search_for_instances(study, _value(s, TAG_SERIES), get_remaining=True):
                 summary.scanned += 1
                 sop = _value(inst, TAG_SOP)
-                if results.sr_uid(sop) in done:
+                if results.sr_uid(sop, model_sha256) in done:
                     summary.skipped["already scored"] += 1
                 else:
                     todo.append(Todo(study, _value(s, TAG_SERIES), sop))
@@ -204,7 +206,7 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
     summary.seconds["score"] += time.perf_counter() - t
     t = time.perf_counter()
     try:
-        sc = results.secondary_capture(ds, res, alpha)
+        sc = results.secondary_capture(ds, res, predictor.model_sha256, alpha)
         sr = results.structured_report(ds, res, predictor.meta, predictor.model_sha256)
     except Exception as exc:  # noqa: BLE001 - a source whose header highdicom refuses
         summary.failed[f"building the result objects ({type(exc).__name__})"] += 1
@@ -232,7 +234,7 @@ def scan(client, predictor, target_recall: float, progress: bool = True, alpha: 
     summary = Summary()
     t = time.perf_counter()
     try:
-        todo = find_work(client, summary)
+        todo = find_work(client, summary, predictor.model_sha256)
     except requests.RequestException as exc:
         raise http_error(exc, "the search (QIDO-RS)") from None
     summary.seconds["search"] += time.perf_counter() - t

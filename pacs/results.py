@@ -9,8 +9,10 @@
 
 Series layout: per study, one FractureLens SC series and one FractureLens SR series (a series holds one
 modality). Their SeriesInstanceUIDs are derived from the StudyInstanceUID, and each SC/SR's SOPInstanceUID
-from the source SOPInstanceUID, so results of later runs join the same two series and a result's UID is
-known before it exists (the bridge's idempotence rule, see pacs/bridge.py).
+from the source SOPInstanceUID and the sha256 of the model file that scored it, so results of later runs join
+the same two series and a result's UID is known before it exists (the bridge's idempotence rule, see
+pacs/bridge.py). Results are per model file: a new model file writes new objects beside the earlier ones,
+which stay in the study as its history.
 """
 
 from __future__ import annotations
@@ -64,12 +66,12 @@ def sr_series_uid(study_uid: str) -> str:
     return derived_uid("SR series", study_uid)
 
 
-def sc_uid(source_sop_uid: str) -> str:
-    return derived_uid("SC", source_sop_uid)
+def sc_uid(source_sop_uid: str, model_sha256: str) -> str:
+    return derived_uid("SC", source_sop_uid, model_sha256)
 
 
-def sr_uid(source_sop_uid: str) -> str:
-    return derived_uid("SR", source_sop_uid)
+def sr_uid(source_sop_uid: str, model_sha256: str) -> str:
+    return derived_uid("SR", source_sop_uid, model_sha256)
 
 
 def model_version(meta: ModelMeta, sha256: str) -> str:
@@ -124,13 +126,13 @@ def _source_reference(src: Dataset) -> Dataset:
     return ref
 
 
-def secondary_capture(src: Dataset, res: dict, alpha: float = 0.4) -> hd.sc.SCImage:
+def secondary_capture(src: Dataset, res: dict, model_sha256: str, alpha: float = 0.4) -> hd.sc.SCImage:
     """The overlay image as a Secondary Capture in the source's study (patient and study copied from it)."""
     pixels = overlay_image(res, alpha)
     sc = hd.sc.SCImage.from_ref_dataset(
         src, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=sc_series_uid(src.StudyInstanceUID),
-        series_number=SC_SERIES_NUMBER, sop_instance_uid=sc_uid(src.SOPInstanceUID),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=sc_uid(src.SOPInstanceUID, model_sha256),
         instance_number=int(getattr(src, "InstanceNumber", None) or 1), manufacturer=MANUFACTURER,
         patient_orientation=tuple(src.PatientOrientation) if len(getattr(src, "PatientOrientation", [])) == 2
         else ("L", "F"), transfer_syntax_uid="1.2.840.10008.1.2.1")
@@ -219,7 +221,7 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
                                      procedure_reported=RADIOGRAPHY, imaging_measurements=groups)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[_evidence(src)], content=report, series_instance_uid=sr_series_uid(src.StudyInstanceUID),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=sr_uid(src.SOPInstanceUID),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=sr_uid(src.SOPInstanceUID, model_sha256),
         instance_number=int(getattr(src, "InstanceNumber", None) or 1), manufacturer=MANUFACTURER,
         is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = SR_SERIES_DESCRIPTION

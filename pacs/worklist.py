@@ -190,8 +190,12 @@ class _Lru:
 class Worklist:
     """The radiographs on one DICOMweb server with their FractureLens results (see the module docstring)."""
 
-    def __init__(self, client, max_entries: int = 500, thumb_size: int = THUMB_SIZE, cache_size: int = 1024):
+    def __init__(self, client, model_sha256: str, max_entries: int = 500, thumb_size: int = THUMB_SIZE,
+                 cache_size: int = 1024):
+        """model_sha256: the model file whose results are listed (results of other model files count as
+        "not scored yet": the bridge scores those images again with this one)."""
         self.client = client
+        self.model_sha256 = model_sha256
         self.max_entries = max_entries
         self.thumb_size = thumb_size
         self._sr = _Lru(cache_size)  # SR SOP UID -> SrResult | None (None: unreadable)
@@ -238,7 +242,7 @@ class Worklist:
                               body_part=_value(s, TAG_BODY_PART) or _value(inst, TAG_BODY_PART),
                               patient_name=_person_name(inst), patient_id=str(_value(inst, TAG_PATIENT_ID) or ""),
                               study_date=str(_value(inst, TAG_STUDY_DATE) or ""))
-                    sr = results.sr_uid(sop)
+                    sr = results.sr_uid(sop, self.model_sha256)
                     if sr in reports:
                         e.result = self._result(study, reports[sr], sr)
                     out.append(e)

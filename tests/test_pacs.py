@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from model.common import DEFAULT_MODEL, file_sha256
 from model.network import ModelMeta
 from tests.helpers import SECRET_ID, SECRET_NAME, radiograph_like
 from tests.helpers import radiograph_instance as make_instance
@@ -111,10 +112,11 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     assert results.SC_SERIES_DESCRIPTION in desc and results.SR_SERIES_DESCRIPTION in desc
     assert client.search_for_series(loaded["study_b"], search_filters={"Modality": "SR"}) == []
     src_cr, cr_bytes = loaded["cr"]
+    sha = file_sha256(DEFAULT_MODEL)  # the model file the command used: the results' UIDs derive from it
     sr = client.retrieve_instance(loaded["study_a"], desc[results.SR_SERIES_DESCRIPTION],
-                                  results.sr_uid(src_cr.SOPInstanceUID))
+                                  results.sr_uid(src_cr.SOPInstanceUID, sha))
     sc = client.retrieve_instance(loaded["study_a"], desc[results.SC_SERIES_DESCRIPTION],
-                                  results.sc_uid(src_cr.SOPInstanceUID))
+                                  results.sc_uid(src_cr.SOPInstanceUID, sha))
     assert sr.StudyInstanceUID == sc.StudyInstanceUID == loaded["study_a"]
     assert sr.Modality == "SR" and sr.Manufacturer == sc.Manufacturer == "FractureLens"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src_cr.SOPInstanceUID
@@ -216,7 +218,7 @@ def test_result_objects_offline(assessed, tmp_path):
            "expected_specificity": 0.5, "is_xray": assessed, "xray_reason": "looks like a photograph",
            "image_size": [200, 300], "gray": gray, "cam": np.zeros((150, 100), np.float32),
            "boxes": [[20, 40, 120, 160, 0.7]] if assessed else []}
-    sc = results.secondary_capture(src, res)
+    sc = results.secondary_capture(src, res, "ab" * 32)
     meta = ModelMeta(arch="seedcnn", img_size=64, mean=0.5, std=0.5, created="2024-01-01T00:00:00")
     sr = results.structured_report(src, res, meta, "ab" * 32)
     assert (sc.Rows, sc.Columns) == (150, 100) and sc.PatientID == SECRET_ID  # the study's patient, in DICOM only
@@ -254,3 +256,30 @@ def test_xray_reason_fits_a_code_meaning():
     assert len(long) <= 64 and long.startswith("Failed: another kind of medical image (CT, MR,")
     assert long.endswith("...") and long.isascii()
     assert failed_meaning(None) == "Failed"
+
+
+@pytest.mark.orthanc  # a live loopback Orthanc; skipped without one (conftest)
+def test_results_are_per_model_file(orthanc, loaded):
+    """Another model file (here: the same network under another sha256) scores every image again and writes
+    new objects beside the earlier ones; a second run with it writes nothing."""
+    from model.inference import Predictor
+    from pacs import results
+    from pacs.bridge import make_client, scan
+
+    client = make_client(orthanc.dicomweb_url, orthanc.user, orthanc.password)
+    with Predictor() as p:
+        scan(client, p, 0.95, progress=False)  # the shipped model's results (nothing new if already there)
+        n0 = orthanc.instance_count()
+        p.model_sha256 = "f" * 64  # as if the model file had been replaced
+        first = scan(client, p, 0.95, progress=False)
+        again = scan(client, p, 0.95, progress=False)
+    assert first.scored == 2 and orthanc.instance_count() == n0 + 4  # the CR and the DX: a new SC and SR each
+    assert again.scored == 0 and again.skipped["already scored"] == 2
+    src = loaded["cr"][0]
+    series = {s["0008103E"]["Value"][0]: s["0020000E"]["Value"][0]
+              for s in client.search_for_series(loaded["study_a"], fields=["0008103E"])
+              if "Value" in s.get("0008103E", {})}
+    uids = {i["00080018"]["Value"][0] for i in client.search_for_instances(
+        loaded["study_a"], series[results.SR_SERIES_DESCRIPTION])}
+    assert {results.sr_uid(src.SOPInstanceUID, "f" * 64),
+            results.sr_uid(src.SOPInstanceUID, file_sha256(DEFAULT_MODEL))} <= uids  # both kept

@@ -54,7 +54,7 @@ def test_worklist_order_decisions_and_identifiers(scanned, predictor, caplog):
     uid = {k: ds.SOPInstanceUID for k, (ds, _) in inst.items()}
     wl.quiet_library_logs()  # as the app does: the HTTP libraries log request URLs, which hold UIDs
     caplog.set_level(logging.DEBUG)  # every record of this test, checked at the end
-    w = wl.Worklist(client)
+    w = wl.Worklist(client, predictor.model_sha256)
     entries = w.entries()
     sops = [e.sop for e in entries]
     assert uid["ct"] not in sops  # only projection radiographs are listed
@@ -121,11 +121,11 @@ def test_worklist_errors_are_one_clear_line(scanned):
 
     srv, _, _ = scanned
     with pytest.raises(BridgeError, match=r"refused the credentials \(HTTP 401\)"):
-        Worklist(make_client(srv.dicomweb_url, srv.user, "wrong")).entries()
+        Worklist(make_client(srv.dicomweb_url, srv.user, "wrong"), "0" * 64).entries()
     client = make_client(f"http://127.0.0.1:{free_port()}/dicom-web", "u", "p")
     client.set_http_retry_params(retry=False)
     with pytest.raises(BridgeError, match="cannot reach the DICOMweb server"):
-        Worklist(client).entries()
+        Worklist(client, "0" * 64).entries()
 
 
 @pytest.mark.parametrize("case", ["wrong password", "unreachable"])
