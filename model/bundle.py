@@ -71,14 +71,7 @@ def load_xray_check(path: str | Path | None, model_sha256: str, meta: ModelMeta)
         check = XrayCheck.colour_only(f"no X-ray check file at {path}: only colour is checked")
         log.warning(check.note)
         return check
-    check = XrayCheck.load(path, model_sha256=model_sha256)
-    size = check.info.get("img_size")
-    if check.use_features and size is not None and int(size) != meta.img_size:
-        check.use_features = False
-        check.note = (f"the X-ray check file {Path(path).name} was fitted at {size} px, the model reads "
-                      f"{meta.img_size} px: only colour and image statistics are checked")
-        log.warning(check.note)
-    return check
+    return XrayCheck.load(path, model_sha256=model_sha256, img_size=meta.img_size)
 
 
 def load_bundle(model_path: str | Path = DEFAULT_MODEL, calibration_path: str | Path | None = DEFAULT_CALIBRATION,

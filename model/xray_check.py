@@ -293,9 +293,10 @@ class XrayCheck:
             meta=np.array(json.dumps(meta)), info=np.array(json.dumps(self.info)), **arrays)
 
     @classmethod
-    def load(cls, path: str | Path, model_sha256: str | None = None) -> "XrayCheck":
-        """Load a gate file. If `model_sha256` is given and differs from the one recorded, the network
-        signals are switched off (they belong to another network) and `note` says so."""
+    def load(cls, path: str | Path, model_sha256: str | None = None, img_size: int | None = None) -> "XrayCheck":
+        """Load a gate file. If `model_sha256` is given and differs from the one recorded, or `img_size` from
+        the input size it was fitted at, the network signals are switched off (they belong to another network
+        or another input) and `note` says so."""
         with np.load(path, allow_pickle=False) as z:
             if "format" not in z.files or str(z["format"]) != FORMAT:
                 raise ValueError(f"{path} is not a FractureLens X-ray check file ({FORMAT})")
@@ -312,10 +313,16 @@ class XrayCheck:
                     sig[n] = Gaussian(z[f"s{i}_mean"], z[f"s{i}_precision"])
             g = cls(sig, meta["scales"], thr, sthr, cl, str(z["model_sha256"]) or None, json.loads(str(z["info"])),
                     meta["layout"], meta["tap_layers"])
+        fitted_size = g.info.get("img_size")
         if model_sha256 and g.model_sha256 and model_sha256 != g.model_sha256:
             g.use_features = False
             g.note = (f"the X-ray check file {Path(path).name} was fitted for another model file "
                       "(sha256 mismatch): only colour and image statistics are checked")
+            log.warning(g.note)
+        elif img_size is not None and fitted_size is not None and int(fitted_size) != int(img_size):
+            g.use_features = False
+            g.note = (f"the X-ray check file {Path(path).name} was fitted at {fitted_size} px, the model reads "
+                      f"{img_size} px: only colour and image statistics are checked")
             log.warning(g.note)
         return g
 
