@@ -90,19 +90,12 @@ def one_line_rejections() -> None:
 def connect_pacs(url: str, credentials: str | None):
     """A DICOMweb client for the server, checked with one cheap request; exits with one clear line
     (BridgeError's code: 2 credentials refused or unreadable, 3 unreachable, 1 other) when that fails."""
-    from pacs.__main__ import read_credentials
-    from pacs.bridge import BridgeError, check_server, make_client
-    from pacs.worklist import quiet_library_logs
-
-    quiet_library_logs()  # their debug lines carry request URLs, which hold UIDs
-    try:
-        user, password = read_credentials(credentials)
-        client = make_client(url, user, password)
-        check_server(client)
+    from pacs.bridge import BridgeError, connect
+    try:  # connect() also holds the HTTP libraries' request logs (URLs with UIDs) at WARNING
+        return connect(url, credentials)
     except BridgeError as exc:
         print(f"FractureLens: --pacs: {exc}", file=sys.stderr)
         raise SystemExit(exc.code) from None
-    return client
 
 
 def main(argv=None) -> None:

@@ -24,47 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-from pathlib import Path
 
 from calibration import DEFAULT_TARGET
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
 
 
-def read_credentials(path: str | None) -> tuple[str | None, str | None]:
-    """(user, password) from --credentials FILE, else from DICOMWEB_USER / DICOMWEB_PASSWORD, else (None, None)."""
-    from pacs.bridge import BridgeError
-
-    if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BridgeError(f"cannot read the credentials file ({type(exc).__name__})", code=2) from None
-        if text.lstrip().startswith("{"):
-            try:
-                data = json.loads(text)
-                return str(data["user"]), str(data["password"])
-            except (ValueError, KeyError, TypeError):
-                raise BridgeError('the credentials file is not JSON {"user": ..., "password": ...}', code=2) from None
-        lines = [ln.rstrip("\r") for ln in text.splitlines()]
-        if len(lines) < 2 or not lines[0]:
-            raise BridgeError("the credentials file needs two lines: user, then password", code=2)
-        return lines[0], lines[1]
-    user = os.environ.get("DICOMWEB_USER")
-    return (user, os.environ.get("DICOMWEB_PASSWORD", "")) if user else (None, None)
-
-
 def cmd_scan(args) -> int:
     from model.inference import Predictor
     from model.scoring import setup_cpu_threads
-    from pacs.bridge import BridgeError, check_server, make_client, scan
+    from pacs.bridge import BridgeError, connect, scan
 
     log = logging.getLogger("pacs")
     try:
-        user, password = read_credentials(args.credentials)
-        client = make_client(args.url, user, password)
-        check_server(client)
+        client = connect(args.url, args.credentials)
         setup_cpu_threads(args.threads)
         try:
             predictor = Predictor(args.model, args.calibration, args.xray_check)
@@ -132,8 +105,6 @@ def main(argv=None) -> int:
     if args.command == "scan" and not 0.0 < args.target_recall < 1.0:
         ap.error("--target-recall must lie strictly between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("dicomweb_client", "urllib3", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     return args.func(args)
 
 

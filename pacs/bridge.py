@@ -15,10 +15,13 @@ Nothing here logs patient data: counts and reasons only (no names, IDs, UIDs or 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pacs import results
 
@@ -97,6 +100,47 @@ def make_client(url: str, user: str | None, password: str | None):
     return DICOMwebClient(url=url.rstrip("/"), session=session)
 
 
+def read_credentials(path: str | None) -> tuple[str | None, str | None]:
+    """(user, password) from --credentials FILE, else from DICOMWEB_USER / DICOMWEB_PASSWORD, else (None, None)."""
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BridgeError(f"cannot read the credentials file ({type(exc).__name__})", code=2) from None
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+                return str(data["user"]), str(data["password"])
+            except (ValueError, KeyError, TypeError):
+                raise BridgeError('the credentials file is not JSON {"user": ..., "password": ...}', code=2) from None
+        lines = [ln.rstrip("\r") for ln in text.splitlines()]
+        if len(lines) < 2 or not lines[0]:
+            raise BridgeError("the credentials file needs two lines: user, then password", code=2)
+        return lines[0], lines[1]
+    user = os.environ.get("DICOMWEB_USER")
+    return (user, os.environ.get("DICOMWEB_PASSWORD", "")) if user else (None, None)
+
+
+# libraries whose DEBUG/INFO lines carry request URLs (with study, series and instance UIDs): keep them at WARNING
+QUIET_LOGGERS = ("dicomweb_client", "urllib3", "highdicom")
+
+
+def quiet_library_logs() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def connect(url: str, credentials: str | None = None):
+    """A checked DICOMweb client: credentials from the file or the environment (read_credentials), then one
+    cheap request, so that refused credentials or an absent server end here with a BridgeError. The HTTP
+    libraries' request logs (their URLs hold UIDs) are held at WARNING first."""
+    quiet_library_logs()
+    user, password = read_credentials(credentials)
+    client = make_client(url, user, password)
+    check_server(client)
+    return client
+
+
 def check_server(client) -> None:
     """One cheap QIDO-RS request, so that refused credentials or an absent server are reported before the
     model is loaded."""
@@ -148,7 +192,8 @@ def find_work(client, summary: Summary, model_sha256: str) -> list[Todo]:
     return todo
 
 
-def _to_bytes(ds) -> bytes:
+def dataset_bytes(ds) -> bytes:
+    """A retrieved pydicom dataset as DICOM bytes, in memory (what the Predictor reads)."""
     import pydicom
 
     buf = io.BytesIO()
@@ -196,7 +241,7 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
     summary.seconds["fetch"] += time.perf_counter() - t
     t = time.perf_counter()
     try:
-        res = predictor.predict(_to_bytes(ds), target_recall=target_recall, cam_method="gradcam")
+        res = predictor.predict(dataset_bytes(ds), target_recall=target_recall, cam_method="gradcam")
     except ImageError as exc:
         summary.failed[f"image: {exc}"] += 1
         return

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from model.common import pct
 from pacs import results
 from pacs.bridge import (
     OWN_SERIES,
@@ -37,6 +38,7 @@ from pacs.bridge import (
     TAG_STUDY,
     BridgeError,
     _value,
+    dataset_bytes,
     http_error,
 )
 
@@ -46,17 +48,6 @@ THUMB_SIZE = 96  # longest side of a thumbnail, pixels
 COLUMNS = ("Rank", "Image", "Fracture probability", "Decision at this target", "Modality", "Body region",
            "X-ray check", "Status")
 ID_COLUMNS = ("Patient name", "Patient ID", "Study date")
-# libraries whose DEBUG/INFO lines carry request URLs (with study, series and instance UIDs): keep them at WARNING
-QUIET_LOGGERS = ("dicomweb_client", "urllib3", "highdicom")
-
-
-def quiet_library_logs() -> None:
-    import logging
-
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 @dataclass(frozen=True)
 class SrResult:
     """What the app needs from one FractureLens SR."""
@@ -127,10 +118,6 @@ def order(entries: list[Entry]) -> list[Entry]:
     return sorted(entries, key=key)
 
 
-def _pct(p: float | None) -> str:
-    return "" if p is None else f"{100 * p:.1f}%"
-
-
 def rows(entries: list[Entry], decide: Callable[..., dict], target_recall: float,
          show_identifiers: bool = False) -> tuple[list[str], list[list]]:
     """(headers, rows) in the order given; the decision recomputed at target_recall with decide()."""
@@ -147,7 +134,7 @@ def rows(entries: list[Entry], decide: Callable[..., dict], target_recall: float
         # the model's region (not for an image that failed the X-ray check), else the source's BodyPartExamined
         region = (r.region if e.status == SCORED and r.region else None) or (e.body_part or "").lower()
         thumb = f"![thumbnail {i}]({e.thumbnail})" if e.thumbnail else ""
-        row = [i, thumb, _pct(r.probability if e.status == SCORED else None), decision, e.modality, region,
+        row = [i, thumb, ("" if e.status != SCORED else pct(r.probability, 1)), decision, e.modality, region,
                "" if r is None else r.xray_check, e.status]
         if show_identifiers:
             row += [e.patient_name, e.patient_id, e.study_date]
@@ -305,12 +292,8 @@ class Worklist:
 
     def fetch(self, e: Entry) -> bytes:
         """The instance as DICOM bytes (WADO-RS), in memory."""
-        import pydicom
-
         ds = self._qido("retrieving an instance (WADO-RS)", self.client.retrieve_instance, e.study, e.series, e.sop)
-        buf = io.BytesIO()
-        pydicom.dcmwrite(buf, ds, enforce_file_format=False)
-        return buf.getvalue()
+        return dataset_bytes(ds)
 
 
 def counts_text(entries: list[Entry], truncated: bool = False) -> str:

@@ -182,8 +182,7 @@ def test_unreachable_server(monkeypatch, capsys, caplog):
 
 
 def test_credentials_file(tmp_path, monkeypatch):
-    from pacs.__main__ import read_credentials
-    from pacs.bridge import BridgeError
+    from pacs.bridge import BridgeError, read_credentials
 
     monkeypatch.delenv("DICOMWEB_USER", raising=False)
     two = tmp_path / "two"

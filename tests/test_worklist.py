@@ -49,10 +49,11 @@ def scanned(predictor):
 
 def test_worklist_order_decisions_and_identifiers(scanned, predictor, caplog):
     from pacs import worklist as wl
+    from pacs.bridge import quiet_library_logs
 
     srv, client, inst = scanned
     uid = {k: ds.SOPInstanceUID for k, (ds, _) in inst.items()}
-    wl.quiet_library_logs()  # as the app does: the HTTP libraries log request URLs, which hold UIDs
+    quiet_library_logs()  # as the app does (pacs.bridge.connect): the HTTP libraries log request URLs, which hold UIDs
     caplog.set_level(logging.DEBUG)  # every record of this test, checked at the end
     w = wl.Worklist(client, predictor.model_sha256)
     entries = w.entries()
