@@ -133,17 +133,19 @@ class Handlers:
         try:
             if not p.is_file():
                 raise InputProblem("The uploaded file is no longer available; please upload it again.")
-            size = p.stat().st_size
-            if size == 0:
-                raise InputProblem("Could not read this file: the file is empty.")
-            if size > self.max_bytes:
-                raise InputProblem(
-                    f"Could not read this file: it is {size / 2**20:.0f} MB; "
-                    f"the limit is {self.max_bytes / 2**20:.0f} MB."
-                )
+            self._check_size(p.stat().st_size)
             return p.read_bytes()
         finally:
             self._discard(p)
+
+    def _check_size(self, size: int) -> None:
+        if size == 0:
+            raise InputProblem("Could not read this file: the file is empty.")
+        if size > self.max_bytes:
+            raise InputProblem(
+                f"Could not read this file: it is {size / 2**20:.0f} MB; "
+                f"the limit is {self.max_bytes / 2**20:.0f} MB."
+            )
 
     def _discard(self, p: Path) -> None:
         """Delete an upload we have read (never example files, never anything outside upload_root).
@@ -321,19 +323,31 @@ class Handlers:
     def analyze(self, file: Any, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
                 kind: str = MAP_LOCALISATION) -> dict:
         """Upload -> one network pass (+ Grad-CAM). Returns a dict of component values."""
+        return self._analysis(lambda: self._read_upload(file), file is not None, target_recall, opacity, kind)
+
+    def analyze_bytes(self, data: bytes, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
+                      kind: str = MAP_LOCALISATION) -> dict:
+        """Bytes from elsewhere (an instance fetched from the PACS) -> the same analysis as an upload, with
+        the same size limits; they stay in memory (nothing is written to disk)."""
+        def read() -> bytes:
+            self._check_size(len(data))
+            return data
+
+        return self._analysis(read, True, target_recall, opacity, kind)
+
+    def _analysis(self, read, given: bool, target_recall: Any, opacity: Any, kind: str) -> dict:
         target = self._target(target_recall)
         empty = {
             "state": None, "label": None, "regions": None, "image": None, "overlay": None,
             "warning": "", "operating": self.operating_markdown(target), "json": None,
         }
         try:
-            data = self._read_upload(file)
-            res = self._run(data, target, self.cam_method, reveal=True)
+            res = self._run(read(), target, self.cam_method, reveal=True)
         except InputProblem as exc:
             msg = str(exc)
-            if file is not None:  # one line, the message only (it never names the file)
+            if given:  # one line, the message only (it never names the file)
                 log.warning("rejected an upload: %s", msg)
-            return {**empty, "status": self.error_html(msg) if file is not None else "", "message": msg}
+            return {**empty, "status": self.error_html(msg) if given else "", "message": msg}
         gray, cam = _fit(res["gray"], res.get("cam"), self.display_max)
         _, loc = _fit(res["gray"], res.get("loc_map"), self.display_max)
         cam, loc = (None if m is None else to_uint8(m, 0.0, 1.0)
@@ -352,24 +366,6 @@ class Handlers:
             "operating": self.operating_markdown(target, state.result),
             "json": self.api_json(state.result),
         }
-
-    def analyze_bytes(self, data: bytes, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
-                      kind: str = MAP_LOCALISATION, suffix: str = ".dcm") -> dict:
-        """Bytes from elsewhere (an instance fetched from the PACS) -> the same analysis as an upload: they are
-        written to a file with a random name inside upload_root (the app's temp folder, which the sweeper
-        cleans), which analyze() reads and deletes like an upload."""
-        import tempfile
-
-        if self.upload_root is None:
-            raise RuntimeError("analyze_bytes needs an upload_root")
-        fd, name = tempfile.mkstemp(prefix="pacs-", suffix=suffix, dir=self.upload_root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        except OSError:
-            Path(name).unlink(missing_ok=True)
-            raise
-        return self.analyze(name, target_recall, opacity, kind)
 
     def redecide(self, state: Analysis | None, target_recall: Any, reveal: Any = False,
                  opacity: Any = DEFAULT_OPACITY, kind: str = MAP_LOCALISATION) -> dict:
