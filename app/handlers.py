@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from calibration import DEFAULT_TARGET
 from model.common import pct, plain, to_uint8
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class Handlers:
 
     @property
     def default_target(self) -> float:
-        t = float(getattr(self.p, "default_target", 0.95) or 0.95)
+        t = float(getattr(self.p, "default_target", DEFAULT_TARGET) or DEFAULT_TARGET)
         return min(max(t, RECALL_MIN), RECALL_MAX)
 
     def _read_upload(self, file: Any) -> bytes:
