@@ -19,7 +19,7 @@ import numpy as np
 
 from model.common import REPO_ROOT
 from model.data import Sample
-from model.preprocess import PREPROCESS_VERSION, ImageError, decode_image, letterbox
+from model.preprocess import PREPROCESS_VERSION, ImageError, decode_image, prepare
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(os.environ.get("FRACTURELENS_CACHE") or REPO_ROOT / ".cache")
@@ -27,16 +27,24 @@ CACHE_HELP = (f"folder for decoded copies of the images (default {DEFAULT_CACHE_
               "about 100 kB per image at 320 px; delete it any time)")
 
 
-def _load_one(args: tuple[str, int]) -> np.ndarray | str:
-    path, size = args
+class _Spec:
+    """What prepare() reads of a model's spec, for the cache (no normalisation needed here)."""
+
+    def __init__(self, size: int, pose: str):
+        self.img_size, self.pose, self.mean, self.std = size, pose, 0.0, 1.0
+
+
+def _load_one(args: tuple[str, int, str]) -> tuple[np.ndarray, tuple[int, int, int, int]] | str:
+    path, size, pose = args
     try:
-        return letterbox(decode_image(path), size)[0]
+        p = prepare(decode_image(path), _Spec(size, pose))
+        return p.square, (p.lb.pad_x, p.lb.pad_y, p.lb.new_w, p.lb.new_h)
     except ImageError as exc:
         return str(exc)
 
 
-def _key(samples: list[Sample], size: int) -> str:
-    h = hashlib.sha1(f"v{PREPROCESS_VERSION}:{size}".encode())
+def _key(samples: list[Sample], size: int, pose: str) -> str:
+    h = hashlib.sha1(f"v{PREPROCESS_VERSION}:{size}{'' if pose == 'as-is' else ':' + pose}".encode())
     for s in samples:
         st = s.path.stat()
         h.update(f"{s.source}/{s.image_id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -45,27 +53,35 @@ def _key(samples: list[Sample], size: int) -> str:
 
 def load_squares(
     samples: list[Sample], size: int, cache_dir: str | Path | None = DEFAULT_CACHE_DIR, workers: int = 2,
-    skipped: list | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (N, size, size) uint8 squares and a boolean mask of the files that decoded.
+    skipped: list | None = None, pose: str = "as-is", with_content: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Returns (N, size, size) uint8 squares and a boolean mask of the files that decoded, each image on
+    the one preprocessing path (model.preprocess.prepare) in the given pose ("as-is" or "canonical", the
+    model file's ModelMeta.pose); with_content, also (N, 4) int32 pad_x, pad_y, new_w, new_h: where the
+    image sits inside its square.
 
     Files that fail to decode are logged (name and reason only) and counted, never fatal; when a list
     is given as `skipped`, (image id, reason) of each is appended to it."""
     path = None
     if cache_dir is not None and samples:
-        path = Path(cache_dir) / f"squares-{size}-{_key(samples, size)}.npz"
+        path = Path(cache_dir) / f"squares-{size}-{_key(samples, size, pose)}.npz"
         if path.is_file():
             with np.load(path) as z:
                 squares, ok = z["squares"], z["ok"]
                 reasons = z["reasons"] if "reasons" in z.files else None
+                content = z["content"] if "content" in z.files else None
             if skipped is not None:
                 skipped.extend((samples[i].image_id, str(reasons[i]) if reasons is not None else
                                 "unreadable (reason not recorded in this older cache file)")
                                for i in np.flatnonzero(~ok))
-            return squares, ok
+            if not with_content:
+                return squares, ok
+            if content is not None:
+                return squares, ok, content
+    content = np.zeros((len(samples), 4), dtype=np.int32)
     squares = np.zeros((len(samples), size, size), dtype=np.uint8)
     ok = np.ones(len(samples), dtype=bool)
-    jobs = [(str(s.path), size) for s in samples]
+    jobs = [(str(s.path), size, pose) for s in samples]
     if workers > 1 and len(jobs) > 64:
         with ProcessPoolExecutor(workers) as ex:
             results = list(ex.map(_load_one, jobs, chunksize=32))
@@ -79,12 +95,12 @@ def load_squares(
             if skipped is not None:
                 skipped.append((samples[i].image_id, r))
         else:
-            squares[i] = r
+            squares[i], content[i] = r
     if (~ok).any():
         log.warning("%d of %d images could not be read and were skipped", int((~ok).sum()), len(ok))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, squares=squares, ok=ok, reasons=reasons)
+        np.savez(tmp, squares=squares, ok=ok, reasons=reasons, content=content)
         tmp.replace(path)
-    return squares, ok
+    return (squares, ok, content) if with_content else (squares, ok)

@@ -22,11 +22,11 @@ import numpy as np
 
 from calibration.core import sigmoid
 from model.bundle import load_calibration
-from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, SPLITS_DIR, file_sha256, shown
 from model.data import Sample
 from model.network import ModelMeta, load_model
-from model.scoring import score_squares, setup_cpu_threads
+from model.scoring import score_samples, setup_cpu_threads
 from model.splits import region_name, select_samples
 
 log = logging.getLogger("model.evaluate")
@@ -48,10 +48,8 @@ def score_data(
     setup_cpu_threads()
     model, meta = load_model(model_path)
     samples = select_samples(roots, split, splits_dir)
-    squares, ok = load_squares(samples, int(meta.img_size), cache_dir, skipped=skipped)
-    samples = [s for s, k in zip(samples, ok) if k]
-    logits = score_squares(model, squares[ok], meta.mean, meta.std, batch_size, tta=bool(meta.tta))
-    return samples, logits, meta
+    samples, sc, _ = score_samples(model, meta, samples, cache_dir, batch_size, skipped=skipped)
+    return samples, sc.logits, meta
 
 
 def bootstrap_ci(y: np.ndarray, s: np.ndarray, groups: list[str], metric, n: int = 1000, seed: int = 0):

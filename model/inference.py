@@ -14,7 +14,6 @@ from calibration import DEFAULT_TARGET
 from calibration.core import sigmoid
 from model.bundle import Bundle, load_bundle
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
-from model.preprocess import normalize
 from model.xray_signals import Taps, chroma, dicom_modality
 
 # ------------------------------------------------------------------------------------------------
@@ -83,6 +82,8 @@ class Predictor:
         self.engine = CamEngine(self.model, cam_layer or self.meta.cam_layer)  # cam_layer: override meta's
         self._lock = threading.Lock()
         self.calibration, self.calibration_note = b.calibration, b.calibration_note
+        # which calibration is in force, in one line (its file, data, labelled counts, date)
+        self.calibration_summary = b.calibration.describe() if b.calibration is not None else b.calibration_note
         self.default_target = float(self.calibration.default_target if self.calibration else DEFAULT_TARGET)
         self.xray = b.xray
         self.xray_note = self.xray.note
@@ -128,18 +129,22 @@ class Predictor:
         head's map maximum (None without a head)."""
         from model.boxes import heat_to_boxes
         from model.gradcam import method_name, to_original
-        from model.preprocess import decode_image, letterbox
+        from model.pose import INVERTED_NOTE
+        from model.preprocess import decode_image, prepare
 
         if cam_method is not None:
             cam_method = method_name(cam_method)  # ValueError for an unknown name, before any work
-        gray = decode_image(source)
-        square, lb = letterbox(gray, int(self.meta.img_size))
-        x = normalize(square, float(self.meta.mean), float(self.meta.std)).to(self.device)
+        decoded = decode_image(source)
+        prep = prepare(decoded, self.meta)
         with self._lock:
-            out = self.engine.run(x, cam_method)  # the taps' hooks record the same forward pass
-            taps = self.taps.collect()
+            out, taps = self._forward(prep, cam_method)
+            if self.is_negative(out.features):  # a negative film: analysed as its negative
+                prep = prepare(decoded, self.meta, negative=True)
+                out, taps = self._forward(prep, cam_method)
             if self.meta.tta:  # the mirrored image too (the model file says whether it was chosen)
+                x = prep.tensor.to(self.device)
                 mirrored = self.engine.logits(torch.flip(x, dims=[-1])[None])
+        gray, square, lb, pose = prep.gray, prep.square, prep.lb, prep.pose
         feats = np.concatenate([out.features, taps], axis=1) if taps.size else out.features
         logits = out.logits[0]
         if self.meta.tta:
@@ -153,13 +158,18 @@ class Predictor:
                                  dicom_modality(source))
         # the image and maps returned are at most OUTPUT_MAX pixels on their longer side (memory stays
         # bounded for a 30-megapixel upload); image_size, cam_peak, loc_peak and boxes are in the
-        # original image's pixels
+        # original image's pixels, the maps in the image's orientation as it arrived (the network read
+        # it in its canonical pose: model/pose.py)
         shown_size = reduced_size(gray.size, OUTPUT_MAX)
-        cam = None if out.cam_square is None else to_original(out.cam_square[0], lb, out_size=shown_size)
+        posed_shown = reduced_size(prep.posed.size, OUTPUT_MAX)
+        cam = None if out.cam_square is None else pose.undo_array(
+            to_original(out.cam_square[0], lb, out_size=posed_shown))
         loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
-        boxes = [] if loc_map is None else heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE)
+        boxes = [] if loc_map is None else pose.undo_boxes(
+            heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE), prep.posed.size)
         shown = check["is_xray"] or reveal
-        loc_original = None if loc_map is None else to_original(loc_map, lb, normalise=False, out_size=shown_size)
+        loc_original = None if loc_map is None else pose.undo_array(
+            to_original(loc_map, lb, normalise=False, out_size=posed_shown))
         to_orig = (gray.size[0] / shown_size[0], gray.size[1] / shown_size[1])
         res = {
             "probability": prob if shown else None,
@@ -171,6 +181,8 @@ class Predictor:
             "is_xray": check["is_xray"],
             "xray_score": check["xray_score"],
             "xray_reason": check["xray_reason"],
+            "inverted": prep.negative,  # the film looked like a negative and was analysed as its negative
+            "inverted_note": INVERTED_NOTE if prep.negative else None,
             "image_size": [int(gray.size[0]), int(gray.size[1])],
             "cam": cam,
             "cam_method": cam_method,
@@ -181,6 +193,19 @@ class Predictor:
             "gray": gray if shown_size == gray.size else gray.resize(shown_size, Image.Resampling.LANCZOS),
         }
         return res
+
+    def _forward(self, prep, cam_method: str | None):
+        """One forward pass (with the CAM and the X-ray check's taps) of a prepared image; call under the lock."""
+        out = self.engine.run(prep.tensor.to(self.device), cam_method)  # the taps' hooks record the same pass
+        return out, self.taps.collect()
+
+    def is_negative(self, features: np.ndarray) -> bool:
+        """Whether the polarity head (when the model has one) reads the image as a negative film."""
+        from model.pose import NEGATIVE_LOGIT
+
+        with torch.inference_mode():
+            logit = self.model.polarity_logit(torch.as_tensor(features[:1], device=self.device))
+        return logit is not None and float(logit[0]) > NEGATIVE_LOGIT
 
     def close(self) -> None:
         """Release the Grad-CAM and X-ray-check hooks (the Predictor cannot compute CAMs afterwards)."""

@@ -25,6 +25,7 @@ from model.preprocess import PREPROCESS_VERSION
 log = logging.getLogger(__name__)
 
 FORMAT = "fracturelens-model/1"
+POSES = ("as-is", "canonical")  # ModelMeta.pose
 CLASS_NAMES = ["not fractured", "fractured"]
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey inputs: ImageNet's channel means/stds averaged
 SHARED_WEIGHTS_DIR = SHARED_DIR / "weights"
@@ -102,6 +103,8 @@ class ModelMeta:
     cam_layer: str = ""  # default: the architecture's (ARCHS)
     loc_head: bool = False
     tta: bool = False  # average the logits of the image and its mirror (chosen on validation)
+    pose: str = "as-is"  # "canonical": the network reads each image in its canonical pose (model/pose.py)
+    polarity_head: bool = False  # a head that tells a negative film (analysed then as its negative)
     preprocess_version: str = PREPROCESS_VERSION
     threshold: float = DEFAULT_THRESHOLD  # decision threshold without a calibration
     init: str = "unknown"
@@ -127,6 +130,8 @@ class ModelMeta:
         if self.preprocess_version != PREPROCESS_VERSION:
             bad("preprocess_version", f"{self.preprocess_version!r}: this code preprocesses as version "
                 f"{PREPROCESS_VERSION!r}; retrain or use the matching release")
+        if self.pose not in POSES:
+            bad("pose", f"{self.pose!r} is not one of {', '.join(POSES)}")
         if not self.cam_layer:
             object.__setattr__(self, "cam_layer", ARCHS[self.arch].cam_layer)
 
@@ -144,7 +149,8 @@ class ModelMeta:
                 if k in kw:
                     kw[k] = tuple(str(x) for x in kw[k])
             for k, conv in (("img_size", int), ("mean", float), ("std", float), ("threshold", float),
-                            ("loc_head", bool), ("tta", bool), ("preprocess_version", str), ("init", str)):
+                            ("loc_head", bool), ("tta", bool), ("polarity_head", bool), ("pose", str),
+                            ("preprocess_version", str), ("init", str)):
                 if k in kw:
                     kw[k] = conv(kw[k])
         except (TypeError, ValueError) as exc:
@@ -284,7 +290,7 @@ class FractureNet(nn.Module):
     (stride 16 for EfficientNet-Lite) in the same forward pass."""
 
     def __init__(self, arch: str, n_regions: int = 4, weights: str | None = None, dropout: float = 0.2,
-                 loc_head: bool = False):
+                 loc_head: bool = False, polarity_head: bool = False):
         super().__init__()
         self.arch = arch
         self.backbone, dim = build_backbone(arch, weights)
@@ -293,6 +299,8 @@ class FractureNet(nn.Module):
         self.fracture_head = nn.Linear(dim, 1)
         self.region_head = nn.Linear(dim, n_regions)
         self.feature_dim = dim
+        # logit "this film is a negative" from the penultimate features (None: a model without it)
+        self.polarity_head = nn.Linear(dim, 1) if polarity_head else None
         self.loc_head = None
         self._loc_feat: torch.Tensor | None = None
         if loc_head:
@@ -325,6 +333,10 @@ class FractureNet(nn.Module):
             heat = self.loc_head(self._loc_feat)
         self._loc_feat = None
         return f, heat
+
+    def polarity_logit(self, f: torch.Tensor) -> torch.Tensor | None:
+        """(N,) logits that each image is a negative, from the penultimate features; None without the head."""
+        return None if self.polarity_head is None else self.polarity_head(f)[:, 0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x)[0]
@@ -360,6 +372,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fr
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a FractureLens model file")
     meta = ModelMeta.from_dict(blob.get("meta"))
-    model = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=meta.loc_head)
+    model = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=meta.loc_head,
+                        polarity_head=meta.polarity_head)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     return model.to(device).eval(), meta

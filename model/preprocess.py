@@ -4,7 +4,8 @@ decode_image()  any PNG/JPG/DICOM (8/16-bit, L/RGB/RGBA/P, EXIF orientation) -> 
                 (its info["chroma"]: the upload's colourfulness, measured before it was made grey)
 letterbox()     keep the aspect ratio, resize the longer side, pad to a square (black)
 normalize()     uint8 square(s) -> float tensor with 3 identical channels, normalised
-preprocess()    all three for one image, driven by the spec stored inside the model file
+prepare()       a decoded image -> the network's input (negative, canonical pose, letterbox, normalise)
+preprocess()    decode + prepare for one image, driven by the spec stored inside the model file
 
 Image size, mean and std are never defined here: they come from the model file's metadata.
 """
@@ -368,35 +369,123 @@ def normalize(squares: np.ndarray | torch.Tensor, mean: float, std: float) -> to
     return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
 
 
-def preprocess(source: Source, spec) -> tuple[torch.Tensor, Letterbox, Image.Image]:
-    """decode -> letterbox -> normalise with the model's own spec (a ModelMeta: img_size, mean, std).
+@dataclass(frozen=True)
+class Prepared:
+    """One image on the one preprocessing path: what the network reads and how to map its maps back.
 
-    Returns the (3, S, S) input tensor, the letterbox geometry and the decoded grayscale image.
-    """
-    gray = decode_image(source)
-    square, lb = letterbox(gray, int(spec.img_size))
-    return normalize(square, float(spec.mean), float(spec.std)), lb, gray
+    tensor: (3, S, S) normalised input; square: the (S, S) uint8 letterboxed image; lb: where the posed
+    image sits in the square; gray: the image as it arrived (after `negative`, in its own orientation);
+    posed: gray in the canonical pose the network reads (gray itself for a model without it);
+    pose: the flip/quarter turn from gray to posed; negative: analysed as its negative."""
+
+    tensor: torch.Tensor
+    square: np.ndarray
+    lb: Letterbox
+    gray: Image.Image
+    posed: Image.Image
+    pose: object
+    negative: bool = False
 
 
-def train_augment():
-    """Augmentations for the training split only, on uint8 (1, S, S) tv_tensors.Image. Called with an image
-    alone or with (tv_tensors.Image, tv_tensors.Mask): flips and affine moves apply to both (nearest
-    for the mask), brightness/contrast/gamma to the image only."""
+def prepare(gray: Image.Image, spec, negative: bool = False) -> Prepared:
+    """A decoded grey image -> the network's input, driven by the model file's spec (ModelMeta: img_size,
+    mean, std, pose): optionally as its negative, then in the canonical pose (model/pose.py) when the
+    model was trained for it, letterboxed and normalised."""
+    from model.pose import IDENTITY, canonical_pose
+
+    if negative:
+        info = dict(gray.info)
+        gray = ImageOps.invert(gray)
+        gray.info.update(info)
+    pose = canonical_pose(gray) if getattr(spec, "pose", "as-is") == "canonical" else IDENTITY
+    posed = pose.apply(gray)
+    square, lb = letterbox(posed, int(spec.img_size))
+    return Prepared(normalize(square, float(spec.mean), float(spec.std)), square, lb, gray, posed, pose, negative)
+
+
+def preprocess(source: Source, spec, negative: bool = False) -> Prepared:
+    """decode -> prepare: all of the preprocessing for one image, with the model's own spec."""
+    return prepare(decode_image(source), spec, negative)
+
+
+def train_augment(size: int):
+    """Augmentations for the training split only, on uint8 (1, S, S) tv_tensors.Image: what uploads do to a
+    film. Called with an image alone or with (tv_tensors.Image, tv_tensors.Mask): the geometric steps move
+    both (nearest for the mask); grey levels, burnt-in labels, resampling, blur, noise and JPEG touch the
+    image only.
+
+    - all eight flips/quarter turns, equally often (the canonical pose of model/pose.py is any of them);
+    - free rotation up to 30 degrees with black corners, shifts and scaling (both classes alike, so the
+      black corners of one data set's rotated copies carry no label);
+    - a black border (the film smaller on a black canvas), an 80-100% crop;
+    - brightness, contrast (down to low contrast) and gamma 0.5-1.8;
+    - burnt-in side markers and text labels;
+    - down-and-up scaling (x0.25-0.7), blur, noise, JPEG quality 10-95."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
+    image_only = tv_tensors.Image
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.85, 1.15))], p=0.8),
-            v2.RandomApply([v2.ColorJitter(brightness=0.25, contrast=0.25)], p=0.8),
-            v2.RandomApply([v2.Lambda(_random_gamma, tv_tensors.Image)], p=0.5),
+            v2.RandomVerticalFlip(),
+            v2.RandomApply([v2.RandomRotation((90, 90))], p=0.5),  # with the two flips: all eight poses
+            v2.RandomApply([v2.RandomAffine(degrees=30, translate=(0.06, 0.06), scale=(0.8, 1.15))], p=0.7),
+            v2.RandomApply([v2.RandomZoomOut(fill=0, side_range=(1.0, 1.5)), v2.Resize((size, size))], p=0.15),
+            v2.RandomApply([v2.RandomResizedCrop(size, scale=(0.64, 1.0), ratio=(0.8, 1.25))], p=0.15),
+            v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=(0.45, 1.4))], p=0.8),
+            v2.RandomApply([v2.Lambda(_random_gamma, image_only)], p=0.5),
+            v2.RandomApply([v2.Lambda(burn_in_label, image_only)], p=0.3),
+            v2.RandomApply([v2.Lambda(_down_up, image_only)], p=0.3),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.5))], p=0.15),
+            v2.RandomApply([v2.Lambda(_noise, image_only)], p=0.2),
+            v2.RandomApply([v2.JPEG((10, 95))], p=0.5),
         ]
     )
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(torch.empty(1).uniform_(lo, hi))
 
 
 def _random_gamma(x: torch.Tensor) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as F
 
-    gamma = float(torch.empty(1).uniform_(0.7, 1.4))
-    return F.adjust_gamma(x, gamma)
+    return F.adjust_gamma(x, _uniform(0.5, 1.8))
+
+
+def _down_up(x: torch.Tensor) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F
+
+    size = list(x.shape[-2:])
+    f = _uniform(0.25, 0.7)
+    small = F.resize(x, [max(8, round(size[0] * f)), max(8, round(size[1] * f))], antialias=True)
+    return F.resize(small, size, antialias=True)
+
+
+def _noise(x: torch.Tensor) -> torch.Tensor:
+    sigma = _uniform(2.0, 12.0)
+    return (x.float() + torch.randn(x.shape) * sigma).round().clamp(0, 255).to(torch.uint8)
+
+
+LABEL_TEXTS = ("R", "L", "RT", "LT", "AP", "LAT", "PA", "OBL", "SUPINE", "ERECT", "R  AP", "L  LAT")
+
+
+def burn_in_label(x: torch.Tensor, text: str | None = None) -> torch.Tensor:
+    """Burn a side marker or a short label (white or light grey, in a random corner) into a uint8
+    (1, H, W) image, as radiographers' markers and PACS exports do."""
+    from PIL import ImageDraw, ImageFont
+
+    h, w = x.shape[-2:]
+    img = Image.fromarray(x[0].numpy())
+    if text is None:
+        text = LABEL_TEXTS[int(torch.randint(len(LABEL_TEXTS), (1,)))]
+    px = max(8, int(min(h, w) * _uniform(0.04, 0.1)))
+    font = ImageFont.load_default(size=px)
+    draw = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    margin = int(min(h, w) * 0.04)
+    left = margin if torch.rand(1) < 0.5 else max(0, w - margin - (x1 - x0))
+    top = margin if torch.rand(1) < 0.5 else max(0, h - margin - (y1 - y0))
+    draw.text((left - x0, top - y0), text, fill=int(torch.randint(200, 256, (1,))), font=font)
+    return torch.from_numpy(np.asarray(img).copy())[None]

@@ -46,7 +46,7 @@ def main():
         image = Path("/tmp/bench_xray.png")
         xray_like(0, True, size=(373, 454)).save(image)
     model, meta = load_model(args.model)
-    x, _, _ = preprocess(image, meta)
+    x = preprocess(image, meta).tensor
     res = {"model": shown(args.model), "arch": meta.arch, "img_size": meta.img_size, "threads": args.threads,
            "load_average_at_start": [round(x, 2) for x in __import__("os").getloadavg()],
            "cpu": platform.processor() or platform.machine(), "image_pixels": None, "n": args.n}

@@ -108,7 +108,8 @@ def test_letterbox_keeps_aspect_and_unletterbox_maps_back():
 
 
 def test_preprocess_output_and_normalisation():
-    x, lb, gray = preprocess(Image.new("RGB", (30, 60), (255, 255, 255)), SPEC)
+    prep = preprocess(Image.new("RGB", (30, 60), (255, 255, 255)), SPEC)
+    x = prep.tensor
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
     assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
     assert torch.isclose(x.max(), torch.tensor((1.0 - 0.3) / 0.2))

@@ -8,7 +8,7 @@ import torch
 from calibration.core import sigmoid
 from model.common import DEFAULT_MODEL
 from model.network import load_model
-from model.preprocess import letterbox, preprocess
+from model.preprocess import prepare, preprocess
 from model.scoring import score_squares
 from tests.helpers import xray_like
 
@@ -38,14 +38,14 @@ def test_shipped_model_predicts_and_records_its_training():
     root = MODEL.parent.parent
     for d in meta.training["data"]:
         assert hashlib.sha256((root / d["split_file"]).read_bytes()).hexdigest() == d["split_sha256"]
-    x, _, _ = preprocess(xray_like(0, True, size=(300, 380)), meta)
+    x = preprocess(xray_like(0, True, size=(300, 380)), meta).tensor
     with torch.inference_mode():
         out = model(x.unsqueeze(0))
     assert out.shape == (1, 1 + len(meta.region_names))
     p = float(sigmoid(out[0, 0].item()))
     assert 0.0 < p < 1.0
     # batched scoring gives the same logit as the single-image path
-    sq, _ = letterbox(xray_like(0, True, size=(300, 380)), meta.img_size)
+    sq = prepare(xray_like(0, True, size=(300, 380)), meta).square
     batched = score_squares(model, sq[None], meta.mean, meta.std)
     assert batched[0, 0] == pytest.approx(out[0, 0].item(), abs=1e-4)
 
