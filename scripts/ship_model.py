@@ -2,9 +2,11 @@
 
     python -m scripts.ship_model runs/screen/lite0-320-box --out assets/model.pt
 
-Reads the run's log.csv at its best epoch (by validation AUROC) and switches horizontal-flip test-time
+Reads the run's log.csv at its best epoch (by the validation AUROC the run chose on: the mean over its
+data sets when it logged one, else the first data set's) and switches horizontal-flip test-time
 augmentation on in the model file's metadata (ModelMeta.tta) only if it raised the VALIDATION AUROC at
-that epoch; records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
+that epoch (a run that trains with all eight poses and reads images in their canonical pose logs no
+flip TTA, so it stays off); records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
 validation: python -m scripts.eval_cam --split val --cam-layer NAME ...). The weights are copied
 unchanged (fp16). The test split is not read. Afterwards refit what depends on the model file's hash:
 scripts/make_reports.sh --refit.
@@ -32,7 +34,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     run = Path(args.run)
     rows = list(csv.DictReader(open(run / "log.csv")))
-    best = max(rows, key=lambda r: float(r["val_auroc"]))
+    key = "val_auroc_mean" if rows and rows[0].get("val_auroc_mean") else "val_auroc"
+    best = max(rows, key=lambda r: float(r[key]))
     blob = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     meta = ModelMeta.from_dict(blob["meta"])
     if int(meta.val_metrics["epoch"]) != int(best["epoch"]):
