@@ -256,13 +256,19 @@ class Handlers:
         else:
             lines = [
                 f"**Threshold in force: {d['threshold']:.3f}** for a target recall of {pct(t)}",
-                f"Expected on the validation operating curve: specificity **{pct(d.get('expected_specificity'))}**, "
+                "Expected on the calibration data's operating curve: specificity "
+                f"**{pct(d.get('expected_specificity'))}**, "
                 f"precision **{pct(d.get('expected_precision'))}**"
                 + (f"; recall is at least {pct(d.get('recall_lower_bound'), 1)} with 95% confidence."
                    if d.get("recall_lower_bound") is not None else "."),
             ]
             if not d.get("achievable", True):
                 lines.append(f"⚠️ **The target cannot be guaranteed.** {note}")
+        if result and result.get("inverted"):
+            lines.insert(1, f"ℹ️ The film {result.get('inverted_note') or 'looked inverted'}.")
+        summary = getattr(self.p, "calibration_summary", None)
+        if summary:
+            lines.append(f"Calibration in force: {summary}. The expected figures come from the data it was fitted on.")
         if result and not result.get("is_xray", True):
             lines.insert(1, "**Not assessed**: the image failed the X-ray check, so no fracture result is given.")
         elif result and prob is not None:

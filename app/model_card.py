@@ -177,7 +177,8 @@ def _calibration_section(report_dir: Path, model_sha256: str | None) -> list[str
     return lines
 
 
-def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sha256: str | None = None) -> str:
+def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sha256: str | None = None,
+                        calibration_in_force: str | None = None) -> str:
     report_dir = Path(report_dir)
     training = meta.training or {}
     data = training.get("data") or []
@@ -197,6 +198,13 @@ def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sh
            if meta.loc_head else "")
         + ("; each image is also scored mirrored and the two averaged (chosen on validation)"
            if meta.tta else ""),
+        *(["- Orientation: each image is read in its canonical pose (one of the eight flips and quarter turns, "
+           "from the moments of its grey levels), so a film rotated by 90 degrees, upside down, mirrored or "
+           "transposed gets exactly the same answer; the network was trained on all eight poses"]
+          if meta.pose == "canonical" else []),
+        *(["- Polarity: a head trained on negatives of the training images tells a negative film (air white, "
+           "bone dark); such a film is analysed as its negative and the result says so"]
+          if meta.polarity_head else []),
         "### Training data",
         f"- Data sets: {names} (FracAtlas: public musculoskeletal radiographs labelled fractured / not "
         "fractured, with body-region tags)" if "fracatlas" in names.lower() else f"- Data sets: {names}",
@@ -207,6 +215,12 @@ def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sh
         lines.append(f"- Training: {args.get('epochs', 'n/a')} epochs max, batch {args.get('batch_size', 'n/a')}, "
                      f"learning rate {args.get('lr', 'n/a')}, class imbalance weighted "
                      f"(pos_weight {_num(training.get('pos_weight'), 2)}), on {training.get('device', 'n/a')}")
+    sources = training.get("sources") or {}
+    if len(sources) > 1:
+        lines.append("- Sampling: " + ", ".join(f"{k} {_pct(v.get('share'), 0)} of each epoch "
+                                               f"({_num(v.get('radiographs'), 0)} distinct radiographs)"
+                                               for k, v in sources.items())
+                     + "; fractured and not fractured weigh the same within each data set")
     vm = meta.val_metrics or {}
     if vm:
         vals = ", ".join(f"{k} {_num(v)}" for k, v in vm.items()
@@ -214,5 +228,9 @@ def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sh
         lines.append(f"- Model selection on validation: {vals}")
     lines += ["### Test metrics", *_test_section(report_dir)]
     lines += _calibration_section(report_dir, model_sha256)
+    if calibration_in_force:
+        lines += ["", f"**Calibration in force in this app:** {calibration_in_force}. The test figures above "
+                  "are for the shipped calibration; a site calibration (README, 'Calibrate for your site') "
+                  "has its own."]
     lines += ["### Limitations", LIMITATIONS]
     return "\n".join(lines)

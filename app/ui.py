@@ -192,7 +192,8 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                 plots = report_plots(report)
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        gr.Markdown(model_card_markdown(meta, report, getattr(h.p, "model_sha256", None)),
+                        gr.Markdown(model_card_markdown(meta, report, getattr(h.p, "model_sha256", None),
+                                                        getattr(h.p, "calibration_summary", None)),
                                     elem_id="model_card")
                     if plots:
                         with gr.Column(scale=2, elem_id="card_plots"):

@@ -207,6 +207,16 @@ class Calibration:
             "note": note,
         }
 
+    def describe(self) -> str:
+        """Which calibration is in force, in one line: the file, the data it was fitted on, its labelled
+        counts and its date (for the page, the model card and the logs; data folders by name only)."""
+        data = ", ".join(Path(str(d)).name for d in self.info.get("data") or []) or "unknown data"
+        split = self.info.get("split")
+        when = str(self.info.get("created") or "unknown date")[:10]
+        name = Path(str(self.info["path"])).name if self.info.get("path") else "calibration"
+        return (f"{name}: fitted on {data}" + (f" ({split} split)" if split and split != "all" else "")
+                + f", {self.n_positives} fractured and {self.n_negatives} not fractured images, {when}")
+
     def __repr__(self) -> str:
         return (f"Calibration(T={self.temperature:.4f}, n_pos={self.n_positives}, n_neg={self.n_negatives}, "
                 f"default_target={self.default_target})")

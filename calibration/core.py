@@ -207,6 +207,18 @@ def finite_sample_k(n_pos: int, target_recall: float) -> int:
     return int(min(n_pos, math.floor((n_pos + 1) * (1.0 - r) + 1e-9)))
 
 
+def min_positives(target_recall: float) -> int:
+    """The fewest labelled fractures (positives) with which the finite-sample rule can promise
+    `target_recall` at all (k >= 1): (n + 1) * (1 - r) >= 1, i.e. n >= 1 / (1 - r) - 1 (19 for 0.95,
+    99 for 0.99). With exactly that many the threshold is the lowest positive score; more positives
+    give a tighter, more specific threshold."""
+    r = check_target(target_recall)
+    n = max(0, math.ceil(1.0 / (1.0 - r) - 1.0 - 1e-9))
+    while finite_sample_k(n, r) < 1:
+        n += 1
+    return n
+
+
 def recall_threshold(pos_scores, target_recall: float) -> dict:
     """The highest threshold whose expected recall on fresh positives is >= target (see module doc).
 

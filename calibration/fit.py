@@ -53,4 +53,7 @@ def fit_and_plot(z: np.ndarray, y: np.ndarray, *, model_file: str, model_sha256:
         print(f"{o['target_recall']:>6.2f} {o['k']:>3d} {o['threshold']:>9.4f} {o['recall_val']:>10.3f} "
               f"{o['recall_lower_bound']:>6.3f} {o['expected_specificity']:>6.3f} {o['expected_precision'] or 0:>6.3f}"
               + ("" if o["achievable"] else "  (not achievable)"))
+    print("labelled fractures needed before a target can be promised at all (finite-sample rule): "
+          + ", ".join(f"{t:.2f}: {core.min_positives(t)}" for t in REPORT_TARGETS)
+          + f"; this data has {cal.n_positives}")
     return cal
