@@ -4,7 +4,10 @@
         --data ../shared/data/multiregion --out assets/xray_check.npz
 
 Training-split X-rays fit the densities and, with the DEVELOPMENT half of model.xray_negatives, the
-learned signal; validation X-rays set the threshold (at most 1% of them flagged). Features are cached
+learned signal; validation X-rays set the threshold (at most 1% of them flagged). Each X-ray counts twice:
+as stored and changed the way uploads change films (one random draw of model.preprocess.train_augment:
+poses, rotation, border, crop, grey levels, labels, resampling, blur, noise, JPEG), so that a rotated,
+compressed or relabelled radiograph of either data set still passes. Features are cached
 per model file in the cache folder. Writes the gate file and assets/report/xray_check/fit.json.
 """
 
@@ -24,7 +27,7 @@ import torch
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
 from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, file_sha256, shown
 from model.network import load_model
-from model.preprocess import decode_image, letterbox, normalize
+from model.preprocess import decode_image, normalize, prepare, train_augment
 from model.scoring import setup_cpu_threads
 from model.splits import select_samples
 from model.xray_check import (
@@ -159,7 +162,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
     "_layout": {"layout": feature column layout, "tap_layers": [...]}."""
     cache = None
     if cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
-        key = f"v3-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
+        key = f"v4-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
         cache = Path(cache_dir) / f"xray-fit-{key}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -186,17 +189,19 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
         n_all = sum(len(s) for _, s in by_root)
         for root, samples in by_root:
             # one root at a time: the training run's per-data-set square caches are reused when present
-            squares, ok = load_squares(samples, size, cache_dir)
+            squares, ok = load_squares(samples, size, cache_dir, pose=meta.pose)
             idx = np.flatnonzero(ok)
             cap = int(round(max_train * len(samples) / max(n_all, 1)))
             if split == "train" and len(idx) > cap:
                 idx = np.sort(rng.choice(idx, cap, replace=False))
-            sq = squares[idx]
-            log.info("%s %s: %d X-rays: features and statistics", Path(root).name, split, len(sq))
+            sq = np.concatenate([squares[idx], upload_variants(squares[idx], size, seed=len(parts))])
+            log.info("%s %s: %d X-rays (as stored and changed): features and statistics", Path(root).name, split,
+                     len(sq))
             f, layout, taps = network_features(model, sq, meta.mean, meta.std, return_layout=True)
             feats.append(f)
             stats.append(np.stack([image_stats(s) for s in sq]))
-            chromas.append(np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx)))
+            c = np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx))
+            chromas.append(np.concatenate([c, c]))
             if split == "val":
                 per_source_val[Path(root).resolve().name] = (len(chromas[-1]), int(sum(len(c) for c in chromas)))
             del squares
@@ -205,22 +210,46 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
     return parts, per_source_val
 
 
+def upload_variants(squares: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """One random upload-like change of each uint8 square (model.preprocess.train_augment), seeded."""
+    from torchvision import tv_tensors
+
+    aug = train_augment(size)
+    torch.manual_seed(seed)
+    return np.stack([aug(tv_tensors.Image(torch.from_numpy(s)[None]))[0].numpy() for s in squares])
+
+
+def served_squares(model, meta, grays: list) -> np.ndarray:
+    """The squares the network finally reads for these decoded images on the serving path: prepared in the
+    model's pose, and prepared again as a negative where the polarity head reads a negative film
+    (model.inference.Predictor)."""
+    from model.pose import NEGATIVE_LOGIT
+
+    sq = np.stack([prepare(g, meta).square for g in grays])
+    if getattr(model, "polarity_head", None) is None:
+        return sq
+    with torch.inference_mode():
+        pol = model.polarity_logit(model.features(normalize(sq[:, None], meta.mean, meta.std))).float().numpy()
+    for i in np.flatnonzero(pol > NEGATIVE_LOGIT):
+        sq[i] = prepare(grays[i], meta, negative=True).square
+    return sq
+
+
 def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, model_path=None):
     """(features, statistics, chroma, DICOM modality) of model.xray_negatives images, through the same
-    decode -> letterbox -> network path as Predictor.predict; cached per model file and image set."""
+    decode -> prepare -> network path as Predictor.predict; cached per model file and image set."""
     cache = None
     if cache_dir and model_path:
         names = hashlib.sha256("\n".join(n.name for n in negatives).encode()).hexdigest()[:12]
-        cache = Path(cache_dir) / f"xray-neg-v1-{file_sha256(model_path)[:16]}-{names}.npz"
+        cache = Path(cache_dir) / f"xray-neg-v2-{file_sha256(model_path)[:16]}-{names}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as z:
                 return z["feats"], z["stats"], z["chromas"], [str(m) or None for m in z["modalities"]]
-    size = int(meta.img_size)
     feats, stats, chromas = [], [], []
     for i in range(0, len(negatives), 16):
         grays = [decode_image(n.image) for n in negatives[i : i + 16]]
         chromas += [g.info["chroma"] for g in grays]  # measured by the decode, as Predictor.predict reads it
-        sq = np.stack([letterbox(g, size)[0] for g in grays])
+        sq = served_squares(model, meta, grays)
         feats.append(network_features(model, sq, meta.mean, meta.std))
         stats.append(squares_stats(sq))
     out = (np.concatenate(feats), np.concatenate(stats), np.array(chromas),

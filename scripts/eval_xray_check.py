@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    cache_name = f"xray-eval-v4-{sha[:16]}-{args.split}-{args.max_xrays}.npz"
+    cache_name = f"xray-eval-v5-{sha[:16]}-{args.split}-{args.max_xrays}.npz"
     cache = Path(args.cache_dir) / cache_name if args.cache_dir else None
     _, neg = split_sets(all_negatives())
     loaded = False
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
             samples = select_samples([root], args.split, args.splits_dir)
             if args.max_xrays:
                 samples = samples[: args.max_xrays]
-            squares, ok = load_squares(samples, size, args.cache_dir)
+            squares, ok = load_squares(samples, size, args.cache_dir, pose=meta.pose)
             idx = np.flatnonzero(ok)
             feats.append(network_features(model, squares[idx], meta.mean, meta.std))
             stats += [image_stats(squares[i]) for i in idx]
