@@ -11,7 +11,8 @@ progress bar runs on stderr. Grad-CAM is skipped in --csv mode unless --cam-dir 
 
 Plain output: one line per image. --json: a JSON list with one object per image (file, probability,
 raw_probability, decision, threshold, target_recall, expected_specificity, is_xray, xray_score,
-xray_reason, region, cam_peak, boxes; `error` for files that cannot be read, which never stop the batch).
+xray_reason, region, cam_peak, boxes, inverted (the film looked like a negative and was analysed as its
+negative) and inverted_note; `error` for files that cannot be read, which never stop the batch).
 cam_peak is [x, y] of the Grad-CAM's maximum and boxes are the localisation head's
 [[x0, y0, x1, y1, score], ...] (most confident first), both in the image's own pixels.
 An image that fails the X-ray check is "Not assessed": its probability is withheld (null) unless
@@ -33,7 +34,7 @@ CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_r
                "region", "is_xray", "xray_reason", "error")
 JSON_KEYS = ("file", "probability", "raw_probability", "decision", "is_fracture", "threshold", "target_recall",
              "expected_specificity", "expected_precision", "achievable", "is_xray", "xray_score", "xray_reason",
-             "region", "operating_note", "cam_peak", "boxes")
+             "region", "operating_note", "cam_peak", "boxes", "inverted", "inverted_note")
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
                 continue
             where = f", peak at {r['cam_peak']}" if r.get("cam_peak") else ""
             print(f"{name}: {r['decision']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f}, "
-                  f"region {r['region']}{where})")
+                  f"region {r['region']}{where})" + (f"; {r['inverted_note']}" if r.get("inverted") else ""))
     if args.csv:
         write_csv(args.csv, rows)
         n_flag = sum(1 for r in rows if r.get("is_fracture"))

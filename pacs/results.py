@@ -43,6 +43,9 @@ DECISION = hd.sr.CodedConcept("decision", SCHEME, "FractureLens decision")
 XRAY_CHECK = hd.sr.CodedConcept("xray-check", SCHEME, "X-ray check")
 XRAY_PASSED = hd.sr.CodedConcept("xray-passed", SCHEME, "Passed")
 BODY_REGION = hd.sr.CodedConcept("body-region", SCHEME, "Body region (model)")
+POLARITY = hd.sr.CodedConcept("polarity", SCHEME, "Film polarity")
+POLARITY_CODES = {False: hd.sr.CodedConcept("polarity-stored", SCHEME, "Analysed as stored"),
+                  True: hd.sr.CodedConcept("polarity-negative", SCHEME, "Looked inverted; analysed as its negative")}
 DECISION_CODES = {
     "Fracture suspected": hd.sr.CodedConcept("fx-suspected", SCHEME, "Fracture suspected"),
     "No fracture detected": hd.sr.CodedConcept("no-fx-detected", SCHEME, "No fracture detected"),
@@ -111,6 +114,8 @@ def overlay_image(res: dict, alpha: float = 0.4) -> np.ndarray:
     font = _font(size)
     prob = res.get("probability")
     top = res["decision"] + ("" if prob is None else f"  p={prob:.2f} (threshold {res['threshold']:.2f})")
+    if res.get("inverted"):
+        top += "  - looked inverted, analysed as its negative"
     pad = max(2, size // 4)
     for text, y in ((top, pad), (f"FractureLens - {NOT_FOR_DIAGNOSTIC_USE}", img.size[1] - size - 3 * pad)):
         box = draw.textbbox((pad, y), text, font=font)
@@ -197,6 +202,7 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
         "xray-failed", SCHEME, failed_meaning(res.get("xray_reason")))
     evaluations = [hd.sr.QualitativeEvaluation(DECISION, DECISION_CODES[res["decision"]]),
                    hd.sr.QualitativeEvaluation(XRAY_CHECK, xray_value)]
+    evaluations.append(hd.sr.QualitativeEvaluation(POLARITY, POLARITY_CODES[bool(res.get("inverted"))]))
     if res.get("region"):
         evaluations.append(hd.sr.QualitativeEvaluation(BODY_REGION, hd.sr.CodedConcept(
             f"region-{res['region']}"[:16], SCHEME, str(res["region"]))))
