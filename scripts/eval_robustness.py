@@ -214,6 +214,29 @@ def table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(new: dict, old: dict | None = None, source: str = "fracatlas") -> str:
+    """One data set's rows of two benchmark runs side by side (previous -> new), for the README."""
+    rows_new = new["sources"][source]
+    rows_old = (old or {}).get("sources", {}).get(source, {})
+    head = ("| variant | AUROC | specificity | decisions changed | X-ray check passed |\n"
+            "|---|---|---|---|---|")
+    out = [head]
+
+    def pair(name, key, fmt):
+        n = rows_new[name].get(key)
+        o = rows_old.get(name, {}).get(key) if rows_old else None
+        def f(v):
+            return "n/a" if v is None else fmt(v)
+
+        return f(n) if not rows_old else f"{f(o)} -> **{f(n)}**"
+
+    for name in rows_new:
+        out.append(f"| {name} | {pair(name, 'auroc', lambda v: f'{v:.3f}')} | "
+                   f"{pair(name, 'specificity', lambda v: f'{v:.2f}')} | {pair(name, 'changed', lambda v: f'{v:.0%}')} "
+                   f"| {pair(name, 'xray_pass', lambda v: f'{v:.0%}')} |")
+    return "\n".join(out) + "\n"
+
+
 def plot(metrics: dict, path: Path) -> None:
     import matplotlib
 
@@ -261,7 +284,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="default assets/report/robustness/SPLIT")
+    ap.add_argument("--summarise", nargs="+", metavar="METRICS_JSON", default=None,
+                    help="print a README table of one run (or previous -> new: PREVIOUS NEW) and exit")
+    ap.add_argument("--source", default="fracatlas", help="the data set --summarise tabulates")
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--summarise" in argv:  # no --split needed
+        argv = [*argv, "--split", "test"] if "--split" not in argv else argv
     args = ap.parse_args(argv)
+    if args.summarise:
+        runs = [json.loads(Path(p).read_text()) for p in args.summarise]
+        print(summary_table(runs[-1], runs[0] if len(runs) > 1 else None, args.source), end="")
+        return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
     out = Path(args.out or REPORT_DIR / "robustness" / args.split)
@@ -273,7 +307,7 @@ def main(argv=None) -> dict:
                  if bundle.calibration is not None else float(bundle.meta.threshold))
     t0 = time.time()
     metrics = {"what": "the same X-rays changed the way uploads change them, scored on the serving path",
-               "command": "python -m scripts.eval_robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": "python -m scripts.eval_robustness " + " ".join(argv),
                "split": args.split, "model": {"file": shown(args.model), "sha256": bundle.model_sha256,
                                               "pose": bundle.meta.pose, "polarity_head": bundle.meta.polarity_head},
                "calibration": shown(args.calibration) if bundle.calibration is not None else None,
