@@ -12,11 +12,19 @@ m=assets/model.pt
 if [ "$refit" = "--refit" ]; then
   python -m model.calibrate fit --model $m --data "$fa" --split val
   python -m model.xray_fit --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
+  # the site workflow, demonstrated with the second data set as "the site"
+  python -m model.calibrate fit --model $m --data "$mr" --split val \
+    --out assets/report/site_calibration/multiregion_calibration.json --plots assets/report/site_calibration
 fi
 python -m model.evaluate --model $m --data "$fa" --split val  --out assets/report/val
 python -m model.evaluate --model $m --data "$fa" --split test --out assets/report/test
 python -m model.evaluate --model $m --data "$mr" --split test --out assets/report/multiregion_test
 python -m model.calibrate report --model $m --data "$fa" --split test --out assets/report/calibration
+python -m model.calibrate report --model $m --data "$mr" --split test \
+  --calibration assets/report/site_calibration/multiregion_calibration.json --out assets/report/site_calibration/multiregion_test
+python -m model.calibrate report --model $m --data "$mr" --split test \
+  --out assets/report/site_calibration/multiregion_test_fracatlas_calibration
+python -m scripts.eval_robustness --split test --data "$fa" --data "$mr"
 python -m scripts.compare_calibrators --model $m --data "$fa"
 python -m scripts.dev_xray_check --model $m --data "$fa" --data "$mr"
 python -m scripts.eval_xray_check --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \
