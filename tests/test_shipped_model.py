@@ -58,3 +58,39 @@ def test_a_file_that_is_not_a_model_is_refused_without_unsafe_advice(tmp_path):
     with pytest.raises(ValueError) as err:
         load_model(bad)
     assert "not a FractureLens model file" in str(err.value) and "weights_only" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from model.inference import Predictor
+
+    with Predictor() as p:
+        yield p
+
+
+def test_the_shipped_model_gives_one_answer_for_every_pose_of_an_example(shipped):
+    """A committed FracAtlas example, turned and flipped the eight ways: the same probability, exactly."""
+    from PIL import Image
+
+    from model.common import EXAMPLES_DIR
+    from model.pose import ALL_POSES
+
+    img = Image.open(sorted(EXAMPLES_DIR.glob("*.png"))[0]).convert("L")
+    assert shipped.meta.pose == "canonical"
+    probs = {shipped.predict(pose.apply(img), cam_method=None)["probability"] for pose in ALL_POSES}
+    assert len(probs) == 1
+
+
+def test_the_shipped_polarity_head_reads_a_negative_example_as_a_negative(shipped):
+    from PIL import Image, ImageOps
+
+    from model.common import EXAMPLES_DIR
+
+    assert shipped.meta.polarity_head
+    for path in sorted(EXAMPLES_DIR.glob("*.png")):
+        img = Image.open(path).convert("L")
+        up = shipped.predict(img, cam_method=None)
+        neg = shipped.predict(ImageOps.invert(img), cam_method=None)
+        assert up["inverted"] is False and up["is_xray"], path.name
+        assert neg["inverted"] is True and "analysed as its negative" in neg["inverted_note"], path.name
+        assert neg["probability"] == up["probability"] and neg["is_xray"], path.name
