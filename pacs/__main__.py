@@ -64,17 +64,24 @@ def cmd_orthanc(args) -> int:
     if reason:
         print(f"cannot start Orthanc: {reason}", file=sys.stderr)
         return 1
+    import signal
+
+    def _end(signum, _frame):  # closing the terminal (SIGHUP) or `kill` (SIGTERM) ends it like Ctrl-C
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _end)
     srv = OrthancServer(http_port=args.port or None)
-    srv.start()
-    print(f"Orthanc (demo, loopback only) at {srv.url}/app/explorer.html\nDICOMweb root: {srv.dicomweb_url}\n"
-          f"demo credentials (from pacs/orthanc.json): user {srv.user!r}, password in pacs/orthanc.json\n"
-          f"storage (deleted on exit): {srv.workdir}\nCtrl-C stops it.", flush=True)
-    try:
+    try:  # everything after the storage folder exists, so that a signal at any point still cleans up
+        srv.start()
+        print(f"Orthanc (demo, loopback only) at {srv.url}/app/explorer.html\nDICOMweb root: {srv.dicomweb_url}\n"
+              f"demo credentials (from pacs/orthanc.json): user {srv.user!r}, password in pacs/orthanc.json\n"
+              f"storage (deleted on exit): {srv.workdir}\nCtrl-C stops it.", flush=True)
         while srv.proc is not None and srv.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
-    finally:
+    finally:  # Orthanc stopped and its storage (DICOMs with patient names) removed, whatever ended us
         srv.stop()
     return 0
 

@@ -34,6 +34,18 @@ def missing_reason() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): a SIGTERM when the process that started Orthanc dies, even by
+    SIGKILL, so no Orthanc outlives the command."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -77,7 +89,7 @@ class OrthancServer:
         self.log_path = self.workdir / "orthanc.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([orthanc_binary(), str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

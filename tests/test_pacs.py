@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,43 @@ def test_results_are_per_model_file(orthanc, loaded):
         loaded["study_a"], series[results.SR_SERIES_DESCRIPTION])}
     assert {results.sr_uid(src.SOPInstanceUID, "f" * 64),
             results.sr_uid(src.SOPInstanceUID, file_sha256(DEFAULT_MODEL))} <= uids  # both kept
+
+
+def _orthanc_children(config_dir: str) -> list[int]:
+    """PIDs of running processes whose command line names a file in config_dir (our Orthanc)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if config_dir in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(p.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.orthanc  # a live loopback Orthanc; skipped without one (conftest)
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_demo_orthanc_leaves_nothing_behind_whatever_signal_ends_it(sig):
+    """python -m pacs orthanc ended by kill (SIGTERM), a closed terminal (SIGHUP) or Ctrl-C (SIGINT): the
+    Orthanc child is gone and its temporary storage (which holds DICOMs with patient names) removed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pacs", "orthanc"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parent.parent)
+    storage = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and storage is None:
+        line = proc.stdout.readline()
+        if line.startswith("storage (deleted on exit): "):
+            storage = line.split(": ", 1)[1].strip()
+    assert storage and Path(storage).is_dir()
+    assert _orthanc_children(storage), "Orthanc should be running"
+    proc.send_signal(getattr(signal, sig))
+    assert proc.wait(timeout=30) != 0 or sig == "SIGINT"
+    time.sleep(0.5)
+    assert not Path(storage).exists()
+    assert not _orthanc_children(storage)
