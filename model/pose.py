@@ -128,13 +128,28 @@ def _moments(px: np.ndarray) -> tuple[float, float]:
     return var, skew
 
 
+_BAND = 512  # rows summed at a time: no full-size copy of a large upload
+
+
+def _marginals(img: Image.Image | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer grey-level sums per column (x) and per row (y), a band of rows at a time."""
+    if isinstance(img, np.ndarray):
+        return img.sum(axis=0, dtype=np.int64), img.sum(axis=1, dtype=np.int64)
+    w, h = img.size
+    cols, rows = np.zeros(w, dtype=np.int64), np.zeros(h, dtype=np.int64)
+    for y in range(0, h, _BAND):
+        band = np.asarray(img.crop((0, y, w, min(h, y + _BAND))))
+        cols += band.sum(axis=0, dtype=np.int64)
+        rows[y : y + band.shape[0]] = band.sum(axis=1, dtype=np.int64)
+    return cols, rows
+
+
 def canonical_pose(img: Image.Image | np.ndarray) -> Pose:
     """The pose that brings this image (grey, any size) to the canonical pose: taller than wide by the
     second moments of its grey levels, then mass skewed to the bottom and to the right (third moments).
     The same pixels come out for every flip/quarter turn of one image (see the module text)."""
-    a = np.asarray(img)
-    cols = a.sum(axis=0, dtype=np.int64).astype(np.float64)  # mass per x
-    rows = a.sum(axis=1, dtype=np.int64).astype(np.float64)  # mass per y
+    cols, rows = _marginals(img)
+    cols, rows = cols.astype(np.float64), rows.astype(np.float64)
     var_x, skew_x = _moments(cols)
     var_y, skew_y = _moments(rows)
     transpose = var_x > var_y
