@@ -1,6 +1,6 @@
 """Collect training runs into a comparison table (validation only; the test split is never read).
 
-    python -m scripts.compare_table --out assets/report/comparison runs/screen/*/
+    python -m scripts.compare_table --out assets/report/comparison_pretrained runs/screen/*/
 (assets/report/comparison_random_init.{md,json} is the earlier random-initialisation screen, kept as committed.)
 
 Per run: arch, input size, initialisation, box supervision, epochs, best epoch and its validation AUROC /
@@ -55,7 +55,7 @@ def ci(r, name):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--out", default=str(REPORT_DIR / "comparison"))
+    ap.add_argument("--out", default=str(REPORT_DIR / "comparison_pretrained"))
     args = ap.parse_args(argv)
     rows = [r for r in (run_row(Path(p)) for p in args.runs) if r]
     out = Path(args.out)
