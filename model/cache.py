@@ -37,7 +37,7 @@ class _Spec:
 def _load_one(args: tuple[str, int, str]) -> tuple[np.ndarray, tuple[int, int, int, int]] | str:
     path, size, pose = args
     try:
-        p = prepare(decode_image(path), _Spec(size, pose))
+        p = prepare(decode_image(path), _Spec(size, pose), tensor=False)  # no torch in a forked worker
         return p.square, (p.lb.pad_x, p.lb.pad_y, p.lb.new_w, p.lb.new_h)
     except ImageError as exc:
         return str(exc)

@@ -378,7 +378,7 @@ class Prepared:
     posed: gray in the canonical pose the network reads (gray itself for a model without it);
     pose: the flip/quarter turn from gray to posed; negative: analysed as its negative."""
 
-    tensor: torch.Tensor
+    tensor: torch.Tensor | None  # None when prepared without it (the square cache)
     square: np.ndarray
     lb: Letterbox
     gray: Image.Image
@@ -387,10 +387,11 @@ class Prepared:
     negative: bool = False
 
 
-def prepare(gray: Image.Image, spec, negative: bool = False) -> Prepared:
+def prepare(gray: Image.Image, spec, negative: bool = False, tensor: bool = True) -> Prepared:
     """A decoded grey image -> the network's input, driven by the model file's spec (ModelMeta: img_size,
     mean, std, pose): optionally as its negative, then in the canonical pose (model/pose.py) when the
-    model was trained for it, letterboxed and normalised."""
+    model was trained for it, letterboxed and normalised (tensor=False: no torch call, for worker processes
+    forked from a parent whose torch threads are running)."""
     from model.pose import IDENTITY, canonical_pose
 
     if negative:
@@ -400,7 +401,8 @@ def prepare(gray: Image.Image, spec, negative: bool = False) -> Prepared:
     pose = canonical_pose(gray) if getattr(spec, "pose", "as-is") == "canonical" else IDENTITY
     posed = pose.apply(gray)
     square, lb = letterbox(posed, int(spec.img_size))
-    return Prepared(normalize(square, float(spec.mean), float(spec.std)), square, lb, gray, posed, pose, negative)
+    x = normalize(square, float(spec.mean), float(spec.std)) if tensor else None
+    return Prepared(x, square, lb, gray, posed, pose, negative)
 
 
 def preprocess(source: Source, spec, negative: bool = False) -> Prepared:
