@@ -22,7 +22,7 @@ from app.handlers import API_KEYS, NO_FILE_MESSAGE, RECALL_MAX, RECALL_MIN, Anal
 from app.model_card import NOT_A_DEVICE, model_card_markdown
 from app.ui import find_examples
 from model.common import REPO_ROOT as ROOT
-from tests.helpers import dicom_bytes
+from tests.helpers import dicom_bytes, radiograph_like
 
 MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
 CALIBRATION = Path(os.environ.get("FRACTURELENS_TEST_CALIBRATION", ROOT / "assets" / "calibration.json"))
@@ -52,7 +52,7 @@ def _png_header_only(w: int, h: int) -> bytes:
 
 def _dicom_bytes(monochrome1: bool = True) -> bytes:
     """A synthetic CR DICOM with rescale + window and a fake patient name (must never be shown)."""
-    return dicom_bytes(np.asarray(synthetic_xray(256, 320), np.uint16) * 16, "CR", monochrome1)
+    return dicom_bytes(np.asarray(radiograph_like(0, (256, 320)), np.uint16) * 16, "CR", monochrome1)
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,7 @@ def test_demo_orthanc_leaves_nothing_behind_whatever_signal_ends_it(sig):
     assert storage and Path(storage).is_dir()
     assert _orthanc_children(storage), "Orthanc should be running"
     proc.send_signal(getattr(signal, sig))
-    assert proc.wait(timeout=30) != 0 or sig == "SIGINT"
+    assert proc.wait(timeout=90) != 0 or sig == "SIGINT"
     time.sleep(0.5)
     assert not Path(storage).exists()
     assert not _orthanc_children(storage)
