@@ -71,6 +71,8 @@ def cmd_orthanc(args) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _end)
+    # Ctrl-C too, also when started from a shell's background job (which inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     srv = OrthancServer(http_port=args.port or None)
     try:  # everything after the storage folder exists, so that a signal at any point still cleans up
         srv.start()
