@@ -311,15 +311,20 @@ def test_demo_orthanc_leaves_nothing_behind_whatever_signal_ends_it(sig):
     proc = subprocess.Popen([sys.executable, "-m", "pacs", "orthanc"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parent.parent)
     storage = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and storage is None:
-        line = proc.stdout.readline()
-        if line.startswith("storage (deleted on exit): "):
-            storage = line.split(": ", 1)[1].strip()
-    assert storage and Path(storage).is_dir()
-    assert _orthanc_children(storage), "Orthanc should be running"
-    proc.send_signal(getattr(signal, sig))
-    assert proc.wait(timeout=90) != 0 or sig == "SIGINT"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and storage is None:
+            line = proc.stdout.readline()
+            if line.startswith("storage (deleted on exit): "):
+                storage = line.split(": ", 1)[1].strip()
+        assert storage and Path(storage).is_dir()
+        assert _orthanc_children(storage), "Orthanc should be running"
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=90) != 0 or sig == "SIGINT"
+    finally:  # a failing run must not leave the demo Orthanc behind (its child follows: PR_SET_PDEATHSIG)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     time.sleep(0.5)
     assert not Path(storage).exists()
     assert not _orthanc_children(storage)
