@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -64,6 +65,25 @@ def _fail(msg: str) -> None:
     raise SystemExit(1)
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail in one line, before the model loads, when the port cannot be listened on (in use, or a
+    privileged one); the server itself binds it again a few seconds later."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        _fail(f"cannot listen on {host}:{port} (unknown host; check --host)")
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or type(exc).__name__)
+            _fail(f"could not start the server on {host}:{port} ({why}; choose another with --port N)")
+
+
 def one_line_rejections() -> None:
     """Gradio prints a full traceback for every request it rejects (a forged file path, a value its
     preprocessing refuses), and the traceback's message can echo the path the client sent. Make that
@@ -100,6 +120,7 @@ def connect_pacs(url: str, credentials: str | None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    check_port(args.host, args.port)  # before anything slow: a busy port is reported at once
     pacs_client = connect_pacs(args.pacs, args.pacs_credentials) if args.pacs else None  # before the model loads
     model = Path(args.model)
     if not model.is_file():

@@ -293,11 +293,22 @@ class Handlers:
     def error_html(message: str) -> str:
         return f'<div class="fl-error" role="alert">{html.escape(message)}</div>'
 
+    @staticmethod
+    def regions_value(result: dict | None, reveal: bool = False) -> dict | None:
+        """gr.Label payload of the body regions; withheld (None) for an image that failed the X-ray check
+        unless `reveal`."""
+        if not result or (not result.get("is_xray", True) and not reveal):
+            return None
+        return result.get("regions") or None
+
     def overlay_image(self, state: Analysis | None, opacity: Any = DEFAULT_OPACITY,
-                      kind: str = MAP_LOCALISATION) -> Image.Image | None:
+                      kind: str = MAP_LOCALISATION, reveal: Any = False) -> Image.Image | None:
         """The chosen map over the X-ray (the fracture map when the model has a localisation head and
-        it is chosen, else Grad-CAM), with the boxes when a fracture is suspected."""
+        it is chosen, else Grad-CAM), with the boxes when a fracture is suspected. None for an image that
+        failed the X-ray check unless `reveal` (its maps are withheld like its probability)."""
         if state is None or (state.cam is None and state.loc is None):
+            return None
+        if not state.result.get("is_xray", True) and not reveal:
             return None
         from model.gradcam import overlay
 
@@ -311,16 +322,17 @@ class Handlers:
         m = chosen.astype(np.float32) / 255.0 if chosen.dtype == np.uint8 else chosen
         img = overlay(state.gray, m, alpha=min(max(a, 0.0), 1.0), outline=chosen is state.cam)
         boxes = state.result.get("boxes") or []
-        if state.result.get("is_fracture") and boxes:
+        if (state.result.get("is_fracture") or not state.result.get("is_xray", True)) and boxes:
             img = draw_boxes(img, [[v * state.scale for v in b[:4]] + list(b[4:]) for b in boxes])
         return img
 
     def api_json(self, result: dict) -> dict:
         """The /predict JSON. For an image that failed the X-ray check, the probabilities and boxes
         are withheld (null / []) whatever the Predictor was asked to reveal."""
-        out = {k: result.get(k) for k in API_KEYS if k != "reason"}
-        if not result.get("is_xray", True):
-            out.update(probability=None, raw_probability=None, boxes=[])
+        from model.inference import withhold
+
+        shown = withhold(result)
+        out = {k: shown.get(k) for k in API_KEYS if k != "reason"}
         out["reason"] = result.get("xray_reason") or ""
         return plain({k: out[k] for k in API_KEYS})
 
@@ -366,7 +378,7 @@ class Handlers:
             "status": "",
             "message": "",
             "label": self.label_value(state.result),
-            "regions": state.result.get("regions") or None,
+            "regions": self.regions_value(state.result),
             "image": gray,
             "overlay": self.overlay_image(state, opacity, kind),
             "warning": self.warning_html(state.result),
@@ -381,13 +393,14 @@ class Handlers:
         target = self._target(target_recall)
         if state is None:
             return {"state": None, "label": None, "operating": self.operating_markdown(target), "json": None,
-                    "overlay": None}
+                    "overlay": None, "regions": None}
         d = self.p.decide(float(state.result["probability"]), target, is_xray=bool(state.result.get("is_xray", True)))
         result = {**state.result, **plain(d)}
         new = Analysis(result=result, gray=state.gray, cam=state.cam, scale=state.scale, loc=state.loc)
         return {"state": new, "label": self.label_value(result, reveal=bool(reveal)),
                 "operating": self.operating_markdown(target, result), "json": self.api_json(result),
-                "overlay": self.overlay_image(new, opacity, kind)}
+                "overlay": self.overlay_image(new, opacity, kind, reveal),
+                "regions": self.regions_value(result, reveal)}
 
     def predict_api(self, file: Any, target_recall: Any = None) -> dict:
         """The /predict endpoint: file + target recall -> JSON (with cam_peak and boxes). Raises InputProblem."""

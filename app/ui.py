@@ -231,10 +231,10 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
 
         def on_recall(st, target, show, alpha, kind):
             v = h.redecide(st, target, show, alpha, kind)
-            return v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"]
+            return v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"], v["regions"]
 
-        def on_opacity(st, alpha, kind):
-            return h.overlay_image(st, alpha, kind)
+        def on_opacity(st, alpha, kind, show):
+            return h.overlay_image(st, alpha, kind, show)
 
         def predict(file, target_recall):
             """X-ray file + target recall -> JSON: probability, decision, threshold, expected
@@ -249,19 +249,20 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                 log.warning("rejected an API input: %s", exc)
                 raise gr.Error(str(exc), print_exception=False) from None
 
+        redecided = [state, pred, operating, details, overlay, regions]
         # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
         xray.change(on_file, [xray, recall, opacity, mapkind], [*analysis_outputs, xray], api_visibility="private",
                     concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(
-            on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
+            on_recall, [state, recall, reveal, opacity, mapkind], redecided,
             api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        recall.change(on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
+        recall.change(on_recall, [state, recall, reveal, opacity, mapkind], redecided,
                       api_name="redecide", api_visibility="undocumented", trigger_mode="always_last",
                       show_progress="hidden", concurrency_limit=None)
-        reveal.change(on_recall, [state, recall, reveal, opacity, mapkind], [state, pred, operating, details, overlay],
+        reveal.change(on_recall, [state, recall, reveal, opacity, mapkind], redecided,
                       api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        mapkind.change(on_opacity, [state, opacity, mapkind], overlay, api_visibility="private",
+        mapkind.change(on_opacity, [state, opacity, mapkind, reveal], overlay, api_visibility="private",
                        show_progress="hidden", concurrency_limit=None)
-        opacity.change(on_opacity, [state, opacity, mapkind], overlay, api_visibility="private",
+        opacity.change(on_opacity, [state, opacity, mapkind, reveal], overlay, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
         # The JSON API: a hidden trigger using the visible file and slider components as its inputs.
         # Its target is a hidden Number (not the slider): the API accepts null (= the default target)

@@ -24,7 +24,7 @@ from calibration.calibrator import DEFAULT_TARGET, REPORT_TARGETS, Calibration
 from calibration.fit import fit_and_plot
 from calibration.report import write_report
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, file_sha256, shown
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, file_sha256, shown
 from model.evaluate import score_data
 
 log = logging.getLogger("model.calibrate")
@@ -47,7 +47,7 @@ def _common(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit the temperature and the operating curve on a split (default val)")
     _common(f)

@@ -72,6 +72,26 @@ def pct(v: Any, digits: int = 0) -> str:
     return f"{100 * float(v):.{digits}f}%"
 
 
+def prob_text(v: Any) -> str:
+    """How every view prints a probability or a threshold: a percentage with one decimal ('4.2%'),
+    '<0.1%' below that, 'n/a' for no number. One format, so the page, the CLI, the worklist and the
+    Secondary Capture print the same threshold the same way."""
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and 0 < float(v) < 0.0005:
+        return "<0.1%"
+    return pct(v, 1)
+
+
+def command_parser(spec, doc: str | None = None, **kw):
+    """argparse.ArgumentParser for a command run as `python -m <module>`: `spec` is the module's
+    __spec__, so --help says `usage: python -m model.predict ...` (not `predict.py`); `doc` (the module
+    docstring) is shown as written."""
+    import argparse
+
+    prog = f"python -m {spec.name}" if spec is not None and spec.name else None
+    kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(prog=prog, description=doc, **kw)
+
+
 def to_uint8(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """Linear map of [lo, hi] (default: the array's own range) to 0..255, rounded; booleans -> 0/255."""
     a = np.asarray(a)

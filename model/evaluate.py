@@ -10,7 +10,6 @@ predictions.csv, roc.png, pr.png, confusion.png and samples.png.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -23,7 +22,7 @@ import numpy as np
 from calibration.core import sigmoid
 from model.bundle import load_calibration
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, SPLITS_DIR, file_sha256, shown
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, SPLITS_DIR, command_parser, file_sha256, shown
 from model.data import Sample
 from model.network import ModelMeta, load_model
 from model.scoring import score_samples, setup_cpu_threads
@@ -225,7 +224,7 @@ def evaluate(args) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"])

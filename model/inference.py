@@ -22,6 +22,18 @@ from model.xray_signals import Taps, chroma, dicom_modality
 DECISIONS = ("No fracture detected", "Fracture suspected")
 NOT_ASSESSED = "Not assessed"  # the decision when the X-ray check fails: no verdict on a non-X-ray
 BOX_MIN_SCORE = 0.2  # localisation-head regions below this peak probability are not reported
+# What an image that fails the X-ray check does not show (page, API, CLI JSON, SR) unless the withheld result
+# is asked for: everything the network says about it, with the value it takes when withheld.
+WITHHELD = {"probability": None, "raw_probability": None, "logit": None, "region": None, "regions": None,
+            "cam": None, "loc_map": None, "cam_peak": None, "loc_peak": None, "boxes": []}
+
+
+def withhold(result: dict) -> dict:
+    """The result as shown for an image that failed the X-ray check: WITHHELD's keys blanked (a copy; a
+    result that passed is returned unchanged)."""
+    if result.get("is_xray", True):
+        return result
+    return {**result, **{k: v for k, v in WITHHELD.items() if k in result}}
 
 
 def heat_square(heat_logits: np.ndarray, size: int) -> np.ndarray:
@@ -122,11 +134,12 @@ class Predictor:
                 reveal: bool = False) -> dict:
         """Analyse one image (path, bytes, PIL image or array). Raises model.preprocess.ImageError.
 
-        For an image that fails the X-ray check the decision is "Not assessed" and the probabilities
-        are withheld (None) unless reveal=True. cam_peak: [x, y] of the Grad-CAM's maximum in the
-        image's pixels; boxes: the localisation head's [[x0, y0, x1, y1, score], ...] (most
-        confident first; [] without a head or below BOX_MIN_SCORE); loc_peak: [x, y] of the localisation
-        head's map maximum (None without a head)."""
+        For an image that fails the X-ray check the decision is "Not assessed" and everything the network
+        says about it (probabilities, body region, maps, peaks, boxes: WITHHELD) is withheld unless
+        reveal=True. cam_peak: [x, y] of the Grad-CAM's maximum in the image's pixels; boxes: the
+        localisation head's [[x0, y0, x1, y1, score], ...] (most confident first; [] without a head or
+        below BOX_MIN_SCORE); loc_peak: [x, y] of the localisation head's map maximum (None without a
+        head)."""
         from model.boxes import heat_to_boxes
         from model.gradcam import method_name, to_original
         from model.pose import INVERTED_NOTE
@@ -167,14 +180,13 @@ class Predictor:
         loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
         boxes = [] if loc_map is None else pose.undo_boxes(
             heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE), prep.posed.size)
-        shown = check["is_xray"] or reveal
         loc_original = None if loc_map is None else pose.undo_array(
             to_original(loc_map, lb, normalise=False, out_size=posed_shown))
         to_orig = (gray.size[0] / shown_size[0], gray.size[1] / shown_size[1])
         res = {
-            "probability": prob if shown else None,
-            "raw_probability": float(sigmoid(logit)) if shown else None,
-            "logit": logit if shown else None,
+            "probability": prob,
+            "raw_probability": float(sigmoid(logit)),
+            "logit": logit,
             **self.decide(prob, target_recall, is_xray=check["is_xray"]),
             "regions": regions,
             "region": max(regions, key=regions.get) if regions else None,
@@ -188,11 +200,11 @@ class Predictor:
             "cam_method": cam_method,
             "cam_peak": scale_xy(peak_xy(cam), to_orig),
             "loc_peak": scale_xy(peak_xy(loc_original), to_orig),
-            "boxes": boxes if shown else [],
+            "boxes": boxes,
             "loc_map": loc_original,
             "gray": gray if shown_size == gray.size else gray.resize(shown_size, Image.Resampling.LANCZOS),
         }
-        return res
+        return res if reveal else withhold(res)
 
     def _forward(self, prep, cam_method: str | None):
         """One forward pass (with the CAM and the X-ray check's taps) of a prepared image; call under the lock."""

@@ -21,13 +21,12 @@ An image that fails the X-ray check is "Not assessed": its probability is withhe
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, plain
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, command_parser, plain
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_recall", "expected_specificity",
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
     from model.preprocess import ImageError
     from model.scoring import setup_cpu_threads
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files, or folders (searched recursively)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
     ap.add_argument("--csv", default=None, metavar="FILE",

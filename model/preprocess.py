@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -26,6 +27,10 @@ from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 # (a 43 x 43 cm detector at 0.1 mm is 18.5 MP); at 40 MP the largest decode (an RGBA PNG) stays within
 # the 300 MB per upload that tests/test_memory.py holds the app to.
 MAX_PIXELS = 40_000_000
+# PIL warns (DecompressionBombWarning) when an image it opens has more than its own limit (~89 MP) and
+# refuses one above twice that; this path refuses anything above MAX_PIXELS with its own one-line message
+# before decoding, so PIL's warning would only add a second, traceback-like log line for the same upload.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 PREPROCESS_VERSION = "1"  # bump when decode/letterbox change, so caches rebuild
 
 Source = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -54,8 +59,9 @@ def _is_dicom(head: bytes) -> bool:
 
 
 def _dicom_to_uint8(data: bytes) -> np.ndarray:
-    """8-bit pixels of a DICOM file: modality and VOI LUTs applied, MONOCHROME1 inverted, stretched to
-    0..255. Tags are never logged. Memory: Rows x Columns is checked from the header before any pixel
+    """8-bit pixels of a DICOM file: modality and VOI LUTs applied, MONOCHROME1 inverted, mapped to
+    0..255 by the file's display range (_display_span: its window, or an 8-bit file's values as they are),
+    else stretched from the image's minimum to its maximum. Tags are never logged. Memory: Rows x Columns is checked from the header before any pixel
     data is decoded (a deflated file is inflated only after that check), only the middle frame of a
     multi-frame file is decoded, and for integer pixel data the LUTs are applied to the range of stored
     values (at most 2^17 entries), not to a float copy of the image."""
@@ -97,9 +103,34 @@ def _dicom_to_uint8(data: bytes) -> np.ndarray:
         return np.asarray(v, dtype=np.float64)
 
     if _lut_sized(arr):
-        return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, int(arr.min()), int(arr.max()), transform, invert)
+        return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, int(arr.min()), int(arr.max()), transform, invert,
+                             _display_span(ds, transform))
     a = transform(arr)
     return _to_uint8(a.max() - a if invert else a)
+
+
+def _display_span(ds, transform) -> tuple[float, float] | None:
+    """The range of (modality- and VOI-transformed) values that a DICOM itself says is black to white,
+    or None to stretch the image's own minimum to its maximum.
+
+    With a VOI window or LUT, it is what the window maps the whole stored range to, so the image is
+    shown as a viewer shows it; without one, an 8-bit file's full stored range (its values are display
+    values already: the same pixels as an 8-bit PNG decode to the same grey levels). Other data without
+    a window (12 or 16 bits stored, often using a fraction of their range) are stretched."""
+    try:
+        bits = int(ds.get("BitsStored") or 0)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+    except (TypeError, ValueError):
+        return None
+    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
+    if not 1 <= bits <= 16 or not (has_voi or bits <= 8):
+        return None
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    t = transform(np.arange(lo, hi + 1, dtype=np.int64))
+    t = t[np.isfinite(t)]
+    if not t.size or float(t.max()) <= float(t.min()):
+        return None
+    return float(t.min()), float(t.max())
 
 
 DEFLATED_HEAD = 1 << 20  # bytes of a deflated data set inflated to read its header
@@ -134,10 +165,12 @@ def _lut_sized(arr: np.ndarray) -> bool:
     return arr.ndim == 2 and arr.dtype.kind in "ui" and arr.size > 0 and int(arr.max()) - int(arr.min()) < 1 << 17
 
 
-def _lut_to_uint8(rows, shape: tuple[int, int], lo: int, hi: int, transform=None, invert: bool = False) -> np.ndarray:
+def _lut_to_uint8(rows, shape: tuple[int, int], lo: int, hi: int, transform=None, invert: bool = False,
+                  span: tuple[float, float] | None = None) -> np.ndarray:
     """Integer pixels -> 0..255 through a lookup table over [lo, hi] of the stored values: the same
     numbers as stretching transform(pixels) in float64 over the values present, without a float copy
-    of the image. rows(a, b) returns rows a..b of the image (an array slice or a decoded band)."""
+    of the image; or, with `span`, mapping that fixed range of transformed values to 0..255 (a DICOM's
+    display range). rows(a, b) returns rows a..b of the image (an array slice or a decoded band)."""
     values = np.arange(lo, hi + 1, dtype=np.int64)
     t = transform(values) if transform is not None else values.astype(np.float64)
     present = np.zeros(len(values), dtype=bool)
@@ -146,9 +179,14 @@ def _lut_to_uint8(rows, shape: tuple[int, int], lo: int, hi: int, transform=None
     finite = np.isfinite(t) & present
     if not finite.any():
         raise ImageError("the image holds no finite pixel values")
-    if invert:
-        t = t[finite].max() - t
-    tlo, thi = float(t[finite].min()), float(t[finite].max())
+    if span is not None:
+        tlo, thi = float(span[0]), float(span[1])
+        if invert:
+            t = (tlo + thi) - t
+    else:
+        if invert:
+            t = t[finite].max() - t
+        tlo, thi = float(t[finite].min()), float(t[finite].max())
     if thi <= tlo:
         return np.zeros(shape, dtype=np.uint8)
     scaled = (np.where(np.isfinite(t), t, tlo) - tlo) * (255.0 / (thi - tlo))

@@ -10,7 +10,6 @@ assigned to splits with scikit-learn's StratifiedGroupKFold, stratified by label
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 from collections import Counter
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.common import SPLITS_DIR, file_sha256, shown
+from model.common import SPLITS_DIR, command_parser, file_sha256, shown
 from model.data import REGIONS, ReadResult, Sample, read_root
 from model.preprocess import ImageError, decode_image
 
@@ -224,7 +223,7 @@ def samples_by_split(
 def main(argv=None) -> None:
     import json
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--data", required=True, help="data root (FracAtlas or class-folder layout)")
     ap.add_argument("--out", help="split CSV (default assets/splits/<root name>.csv)")
     ap.add_argument("--seed", type=int, default=0)

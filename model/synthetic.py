@@ -25,16 +25,17 @@ def xray_like(seed: int, fractured: bool, size=(48, 40)) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
 
 
-def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False) -> bytes:
+def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False, eight_bit: bool = False) -> bytes:
     """A DICOM file (12-bit in 16, rescale + window) holding `arr` (uint16, <= 4095), with a fake
-    patient name and ID that must never be shown or logged."""
+    patient name and ID that must never be shown or logged. eight_bit: 8 bits stored in 8, no rescale
+    and no window (`arr` as uint8), as a PNG exported to DICOM is."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    arr = np.asarray(arr, np.uint16)
-    if monochrome1:
-        arr = arr.max() - arr
+    arr = np.asarray(arr, np.uint8 if eight_bit else np.uint16)
+    if monochrome1:  # stored inverted over the whole stored range, as a MONOCHROME1 export is
+        arr = (255 if eight_bit else 4095) - arr
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -46,9 +47,12 @@ def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    if eight_bit:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
     ds.PixelData = arr.tobytes()
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)

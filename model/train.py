@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.common import DEFAULT_THRESHOLD, SPLITS_DIR
+from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser
 from model.data import REGIONS, Sample
 from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
 from model.preprocess import normalize, train_augment
@@ -188,7 +188,7 @@ def source_balance(samples: list[Sample], shares: list[float] | None) -> tuple[n
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--data", action="append", help="data root; repeat to combine several (first = model selection)")
     ap.add_argument("--arch", default="tf_efficientnet_lite0")
     ap.add_argument("--img-size", type=int, default=320)

@@ -13,7 +13,6 @@ per model file in the cache folder. Writes the gate file and assets/report/xray_
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, file_sha256, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, file_sha256, shown
 from model.network import load_model
 from model.preprocess import decode_image, normalize, prepare, train_augment
 from model.scoring import setup_cpu_threads
@@ -90,7 +89,7 @@ def _channels(model, name: str) -> int:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     ap.add_argument("--out", default=str(DEFAULT_PATH))

@@ -37,7 +37,10 @@ def cmd_scan(args) -> int:
 
     log = logging.getLogger("pacs")
     try:
-        client = connect(args.url, args.credentials)
+        try:
+            client = connect(args.url, args.credentials)
+        except BridgeError as exc:  # the server given by --url refused or is absent: say which flag
+            raise BridgeError(f"--url: {exc}", exc.code) from None
         setup_cpu_threads(args.threads)
         try:
             predictor = Predictor(args.model, args.calibration, args.xray_check)

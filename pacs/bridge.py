@@ -82,8 +82,9 @@ def http_error(exc: Exception, what: str) -> BridgeError:
             return BridgeError(f"the DICOMweb server forbids {what} for this user (HTTP 403)", code=2)
         return BridgeError(f"the DICOMweb server answered HTTP {status} to {what}")
     if isinstance(exc, requests.ConnectionError):
-        return BridgeError("cannot reach the DICOMweb server (connection refused or host unknown): check --url "
-                           "and that the server is running", code=3)
+        # no flag named here: the commands name their own (`--url` of pacs scan, `--pacs` of the app)
+        return BridgeError("cannot reach the DICOMweb server (connection refused or host unknown): check its "
+                           "address and that the server is running", code=3)
     if isinstance(exc, requests.Timeout):
         return BridgeError(f"the DICOMweb server did not answer {what} in time", code=3)
     return BridgeError(f"{what} failed ({type(exc).__name__})")

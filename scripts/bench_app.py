@@ -8,7 +8,6 @@ Uses a FracAtlas image from ../shared/data when present, else a synthetic radiog
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from model.common import (
     DEFAULT_XRAY_CHECK,
     REPORT_DIR,
     SHARED_DIR,
+    command_parser,
     file_sha256,
     shown,
 )
@@ -116,7 +116,7 @@ def bench_browser(url: str, image: Path, moves: int) -> dict | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
     ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))

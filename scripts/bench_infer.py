@@ -3,7 +3,6 @@ Predictor call with and without Grad-CAM. Writes assets/report/inference_benchma
 
     python -m scripts.bench_infer [--model assets/model.pt] [--n 50]
 """
-import argparse
 import json
 import platform
 import statistics
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from model.common import DEFAULT_MODEL, REPORT_DIR, SHARED_DIR, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SHARED_DIR, command_parser, shown
 from model.network import load_model
 from model.preprocess import preprocess
 from model.scoring import setup_cpu_threads
@@ -30,7 +29,7 @@ def timed(fn, n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)

@@ -17,7 +17,6 @@ a fresh clone. Numbers depend on the machine and on what else runs on it (record
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from app.serve import running_app
-from model.common import DEFAULT_MODEL, EXAMPLES_DIR, REPORT_DIR
+from model.common import DEFAULT_MODEL, EXAMPLES_DIR, REPORT_DIR, command_parser
 from model.synthetic import dicom_bytes, radiograph_like
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -183,7 +182,7 @@ def soak(url: str, pid: int, temp: Path, tmp: Path, n: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--levels", default="1,10,50,100")
     ap.add_argument("--soak", type=int, default=1000)

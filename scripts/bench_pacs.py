@@ -8,13 +8,14 @@ must write nothing. Writes assets/report/pacs.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+from model.common import command_parser
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     from pacs.bridge import make_client, scan
     from pacs.orthanc import OrthancServer, missing_reason
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--n", type=int, default=30, help="instances")
     ap.add_argument("--size", type=int, nargs=2, default=[1024, 1280], metavar=("W", "H"))
     ap.add_argument("--threads", type=int, default=2)

@@ -12,14 +12,13 @@ Writes assets/report/calibration/methods.{json,md}. The test split is not read.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
 from calibration import core
-from model.common import DEFAULT_MODEL, REPORT_DIR, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, command_parser, shown
 
 
 def _methods():
@@ -67,7 +66,7 @@ def compare(z: np.ndarray, y: np.ndarray, folds: int = 5, repeats: int = 5) -> d
 def main(argv=None) -> dict:
     from model.evaluate import score_data
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", nargs="+", default=["../shared/data/fracatlas"])
     ap.add_argument("--out", default=str(REPORT_DIR / "calibration"))

@@ -10,12 +10,11 @@ that epoch (when logged), training minutes (sum of epoch times on this 2-core CP
 group-bootstrap 95% CI of the validation AUROC. Run settings come from RUN/args.json.
 Writes OUT.json and OUT.md.
 """
-import argparse
 import csv
 import json
 from pathlib import Path
 
-from model.common import REPORT_DIR
+from model.common import REPORT_DIR, command_parser
 
 
 def run_row(run: Path) -> dict | None:
@@ -53,7 +52,7 @@ def ci(r, name):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--out", default=str(REPORT_DIR / "comparison_pretrained"))
     args = ap.parse_args(argv)

@@ -13,14 +13,13 @@ Writes assets/report/xray_check/development.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, shown
 from model.xray_check import COLOUR_LIMIT, XrayCheck
 from model.xray_fit import fit_features, negative_inputs
 from model.xray_negatives import KIND_GROUP, all_negatives, split_sets
@@ -39,7 +38,7 @@ def main(argv=None) -> dict:
     from model.network import load_model
     from model.scoring import setup_cpu_threads
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--max-train", type=int, default=1500)

@@ -19,7 +19,6 @@ Nothing here chooses anything: it only measures (the test split is used for repo
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -33,7 +32,7 @@ import torch
 from PIL import Image
 
 from model.boxes import read_coco_boxes
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, shown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,7 +209,7 @@ def main(argv=None) -> dict:
     from model.inference import Predictor
     from model.scoring import setup_cpu_threads
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--data", default="../shared/data/fracatlas")
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))

@@ -23,7 +23,6 @@ Writes OUT/metrics.json, OUT/table.md and OUT/robustness.png (OUT: assets/report
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -43,6 +42,7 @@ from model.common import (
     REPORT_DIR,
     SHARED_DIR,
     SPLITS_DIR,
+    command_parser,
     plain,
     shown,
 )
@@ -269,8 +269,7 @@ def plot(metrics: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m scripts.eval_robustness", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--split", choices=["val", "test"], required=True)
     ap.add_argument("--data", action="append",
                     help=f"data root; repeat (default: {', '.join(map(shown, DEFAULT_DATA))})")

@@ -15,7 +15,6 @@ Predictor.predict (checked on a sample). Writes metrics.json, scores.csv, table.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model.bundle import load_xray_check
-from model.common import DEFAULT_MODEL, DEFAULT_XRAY_CHECK, REPORT_DIR, SPLITS_DIR, shown
+from model.common import DEFAULT_MODEL, DEFAULT_XRAY_CHECK, REPORT_DIR, SPLITS_DIR, command_parser, shown
 from model.xray_fit import negative_inputs, network_features
 from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets
 from model.xray_signals import chroma, dicom_modality, image_stats
@@ -43,7 +42,7 @@ def main(argv=None) -> dict:
     from model.scoring import setup_cpu_threads
     from model.splits import select_samples
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--gate", default=str(DEFAULT_XRAY_CHECK))
     ap.add_argument("--data", action="append", required=True)

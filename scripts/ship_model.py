@@ -14,7 +14,6 @@ scripts/make_reports.sh --refit.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from model.common import DEFAULT_MODEL
+from model.common import DEFAULT_MODEL, command_parser
 from model.network import ModelMeta
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser(__spec__, __doc__)
     ap.add_argument("run", help="training run folder (best.pt, log.csv)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL))
     ap.add_argument("--cam-layer", default=None, help="Grad-CAM layer to record (default: the run's)")

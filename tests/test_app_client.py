@@ -246,3 +246,21 @@ def test_share_offline_explains_and_keeps_serving(tmp_path):
         assert urllib.request.urlopen(url + "/gradio_api/info", timeout=5).status == 200
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert not left, f"the private temp folder is removed when the app stops; left: {left}"
+
+
+def test_a_busy_port_is_reported_before_the_model_loads(tmp_path):
+    """`python -m app --port P` with P in use: one line naming the port and --port. The port is checked
+    before anything slow (Gradio's own check came after ~14 s of model loading): with a model path that does
+    not exist, the busy port is still what is reported."""
+    import socket
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "app", "--port", str(port), "--model", str(tmp_path / "none.pt")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0] and "--port" in lines[0], lines

@@ -258,6 +258,19 @@ def test_bad_inputs_give_a_clear_message(handlers, uploads, name):
         handlers.predict_api(str(f), 0.95)
 
 
+def test_a_144_megapixel_upload_is_refused_without_pil_s_warning(tmp_path):
+    """PIL warns (DecompressionBombWarning) for images between its own limit and twice it; our own limit is
+    lower and gives the one message, so nothing else reaches the log (a fresh process, warnings shown)."""
+    f = tmp_path / "big.png"
+    f.write_bytes(_png_header_only(12000, 12000))
+    code = ("import sys; from model.preprocess import decode_image, ImageError\n"
+            "try:\n    decode_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code, str(f)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert "144 MP" in out.stdout and "limit is 40 MP" in out.stdout, out
+    assert "DecompressionBomb" not in out.stderr and out.stderr.strip() == "", out.stderr
+
+
 def test_no_file_and_missing_file(handlers, uploads):
     v = handlers.analyze(None, 0.95)
     assert v["state"] is None and v["status"] == "" and v["message"] == NO_FILE_MESSAGE
@@ -310,9 +323,15 @@ def test_non_xray_photo_shows_the_warning(fast_handlers, uploads):
     assert v["json"]["decision"] == "Not assessed" and v["json"]["is_fracture"] is None
     assert v["json"]["probability"] is None and v["json"]["boxes"] == []
     assert "Not assessed" in v["operating"] and "%" not in v["operating"].split("\n\n")[1]
+    # nor the body region, the heatmaps or the peaks: nothing the network says about a non-X-ray
+    assert v["regions"] is None and v["overlay"] is None
+    assert all(v["json"][k] is None for k in ("region", "regions", "cam_peak", "loc_peak")), v["json"]
+    assert handlers.overlay_image(v["state"], 0.5) is None
     # revealed on request, labelled as not meaningful; moving the slider keeps "Not assessed"
     shown = handlers.redecide(v["state"], 0.90, reveal=True)
     assert shown["label"]["label"] == "Not assessed"
+    assert set(shown["regions"]) == set(handlers.p.region_names) and shown["overlay"] is not None
+    assert handlers.redecide(v["state"], 0.90)["regions"] is None
     conf = shown["label"]["confidences"][0]
     assert "not meaningful" in conf["label"] and conf["confidence"] == pytest.approx(v["state"].result["probability"])
     assert handlers.redecide(v["state"], 0.90)["label"]["confidences"] == []

@@ -179,7 +179,7 @@ def test_unreachable_server(monkeypatch, capsys, caplog):
 
     code, _, err = run_cli(monkeypatch, capsys, caplog, ["--url", f"http://127.0.0.1:{free_port()}/dicom-web"],
                            "u", "p", [])
-    assert code == 3 and "cannot reach the DICOMweb server" in err and "Traceback" not in err
+    assert code == 3 and "--url: cannot reach the DICOMweb server" in err and "Traceback" not in err
 
 
 def test_credentials_file(tmp_path, monkeypatch):

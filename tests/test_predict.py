@@ -124,12 +124,16 @@ def test_gate_for_another_model_is_reported(model_file, tmp_path):
 
 def test_colour_upload_is_not_assessed_and_its_probability_withheld(predictor):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
-    r = predictor.predict(rgb, cam_method=None)
+    r = predictor.predict(rgb)
     assert r["is_xray"] is False and "colour" in r["xray_reason"] and r["xray_score"] < 0.5
     assert r["decision"] == "Not assessed" and r["is_fracture"] is None
     assert r["probability"] is None and r["raw_probability"] is None and r["logit"] is None
-    shown = predictor.predict(rgb, cam_method=None, reveal=True)
+    # nothing else the network says either: body region, maps, peaks, boxes
+    assert r["region"] is None and r["regions"] is None and r["cam"] is None and r["cam_peak"] is None
+    assert r["loc_peak"] is None and r["boxes"] == []
+    shown = predictor.predict(rgb, reveal=True)
     assert shown["decision"] == "Not assessed" and 0.0 <= shown["probability"] <= 1.0
+    assert set(shown["regions"]) == set(REGIONS) and shown["cam"] is not None
     assert predictor.decide(shown["probability"], is_xray=False)["decision"] == "Not assessed"
 
 

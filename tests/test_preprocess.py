@@ -141,7 +141,7 @@ def test_multiframe_dicom_decodes_its_middle_frame():
     frames[1][0, 0] = 0  # a dark pixel, so the middle frame's stretch is visible
     img = decode_image(dicom_raw(16, 20, b"".join(f.tobytes() for f in frames), frames=3))
     a = np.asarray(img)
-    assert img.size == (20, 16) and a[0, 0] == 0 and a[5, 5] == 255  # frame 1 (values 0/200) stretched
+    assert img.size == (20, 16) and a[0, 0] == 0 and a[5, 5] == 200  # frame 1 (values 0/200), 8-bit as stored
 
 
 def test_large_colour_jpeg_is_decoded_grey_but_keeps_its_colour_measure():
@@ -154,3 +154,22 @@ def test_large_colour_jpeg_is_decoded_grey_but_keeps_its_colour_measure():
         small.resize(size).save(buf, format="JPEG")
         img = decode_image(buf.getvalue())
         assert img.mode == "L" and img.size == size and img.info["chroma"] > 0.2
+
+
+def test_the_same_pixels_as_png_and_as_dicom_decode_alike():
+    """An 8-bit PNG and the same pixels exported to DICOM (8-bit without a window; 12-bit with a full-range
+    window) decode to the same grey levels, so they get the same answer. Before, every DICOM was stretched
+    from its darkest to its brightest pixel, a PNG not: 0.816 as PNG, 0.823 as DICOM for one X-ray."""
+    from model.synthetic import dicom_bytes, radiograph_like
+
+    a = np.asarray(radiograph_like(3, (96, 128)), np.uint8)
+    a = (40 + a.astype(np.float64) * 150 / 255).astype(np.uint8)  # not the full 0..255: a stretch would show
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    png = np.asarray(decode_image(buf.getvalue()))
+    assert np.array_equal(png, a)
+    assert np.array_equal(np.asarray(decode_image(dicom_bytes(a, eight_bit=True))), a)
+    inverted = np.asarray(decode_image(dicom_bytes(a, eight_bit=True, monochrome1=True)))
+    assert np.abs(inverted.astype(int) - a).max() <= 1  # stored as max - a, shown as a
+    windowed = np.asarray(decode_image(dicom_bytes(a.astype(np.uint16) * 16)))  # window 2048 / 4096: all 12 bits
+    assert np.abs(windowed.astype(int) - a).max() <= 1, np.abs(windowed.astype(int) - a).max()

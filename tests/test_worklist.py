@@ -150,4 +150,5 @@ def test_app_with_a_bad_pacs_exits_with_one_line(scanned, case):
     assert out.returncode == (2 if case == "wrong password" else 3), out.stderr
     assert len(lines) == 1 and lines[0].startswith("FractureLens: --pacs: "), out.stderr
     assert ("refused the credentials" if case == "wrong password" else "cannot reach") in lines[0]
+    assert "--url" not in lines[0]  # the app's flag is --pacs (pacs scan's is --url)
     assert "wrong-Secret-pw" not in out.stderr + out.stdout and "Traceback" not in out.stderr
