@@ -24,15 +24,17 @@ import numpy as np
 from PIL import Image
 
 from calibration import DEFAULT_TARGET
-from model.common import pct, plain, to_uint8
+from model.common import pct, plain, prob_text, to_uint8
+from model.decision import strength_note
+from model.drawing import DEFAULT_OPACITY
 
 log = logging.getLogger(__name__)
 
 DISPLAY_MAX = 1024  # longest side of the images the page shows (and keeps per session)
 DEFAULT_MAX_FILE_MB = 50
 RECALL_MIN, RECALL_MAX, RECALL_STEP = 0.80, 0.99, 0.01
-DEFAULT_OPACITY = 0.4
 PROB_LABEL = "Fracture probability (calibrated)"
+STRENGTH_WIDTH = 720  # pixels of the strength bar image (the page scales it to its column)
 NO_FILE_MESSAGE = "Upload an X-ray (PNG, JPEG or DICOM) to analyse it."
 
 # Keys of the JSON the /predict endpoint returns (all plain JSON types)
@@ -46,10 +48,12 @@ MAP_GRADCAM = "Grad-CAM (what raised the score)"
 MAP_CHOICES = (MAP_LOCALISATION, MAP_GRADCAM)
 HEATMAP_NOTE = (
     "**Fracture map**: the localisation head's probability that each area holds a fracture (trained on "
-    "FracAtlas's fracture boxes; red = likely). **Grad-CAM**: the areas that pushed the image's fracture "
-    "score up, relative to the rest of the image. Red boxes: the fracture map's regions, drawn when the "
-    "decision is \"Fracture suspected\", with their probability. Neither is a diagnosis; both can point "
-    "at the wrong place."
+    "FracAtlas's fracture boxes), on the fixed 0-100% scale of the colour bar: purple is low, red about "
+    "half, orange to pale yellow high; the colour grows more opaque as the probability rises and areas "
+    "below 5% are not coloured, so the film shows through. **Grad-CAM**: the areas that pushed the image's "
+    "fracture score up, relative to the image's own maximum (no absolute scale; white outline: its "
+    "hottest part). **Cyan boxes**: the fracture map's regions with their peak probability, drawn when the "
+    "decision is \"Fracture suspected\". Neither is a diagnosis; both can point at the wrong place."
 )
 
 
@@ -236,10 +240,11 @@ class Handlers:
         image that failed the X-ray check the probability is withheld unless `reveal`."""
         if not result:
             return None
+        heading = result.get("decision_text") or result["decision"]
         if result.get("probability") is None or (not result.get("is_xray", True) and not reveal):
-            return {"label": result["decision"], "confidences": []}
+            return {"label": heading, "confidences": []}
         name = PROB_LABEL if result.get("is_xray", True) else "Withheld probability (not meaningful: not an X-ray)"
-        return {"label": result["decision"],
+        return {"label": heading,
                 "confidences": [{"label": name, "confidence": float(result["probability"])}]}
 
     def operating_markdown(self, target_recall: Any, result: dict | None = None) -> str:
@@ -251,12 +256,13 @@ class Handlers:
         note = (d.get("operating_note") or "").strip()
         calibrated = getattr(self.p, "calibration", True) is not None and d.get("expected_specificity") is not None
         if not calibrated:
-            lines = [f"**Threshold in force: {d['threshold']:.3f}** (fixed)",
+            lines = [f"**Threshold in force: {prob_text(d['threshold'])}** (fixed)",
                      f"⚠️ **The target recall cannot be applied.** {note}"]
         else:
             lines = [
-                f"**Threshold in force: {d['threshold']:.3f}** for a target recall of {pct(t)}",
-                "Expected on the calibration data's operating curve: specificity "
+                f"**Threshold in force: {prob_text(d['threshold'])}** for a target recall of {pct(t)}",
+                f"Expected on {self._fitted_on()}, the data the calibration was fitted on (the model card's "
+                "figures are from the test split): specificity "
                 f"**{pct(d.get('expected_specificity'))}**, "
                 f"precision **{pct(d.get('expected_precision'))}**"
                 + (f"; recall is at least {pct(d.get('recall_lower_bound'), 1)} with 95% confidence."
@@ -268,15 +274,18 @@ class Handlers:
             lines.insert(1, f"ℹ️ The film {result.get('inverted_note') or 'looked inverted'}.")
         summary = getattr(self.p, "calibration_summary", None)
         if summary:
-            lines.append(f"Calibration in force: {summary}. The expected figures come from the data it was fitted on.")
+            lines.append(f"Calibration in force: {summary}.")
         if result and not result.get("is_xray", True):
             lines.insert(1, "**Not assessed**: the image failed the X-ray check, so no fracture result is given.")
         elif result and prob is not None:
             what = "Calibrated probability" if calibrated else "Probability (uncalibrated)"
-            side = "at or above" if float(prob) >= d["threshold"] else "below"
-            lines.insert(1, f"{what} **{pct(float(prob), 1)}**, {side} the threshold {pct(d['threshold'], 1)} "
-                            f"→ **{d['decision']}**")
+            lines.insert(1, f"{what} **{prob_text(float(prob))}**: {strength_note(float(prob), d['threshold'])} "
+                            f"→ **{d.get('decision_text') or d['decision']}**")
         return "\n\n".join(lines)
+
+    def _fitted_on(self) -> str:
+        c = getattr(self.p, "calibration", None)
+        return c.fitted_on() if hasattr(c, "fitted_on") else "the calibration data"
 
     @staticmethod
     def warning_html(result: dict | None) -> str:
@@ -292,6 +301,16 @@ class Handlers:
     @staticmethod
     def error_html(message: str) -> str:
         return f'<div class="fl-error" role="alert">{html.escape(message)}</div>'
+
+    @staticmethod
+    def strength_image(result: dict | None, width: int = STRENGTH_WIDTH) -> Image.Image | None:
+        """The probability on a bar against the threshold in force, with the borderline band (model/drawing.py);
+        None without a verdict (no result, or an image that failed the X-ray check)."""
+        if not result or not result.get("is_xray", True) or result.get("probability") is None:
+            return None
+        from model.drawing import strength_bar
+
+        return strength_bar(width, float(result["probability"]), float(result["threshold"]))
 
     @staticmethod
     def regions_value(result: dict | None, reveal: bool = False) -> dict | None:
@@ -310,21 +329,20 @@ class Handlers:
             return None
         if not state.result.get("is_xray", True) and not reveal:
             return None
-        from model.gradcam import overlay
+        from model.drawing import PROBABILITY, RELATIVE, render
 
         try:
             a = float(opacity)
         except (TypeError, ValueError):
             a = DEFAULT_OPACITY
-        from model.gradcam import draw_boxes
-
-        chosen = state.loc if (kind != MAP_GRADCAM and state.loc is not None) or state.cam is None else state.cam
+        grad_cam = (kind == MAP_GRADCAM or state.loc is None) and state.cam is not None
+        chosen = state.cam if grad_cam else state.loc
         m = chosen.astype(np.float32) / 255.0 if chosen.dtype == np.uint8 else chosen
-        img = overlay(state.gray, m, alpha=min(max(a, 0.0), 1.0), outline=chosen is state.cam)
         boxes = state.result.get("boxes") or []
-        if (state.result.get("is_fracture") or not state.result.get("is_xray", True)) and boxes:
-            img = draw_boxes(img, [[v * state.scale for v in b[:4]] + list(b[4:]) for b in boxes])
-        return img
+        shown = (state.result.get("is_fracture") or not state.result.get("is_xray", True)) and boxes
+        return render(state.gray, m, RELATIVE if grad_cam else PROBABILITY, opacity=min(max(a, 0.0), 1.0),
+                      boxes=[[v * state.scale for v in b[:4]] + list(b[4:]) for b in boxes] if shown else [],
+                      outline=grad_cam)
 
     def api_json(self, result: dict) -> dict:
         """The /predict JSON. For an image that failed the X-ray check, the probabilities and boxes
@@ -357,7 +375,7 @@ class Handlers:
     def _analysis(self, read, given: bool, target_recall: Any, opacity: Any, kind: str) -> dict:
         target = self._target(target_recall)
         empty = {
-            "state": None, "label": None, "regions": None, "image": None, "overlay": None,
+            "state": None, "label": None, "regions": None, "image": None, "overlay": None, "strength": None,
             "warning": "", "operating": self.operating_markdown(target), "json": None,
         }
         try:
@@ -381,6 +399,7 @@ class Handlers:
             "regions": self.regions_value(state.result),
             "image": gray,
             "overlay": self.overlay_image(state, opacity, kind),
+            "strength": self.strength_image(state.result),
             "warning": self.warning_html(state.result),
             "operating": self.operating_markdown(target, state.result),
             "json": self.api_json(state.result),
@@ -393,14 +412,14 @@ class Handlers:
         target = self._target(target_recall)
         if state is None:
             return {"state": None, "label": None, "operating": self.operating_markdown(target), "json": None,
-                    "overlay": None, "regions": None}
+                    "overlay": None, "regions": None, "strength": None}
         d = self.p.decide(float(state.result["probability"]), target, is_xray=bool(state.result.get("is_xray", True)))
         result = {**state.result, **plain(d)}
         new = Analysis(result=result, gray=state.gray, cam=state.cam, scale=state.scale, loc=state.loc)
         return {"state": new, "label": self.label_value(result, reveal=bool(reveal)),
                 "operating": self.operating_markdown(target, result), "json": self.api_json(result),
                 "overlay": self.overlay_image(new, opacity, kind, reveal),
-                "regions": self.regions_value(result, reveal)}
+                "regions": self.regions_value(result, reveal), "strength": self.strength_image(result)}
 
     def predict_api(self, file: Any, target_recall: Any = None) -> dict:
         """The /predict endpoint: file + target recall -> JSON (with cam_peak and boxes). Raises InputProblem."""

@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from model.common import REPORT_DIR, pct
+from model.common import REPORT_DIR, pct, prob_text
 from model.network import ModelMeta
 
 NOT_A_DEVICE = (
@@ -131,8 +131,8 @@ def _test_section(report_dir: Path) -> list[str]:
         for key, name in (("recall", "Recall"), ("specificity", "Specificity"), ("precision", "Precision"),
                           ("f1", "F1"), ("accuracy", "Accuracy")):
             if key in at:
-                lines.append(f"| {name} at the default threshold | {_num(at[key])} |")
-        lines += ["", f"Default threshold: probability >= {_num(at.get('threshold'))}"
+                lines.append(f"| {name} at the default threshold (test) | {_num(at[key])} |")
+        lines += ["", f"Default threshold: probability >= {prob_text(at.get('threshold'))}"
                   + (f", chosen on the validation split for a target recall of {_pct(src['target_recall'], 0)}."
                      if isinstance(src.get("target_recall"), (int, float)) else ".")]
     per_region = m.get("per_region") or {}
@@ -161,14 +161,15 @@ def _calibration_section(report_dir: Path, model_sha256: str | None) -> list[str
     if targets:
         lines += ["", f"Thresholds chosen on validation for a target recall, checked on the {r.get('split', 'test')} "
                   "split:", "",
-                  "| target recall | threshold | recall (95% CI) | specificity | precision | achievable |",
+                  "| target recall | threshold | recall on test (95% CI) | specificity on test | precision on test "
+                  "| achievable |",
                   "|---|---|---|---|---|---|"]
         for t in targets:
             ci = t.get("recall_ci") or [None, None]
             rec = _pct(t.get("recall"))
             if ci[0] is not None:
                 rec = f"{rec} ({_pct(ci[0])} to {_pct(ci[1])})"
-            lines.append(f"| {_pct(t.get('target'), 0)} | {_num(t.get('threshold'))} | {rec} | "
+            lines.append(f"| {_pct(t.get('target'), 0)} | {prob_text(t.get('threshold'))} | {rec} | "
                          f"{_pct(t.get('specificity'))} | {_pct(t.get('precision'))} | "
                          f"{'yes' if t.get('achievable') else 'no'} |")
     sha = r.get("model_sha256")

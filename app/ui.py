@@ -22,6 +22,7 @@ from app.handlers import (
     InputProblem,
 )
 from app.model_card import NOT_A_DEVICE, REPORT_DIR, model_card_markdown, report_plots
+from model.decision import BORDERLINE_ODDS, FRACTURE_SUSPECTED, NO_FRACTURE
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ footer {display: none !important;}
 }
 """
 
+STRENGTH_LABEL = (f"Probability against the threshold (log-odds scale; shaded: borderline, within a factor "
+                  f"{BORDERLINE_ODDS:g} of the threshold's odds)")
 HOW_TO = (
     "Drop a radiograph (PNG, JPEG or DICOM) on the box. The network runs once; the target-recall slider "
     "then re-decides instantly from the cached probability. Higher recall = fewer missed fractures, more "
@@ -172,6 +175,8 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                             pred = DecisionLabel(label="Decision", elem_id="pred", scale=3)
                             regions = gr.Label(label="Body region the model sees", num_top_classes=4,
                                                elem_id="region", scale=2)
+                        strength = gr.Image(label=STRENGTH_LABEL, elem_id="strength", interactive=False,
+                                            type="pil", format="png", height=110, buttons=[], visible=True)
                         with gr.Row():
                             image = gr.Image(label="X-ray as the model reads it", elem_id="input_view",
                                              interactive=False, type="pil", format="png", height=460,
@@ -204,21 +209,23 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
 
         def decision(value):
             """The decision label, tinted: red for "Fracture suspected", green for "No fracture
-            detected", grey for "Not assessed"."""
+            detected" (either with "(borderline)" when it is), grey for "Not assessed"."""
             if not value:
                 return gr.update(value=None, color=None)
-            colour = {"Fracture suspected": SUSPECTED_COLOR, "No fracture detected": CLEAR_COLOR}.get(
-                value["label"], NOT_ASSESSED_COLOR)
+            heading = str(value["label"])
+            colour = (SUSPECTED_COLOR if heading.startswith(FRACTURE_SUSPECTED) else
+                      CLEAR_COLOR if heading.startswith(NO_FRACTURE) else NOT_ASSESSED_COLOR)
             return gr.update(value=value, color=colour)
 
-        analysis_outputs = [state, status, pred, regions, image, overlay, warning, reveal, operating, details]
+        analysis_outputs = [state, status, pred, regions, strength, image, overlay, warning, reveal, operating,
+                            details]
 
         def analysis_values(v) -> tuple:
             """Handlers.analyze's dict -> the values of analysis_outputs."""
             if v["message"]:
                 gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
             return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
-                    v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
+                    v["strength"], v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
                     gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
 
         def on_file(file, target, alpha, kind):
@@ -231,7 +238,8 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
 
         def on_recall(st, target, show, alpha, kind):
             v = h.redecide(st, target, show, alpha, kind)
-            return v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"], v["regions"]
+            return (v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"], v["regions"],
+                    v["strength"])
 
         def on_opacity(st, alpha, kind, show):
             return h.overlay_image(st, alpha, kind, show)
@@ -249,7 +257,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                 log.warning("rejected an API input: %s", exc)
                 raise gr.Error(str(exc), print_exception=False) from None
 
-        redecided = [state, pred, operating, details, overlay, regions]
+        redecided = [state, pred, operating, details, overlay, regions, strength]
         # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
         xray.change(on_file, [xray, recall, opacity, mapkind], [*analysis_outputs, xray], api_visibility="private",
                     concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(

@@ -207,14 +207,18 @@ class Calibration:
             "note": note,
         }
 
+    def fitted_on(self) -> str:
+        """The data it was fitted on, by folder name, with the split ("fracatlas (val split)")."""
+        data = ", ".join(Path(str(d)).name for d in self.info.get("data") or []) or "unknown data"
+        split = self.info.get("split")
+        return data + (f" ({split} split)" if split and split != "all" else "")
+
     def describe(self) -> str:
         """Which calibration is in force, in one line: the file, the data it was fitted on, its labelled
         counts and its date (for the page, the model card and the logs; data folders by name only)."""
-        data = ", ".join(Path(str(d)).name for d in self.info.get("data") or []) or "unknown data"
-        split = self.info.get("split")
         when = str(self.info.get("created") or "unknown date")[:10]
         name = Path(str(self.info["path"])).name if self.info.get("path") else "calibration"
-        return (f"{name}: fitted on {data}" + (f" ({split} split)" if split and split != "all" else "")
+        return (f"{name}: fitted on {self.fitted_on()}"
                 + f", {self.n_positives} fractured and {self.n_negatives} not fractured images, {when}")
 
     def __repr__(self) -> str:

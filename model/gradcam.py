@@ -4,7 +4,7 @@
     with engine:                                  # releases the library's hooks on exit
         out = engine.run(x, "gradcam")            # ONE forward pass: logits, features and the CAM
     heat = to_original(out.cam_square[0], lb)     # back through the letterbox: (orig_h, orig_w) in [0, 1]
-    rgb = overlay(gray, heat, alpha=0.4)          # colour-mapped overlay on the decoded grayscale image
+    rgb = model.drawing.render(gray, heat, RELATIVE, outline=True)   # how every view draws it
 
 Design notes (known traps of pytorch-grad-cam):
 - FractureNet returns (N, 1 + n_regions); the CAM target is the single fracture logit, so the network is
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
 
 from model.preprocess import Letterbox, unletterbox
@@ -208,53 +207,3 @@ def to_original(cam_square: np.ndarray, lb: Letterbox, normalise: bool = True,
         return m.astype(np.float32)
     top = float(m.max()) if m.size else 0.0
     return (m / top).astype(np.float32) if top > 0 else np.zeros_like(m, dtype=np.float32)
-
-
-def hot_mask(cam: np.ndarray, level: float = 0.8) -> np.ndarray:
-    """Boolean mask of where the CAM is hottest (>= level x its maximum)."""
-    cam = np.asarray(cam, np.float32)
-    top = float(cam.max()) if cam.size else 0.0
-    return cam >= level * top if top > 0 else np.zeros(cam.shape, dtype=bool)
-
-
-def overlay(gray: Image.Image, cam: np.ndarray, alpha: float = 0.4, outline: bool = True,
-            colormap: str = "jet", outline_level: float = 0.8) -> Image.Image:
-    """Colour-mapped CAM over the grayscale image (RGB). alpha = heatmap opacity (0 = image only).
-    outline: a white contour around the hottest region (CAM >= outline_level x its maximum)."""
-    from matplotlib import colormaps
-
-    base = np.asarray(gray.convert("L"), dtype=np.float32) / 255.0
-    cam = np.asarray(cam, dtype=np.float32)
-    if cam.shape != base.shape:  # tolerate a CAM at another resolution (e.g. a display-sized copy)
-        cam = np.asarray(Image.fromarray(cam, mode="F").resize(gray.size, Image.Resampling.BILINEAR))
-    cam = np.clip(np.nan_to_num(cam), 0.0, 1.0)
-    alpha = float(min(max(alpha, 0.0), 1.0))
-    heat = colormaps[colormap](cam)[..., :3].astype(np.float32)
-    rgb = (1.0 - alpha) * base[..., None] + alpha * heat
-    arr = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-    if outline and cam.max() > 0:
-        mask = Image.fromarray((hot_mask(cam, outline_level) * 255).astype(np.uint8), "L")
-        width = max(3, round(max(gray.size) / 250)) | 1
-        edge = (np.asarray(mask.filter(ImageFilter.MaxFilter(width))) > 0) & ~(
-            np.asarray(mask.filter(ImageFilter.MinFilter(width))) > 0)
-        arr[edge] = 255
-    return Image.fromarray(arr, "RGB")
-
-
-def draw_boxes(img: Image.Image, boxes, colour=(255, 64, 64)) -> Image.Image:
-    """Draw [[x0, y0, x1, y1, score], ...] (the image's pixels) with their scores; returns a new RGB image."""
-    out = img.convert("RGB")
-    if not boxes:
-        return out
-    draw = ImageDraw.Draw(out)
-    width = max(2, round(max(out.size) / 300))
-    font = ImageFont.load_default(size=max(12, round(max(out.size) / 40)))
-    for b in boxes:
-        x0, y0, x1, y1 = (float(v) for v in b[:4])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
-        if len(b) > 4:  # the score above the box (inside it when the box touches the top edge)
-            label = f"{100 * float(b[4]):.0f}%"
-            th = draw.textbbox((0, 0), label, font=font)[3]
-            ty = y0 - th - 2 * width if y0 - th - 2 * width >= 0 else y0 + width
-            draw.text((x0 + width, ty), label, fill=colour, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
-    return out

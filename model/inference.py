@@ -14,13 +14,12 @@ from calibration import DEFAULT_TARGET
 from calibration.core import sigmoid
 from model.bundle import Bundle, load_bundle
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
+from model.decision import DECISIONS, NOT_ASSESSED, decision_text, strength  # re-exported: the words live there
 from model.xray_signals import Taps, chroma, dicom_modality
 
 # ------------------------------------------------------------------------------------------------
 # The Predictor: one object that the CLI (model.predict) and the app use for single uploads.
 
-DECISIONS = ("No fracture detected", "Fracture suspected")
-NOT_ASSESSED = "Not assessed"  # the decision when the X-ray check fails: no verdict on a non-X-ray
 BOX_MIN_SCORE = 0.2  # localisation-head regions below this peak probability are not reported
 # What an image that fails the X-ray check does not show (page, API, CLI JSON, SR) unless the withheld result
 # is asked for: everything the network says about it, with the value it takes when withheld.
@@ -109,7 +108,9 @@ class Predictor:
 
     def decide(self, probability: float, target_recall: float | None = None, is_xray: bool = True) -> dict:
         """The decision for a (calibrated) probability at a target recall: no network call. An image
-        that failed the X-ray check gets no verdict (decision "Not assessed", is_fracture None)."""
+        that failed the X-ray check gets no verdict (decision "Not assessed", is_fracture None). strength:
+        "borderline" within a factor 2 of the threshold in odds, else "clear" (model/decision.py);
+        decision_text: the decision as a reader sees it ("Fracture suspected (borderline)")."""
         if self.calibration is not None:
             op = self.calibration.operating_point(self.default_target if target_recall is None else target_recall)
             thr = float(op["threshold"])
@@ -125,9 +126,12 @@ class Predictor:
                    "achievable": False,
                    "operating_note": self.calibration_note}
         if not is_xray:
-            return {"decision": NOT_ASSESSED, "is_fracture": None, **out}
+            return {"decision": NOT_ASSESSED, "is_fracture": None, "strength": None, "decision_text": NOT_ASSESSED,
+                    **out}
         is_fr = bool(float(probability) >= thr)
-        return {"decision": DECISIONS[is_fr], "is_fracture": is_fr, **out}
+        how = strength(float(probability), thr)
+        return {"decision": DECISIONS[is_fr], "is_fracture": is_fr, "strength": how,
+                "decision_text": decision_text(DECISIONS[is_fr], how), **out}
 
     # -- the network ----------------------------------------------------------------------------
     def predict(self, source, target_recall: float | None = None, cam_method: str | None = "gradcam",

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, command_parser, plain
+from model.drawing import DEFAULT_OPACITY
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_recall", "expected_specificity",
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
                     help="operating point (target sensitivity); default: the calibration's default")
     ap.add_argument("--cam-dir", default=None, help="write a Grad-CAM overlay PNG per image here")
     ap.add_argument("--cam-method", default="gradcam", help="gradcam, gradcam++, eigencam, ... (with --cam-dir)")
-    ap.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (with --cam-dir)")
+    ap.add_argument("--alpha", type=float, default=DEFAULT_OPACITY,
+                    help=f"heatmap opacity where it is highest (with --cam-dir; default {DEFAULT_OPACITY})")
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
     ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
-        from model.gradcam import draw_boxes, overlay
+        from model.drawing import RELATIVE, render
     cam_method = None if (args.no_cam or args.csv) and not cam_dir else args.cam_method
     quiet = bool(args.json or args.csv)
     rows, n_err = [], 0
@@ -152,7 +154,12 @@ def main(argv=None) -> int:
             # a file given by name: <stem>_cam.png; one found in a folder: its relative path, '/' -> '__'
             stem = Path(f).stem if name == f else Path(name).with_suffix("").as_posix().replace("/", "__")
             out = cam_dir / f"{stem}_cam.png"
-            draw_boxes(overlay(r["gray"], r["cam"], alpha=args.alpha), r["boxes"]).save(out)
+            # the boxes (original pixels) on the returned image (<= 2048 px), drawn as the page draws them:
+            # when a fracture is suspected
+            k = (r["gray"].size[0] / r["image_size"][0], r["gray"].size[1] / r["image_size"][1])
+            boxes = [[b[0] * k[0], b[1] * k[1], b[2] * k[0], b[3] * k[1], *b[4:]] for b in r["boxes"]]
+            boxes = boxes if r.get("is_fracture") else []
+            render(r["gray"], r["cam"], RELATIVE, opacity=args.alpha, boxes=boxes, outline=True).save(out)
             row["cam_png"] = str(out)
         rows.append(row)
         if not quiet:

@@ -60,11 +60,12 @@ def _is_dicom(head: bytes) -> bool:
 
 def _dicom_to_uint8(data: bytes) -> np.ndarray:
     """8-bit pixels of a DICOM file: modality and VOI LUTs applied, MONOCHROME1 inverted, mapped to
-    0..255 by the file's display range (_display_span: its window, or an 8-bit file's values as they are),
-    else stretched from the image's minimum to its maximum. Tags are never logged. Memory: Rows x Columns is checked from the header before any pixel
-    data is decoded (a deflated file is inflated only after that check), only the middle frame of a
-    multi-frame file is decoded, and for integer pixel data the LUTs are applied to the range of stored
-    values (at most 2^17 entries), not to a float copy of the image."""
+    0..255 by the file's display range (_display_span: its window, or an 8-bit file's values as they
+    are), else stretched from the image's minimum to its maximum. Tags are never logged. Memory: Rows x
+    Columns is checked from the header before any pixel data is decoded (a deflated file is inflated
+    only after that check), only the middle frame of a multi-frame file is decoded, and for integer
+    pixel data the LUTs are applied to the range of stored values (at most 2^17 entries), not to a
+    float copy of the image."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 

@@ -4,10 +4,11 @@
     python -m pacs orthanc            # a throwaway demo Orthanc on loopback (prints its URL and demo user)
 
 scan: finds the projection radiographs (modality CR, DX, RG or DR) that have no FractureLens result yet
-(QIDO-RS), fetches each (WADO-RS), scores it at the target recall and stores into its study (STOW-RS) a Secondary
-Capture with the Grad-CAM overlay, the boxes and the decision burnt in (series "FractureLens overlay - NOT FOR
-DIAGNOSTIC USE") and a TID 1500 SR with the probability, decision, threshold, model and boxes (series
-"FractureLens report - NOT FOR DIAGNOSTIC USE"): one series of each per study. A second run writes nothing new;
+(QIDO-RS), fetches each (WADO-RS), scores it at the target recall and stores into its study (STOW-RS) a
+Secondary Capture with the fracture map, the boxes, the probability against the threshold and the decision
+burnt in (series "FractureLens overlay - NOT FOR DIAGNOSTIC USE") and a TID 1500 SR with the probability,
+decision and its strength, threshold, model and boxes (series "FractureLens report - NOT FOR DIAGNOSTIC
+USE"): one series of each per study. A second run writes nothing new;
 a killed run resumes where it stopped. Other modalities are skipped and counted; an instance that cannot be
 read is counted as failed with its reason and the run goes on.
 
@@ -28,6 +29,7 @@ import sys
 
 from calibration import DEFAULT_TARGET
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
+from model.drawing import DEFAULT_OPACITY
 
 
 def cmd_scan(args) -> int:
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
                    help=f"operating point (default {DEFAULT_TARGET})")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--limit", type=int, default=None, help="score at most this many instances in this run")
-    s.add_argument("--alpha", type=float, default=0.4, help="Grad-CAM overlay opacity in the Secondary Capture")
+    s.add_argument("--alpha", type=float, default=DEFAULT_OPACITY,
+                   help=f"heatmap opacity in the Secondary Capture where the map is high (default {DEFAULT_OPACITY})")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--model", default=str(DEFAULT_MODEL))
     s.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))

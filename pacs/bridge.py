@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.drawing import DEFAULT_OPACITY
 from pacs import results
 
 log = logging.getLogger("pacs.bridge")
@@ -229,7 +230,8 @@ def _server_call(summary: Summary, stage: str, what: str, call):
     return FAILED
 
 
-def process(client, predictor, item: Todo, target_recall: float, summary: Summary, alpha: float = 0.4) -> None:
+def process(client, predictor, item: Todo, target_recall: float, summary: Summary,
+            alpha: float = DEFAULT_OPACITY) -> None:
     """Fetch, score and write back one instance; a problem with this instance is counted, never raised
     (a server-wide problem, 401 or unreachable, is raised as BridgeError)."""
     from model.preprocess import ImageError
@@ -242,7 +244,9 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
     summary.seconds["fetch"] += time.perf_counter() - t
     t = time.perf_counter()
     try:
-        res = predictor.predict(dataset_bytes(ds), target_recall=target_recall, cam_method="gradcam")
+        # the Secondary Capture shows the fracture map; Grad-CAM only for a model without a localisation head
+        cam = None if predictor.meta.loc_head else "gradcam"
+        res = predictor.predict(dataset_bytes(ds), target_recall=target_recall, cam_method=cam)
     except ImageError as exc:
         summary.failed[f"image: {exc}"] += 1
         return
@@ -271,7 +275,7 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
     summary.decisions[res["decision"]] += 1
 
 
-def scan(client, predictor, target_recall: float, progress: bool = True, alpha: float = 0.4,
+def scan(client, predictor, target_recall: float, progress: bool = True, alpha: float = DEFAULT_OPACITY,
          limit: int | None = None) -> Summary:
     """One pass over the server: find the work, then process it with a tqdm progress bar (stderr)."""
     import requests

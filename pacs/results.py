@@ -1,9 +1,11 @@
 """FractureLens results as DICOM objects (highdicom), written back into the source image's study:
 
-- a Secondary Capture (`hd.sc.SCImage`): the image with the Grad-CAM overlay, the localisation boxes and the
-  decision + "NOT FOR DIAGNOSTIC USE" burnt in (BurnedInAnnotation YES);
+- a Secondary Capture (`hd.sc.SCImage`): the image with the fracture map (drawn as the page draws it), the
+  localisation boxes, the probability bar and the decision + "NOT FOR DIAGNOSTIC USE" burnt in
+  (BurnedInAnnotation YES);
 - a Comprehensive 3D SR with a TID 1500 measurement report: one image-level group (TID 1501) with the
-  calibrated fracture probability, the threshold and target recall, the decision and the X-ray check, the
+  calibrated fracture probability, the threshold and target recall, the decision and its strength
+  (borderline or clear), the X-ray check, the
   algorithm (name, version = arch + model sha256 + created) and the source image reference; plus one
   planar ROI group (TID 1410) per localisation box, a closed POLYLINE in the source image's pixels.
 
@@ -19,11 +21,14 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from model.common import prob_text
+from model.decision import BORDERLINE, BORDERLINE_ODDS, CLEAR, DECISIONS, FRACTURE_SUSPECTED, NO_FRACTURE, NOT_ASSESSED
+from model.drawing import DEFAULT_OPACITY
 from model.network import ModelMeta
 
 MANUFACTURER = "FractureLens"
@@ -47,9 +52,16 @@ POLARITY = hd.sr.CodedConcept("polarity", SCHEME, "Film polarity")
 POLARITY_CODES = {False: hd.sr.CodedConcept("polarity-stored", SCHEME, "Analysed as stored"),
                   True: hd.sr.CodedConcept("polarity-negative", SCHEME, "Looked inverted; analysed as its negative")}
 DECISION_CODES = {
-    "Fracture suspected": hd.sr.CodedConcept("fx-suspected", SCHEME, "Fracture suspected"),
-    "No fracture detected": hd.sr.CodedConcept("no-fx-detected", SCHEME, "No fracture detected"),
-    "Not assessed": hd.sr.CodedConcept("not-assessed", SCHEME, "Not assessed"),
+    FRACTURE_SUSPECTED: hd.sr.CodedConcept("fx-suspected", SCHEME, FRACTURE_SUSPECTED),
+    NO_FRACTURE: hd.sr.CodedConcept("no-fx-detected", SCHEME, NO_FRACTURE),
+    NOT_ASSESSED: hd.sr.CodedConcept("not-assessed", SCHEME, NOT_ASSESSED),
+}
+assert set(DECISION_CODES) == {*DECISIONS, NOT_ASSESSED}
+STRENGTH = hd.sr.CodedConcept("strength", SCHEME, "Decision strength")
+STRENGTH_CODES = {
+    BORDERLINE: hd.sr.CodedConcept("borderline", SCHEME, f"Borderline (within a factor {BORDERLINE_ODDS:g} of the "
+                                   "threshold in odds)"),
+    CLEAR: hd.sr.CodedConcept("clear", SCHEME, f"Clear (beyond a factor {BORDERLINE_ODDS:g} of the threshold in odds)"),
 }
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture")
 RADIOGRAPHY = hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure")
@@ -97,30 +109,47 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def overlay_image(res: dict, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the returned grey image (at most 2048 px) with the Grad-CAM overlay, the boxes
-    (moved from the original image's pixels to the returned image's) and the decision + NOT FOR DIAGNOSTIC USE
-    burnt in along the top and bottom edges."""
-    from model.gradcam import draw_boxes, overlay
+def overlay_image(res: dict, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
+    """RGB uint8 (H, W, 3), drawn as the page draws it (model/drawing.py): the returned grey image (at most
+    2048 px) with the fracture map (Grad-CAM for a model without a localisation head) and its colour bar, the
+    boxes when a fracture is suspected (moved from the original image's pixels to the returned image's), the
+    probability against the threshold on a bar below, and the decision + NOT FOR DIAGNOSTIC USE on black
+    strips above and below (nothing of the X-ray is covered). An image that failed the X-ray check shows no
+    map, boxes or bar."""
+    from model.drawing import PROBABILITY, RELATIVE, render, strength_bar
 
     gray = res["gray"]
-    img = overlay(gray, res["cam"], alpha) if res.get("cam") is not None else gray.convert("RGB")
     w0, h0 = res["image_size"]
-    fx, fy = img.size[0] / w0, img.size[1] / h0
+    fx, fy = gray.size[0] / w0, gray.size[1] / h0
     boxes = [[b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy, *b[4:]] for b in res.get("boxes") or []]
-    img = draw_boxes(img, boxes)
-    draw = ImageDraw.Draw(img)
+    loc = res.get("loc_map")
+    values, scale = (loc, PROBABILITY) if loc is not None else (res.get("cam"), RELATIVE)
+    img = render(gray, values, scale, opacity=alpha, boxes=boxes if res.get("is_fracture") else [],
+                 outline=scale is RELATIVE)
+    prob = res.get("probability")
+    parts = [img]
+    if prob is not None and res.get("is_xray", True):
+        parts.append(strength_bar(img.size[0], float(prob), float(res["threshold"])))
     size = max(12, round(max(img.size) / 36))
     font = _font(size)
-    prob = res.get("probability")
-    top = res["decision"] + ("" if prob is None else f"  p={prob:.2f} (threshold {res['threshold']:.2f})")
+    top = res.get("decision_text") or res["decision"]
+    if prob is not None:
+        top += f"  p {prob_text(prob)} (threshold {prob_text(res['threshold'])})"
     if res.get("inverted"):
         top += "  - looked inverted, analysed as its negative"
     pad = max(2, size // 4)
-    for text, y in ((top, pad), (f"FractureLens - {NOT_FOR_DIAGNOSTIC_USE}", img.size[1] - size - 3 * pad)):
-        box = draw.textbbox((pad, y), text, font=font)
-        draw.rectangle([box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad], fill=(0, 0, 0))
-        draw.text((pad, y), text, fill=(255, 255, 0), font=font)
+
+    def strip(text: str) -> Image.Image:  # a black strip with the text: nothing of the X-ray is covered
+        band = Image.new("RGB", (img.size[0], size + 4 * pad), (0, 0, 0))
+        ImageDraw.Draw(band).text((pad, pad), text, fill=(255, 255, 0), font=font)
+        return band
+
+    parts = [strip(top), *parts, strip(f"FractureLens - {NOT_FOR_DIAGNOSTIC_USE}")]
+    img = Image.new("RGB", (img.size[0], sum(q.size[1] for q in parts)), (0, 0, 0))
+    y = 0
+    for q in parts:
+        img.paste(q, (0, y))
+        y += q.size[1]
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -131,7 +160,7 @@ def _source_reference(src: Dataset) -> Dataset:
     return ref
 
 
-def secondary_capture(src: Dataset, res: dict, model_sha256: str, alpha: float = 0.4) -> hd.sc.SCImage:
+def secondary_capture(src: Dataset, res: dict, model_sha256: str, alpha: float = DEFAULT_OPACITY) -> hd.sc.SCImage:
     """The overlay image as a Secondary Capture in the source's study (patient and study copied from it)."""
     pixels = overlay_image(res, alpha)
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -146,7 +175,7 @@ def secondary_capture(src: Dataset, res: dict, model_sha256: str, alpha: float =
         sc.Laterality = getattr(src, "Laterality", None) or None
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = "FractureLens Grad-CAM overlay, localisation boxes and decision; not for diagnostic use"
+    sc.DerivationDescription = "FractureLens fracture map, localisation boxes and decision; not for diagnostic use"
     sc.SourceImageSequence = [_source_reference(src)]
     return sc
 
@@ -206,6 +235,8 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
     if res.get("region"):
         evaluations.append(hd.sr.QualitativeEvaluation(BODY_REGION, hd.sr.CodedConcept(
             f"region-{res['region']}"[:16], SCHEME, str(res["region"]))))
+    if res.get("strength") in STRENGTH_CODES:
+        evaluations.append(hd.sr.QualitativeEvaluation(STRENGTH, STRENGTH_CODES[res["strength"]]))
     if res.get("is_fracture") is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(FRACTURE, codes.SCT.Present if res["is_fracture"]
                                                        else codes.SCT.Absent))

@@ -22,6 +22,7 @@ from app.handlers import API_KEYS, NO_FILE_MESSAGE, RECALL_MAX, RECALL_MIN, Anal
 from app.model_card import NOT_A_DEVICE, model_card_markdown
 from app.ui import find_examples
 from model.common import REPO_ROOT as ROOT
+from model.common import prob_text
 from tests.helpers import dicom_bytes, radiograph_like
 
 MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
@@ -109,16 +110,20 @@ def _check_ok(v: dict, h: Handlers) -> None:
     r = v["state"].result
     assert r["decision"] in DECISIONS
     assert 0.0 <= r["probability"] <= 1.0
-    assert v["label"]["label"] == r["decision"]
+    assert v["label"]["label"] == r["decision_text"] and v["label"]["label"].startswith(r["decision"])
     assert v["label"]["confidences"][0]["confidence"] == pytest.approx(r["probability"])
     assert isinstance(v["image"], Image.Image)
     if cam or v["state"].loc is not None:  # Grad-CAM, or the localisation head's map (no CAM needed)
-        assert isinstance(v["overlay"], Image.Image) and v["overlay"].size == v["image"].size
+        # the film at the image's size, with the colour bar beside it
+        assert isinstance(v["overlay"], Image.Image) and v["overlay"].size[1] == v["image"].size[1]
+        assert v["image"].size[0] < v["overlay"].size[0] < 1.6 * v["image"].size[0] + 120
+        assert isinstance(v["strength"], Image.Image)
     else:
         assert v["overlay"] is None
     assert (v["state"].loc is not None) == h.p.meta.loc_head
     assert max(v["image"].size) <= h.display_max
-    assert f"{r['threshold']:.3f}" in v["operating"] and "Threshold in force" in v["operating"]
+    assert f"Threshold in force: {prob_text(r['threshold'])}" in v["operating"]
+    assert r["strength"] in ("borderline", "clear") and f"({r['strength']}:" in v["operating"]
     assert set(v["json"]) == set(API_KEYS)
     json.dumps(v["json"])  # plain JSON
     assert set(v["regions"]) == set(r["regions"])
@@ -160,9 +165,9 @@ def test_slider_redecides_from_cache_without_the_network(fast_handlers, uploads)
         r = handlers.redecide(v["state"], t)
         ref = handlers.p.decide(prob, t)
         assert r["state"].result["threshold"] == pytest.approx(ref["threshold"])
-        assert r["label"]["label"] == ref["decision"]
+        assert r["label"]["label"] == ref["decision_text"]
         assert r["json"]["probability"] == pytest.approx(prob)
-        assert f"{ref['threshold']:.3f}" in r["operating"]
+        assert prob_text(ref["threshold"]) in r["operating"]
         if not ref["achievable"]:
             assert "cannot be guaranteed" in r["operating"] or "cannot be applied" in r["operating"]
         thresholds.append(ref["threshold"])
@@ -395,16 +400,18 @@ def test_model_card_reads_the_committed_reports(tmp_path):
                 "calibration/operating_curve_val.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / rel)
     md = model_card_markdown(meta, tmp_path, model_sha256="def")
-    assert "0.760 (95% CI 0.701 to 0.812)" in md and "| Recall at the default threshold | 0.943 |" in md
+    assert "0.760 (95% CI 0.701 to 0.812)" in md and "| Recall at the default threshold (test) | 0.943 |" in md
     assert "target recall of 95%" in md and "| hand | 200 | 40 | 0.751 |" in md
-    assert "0.050 before, 0.045 after" in md and "| 99% | 0.042 | 94.3% (87.1% to 98.1%) |" in md
+    assert "0.050 before, 0.045 after" in md and "| 99% | 4.2% | 94.3% (87.1% to 98.1%) |" in md
     assert "different model file" in md and NOT_A_DEVICE in md
     plots = report_plots(tmp_path)
     assert [p.name for _, p in plots] == ["roc.png", "pr.png", "reliability_test.png", "operating_curve_val.png"]
 
 
 def test_boxes_are_drawn_only_when_a_fracture_is_suspected(predictor):
-    """The overlay shows the localisation boxes (scaled to the display copy) for "Fracture suspected"."""
+    """The overlay shows the localisation boxes (cyan, scaled to the display copy) for "Fracture suspected"."""
+    from model.drawing import BOX_COLOUR
+
     h = Handlers(predictor)
     gray = Image.new("L", (200, 100), 90)
     cam = np.zeros((100, 200), np.uint8)
@@ -413,10 +420,11 @@ def test_boxes_are_drawn_only_when_a_fracture_is_suspected(predictor):
     shown = np.asarray(h.overlay_image(Analysis(result=result, gray=gray, cam=cam, scale=0.5), 0.0))
     plain = np.asarray(h.overlay_image(Analysis(result={**result, "is_fracture": False}, gray=gray, cam=cam,
                                                 scale=0.5), 0.0))
-    red = (shown[..., 0] > 200) & (shown[..., 1] < 100)
-    assert red[10:41, 20].all() and red[10, 20:61].all()  # the box's left and top edges, at half scale
-    assert not red[50:, 70:].any()  # nothing far outside it
-    assert not ((plain[..., 0] > 200) & (plain[..., 1] < 100)).any()
+    cyan = np.all(np.abs(shown.astype(int) - BOX_COLOUR) < 30, axis=-1)
+    # the box's right and bottom edges at half scale (its label's tag sits inside its top-left corner)
+    assert cyan[10:41, 60].all() and cyan[40, 20:61].all()
+    assert not cyan[50:, 70:100].any()  # nothing far outside it (in the X-ray; the colour bar is to the right)
+    assert not np.all(np.abs(plain.astype(int) - BOX_COLOUR) < 30, axis=-1)[:, :200].any()
 
 
 def test_committed_examples_are_offered_and_attributed():
@@ -434,16 +442,18 @@ def test_committed_examples_are_offered_and_attributed():
 def test_map_choice_switches_between_the_fracture_map_and_grad_cam(handlers, uploads):
     """The overlay shows the localisation head's map by default and Grad-CAM on request (no new analysis)."""
     from app.handlers import MAP_GRADCAM, MAP_LOCALISATION
+    from model.drawing import DEFAULT_OPACITY
 
     v = handlers.analyze(str(_save(synthetic_xray(), uploads / "m.png")), 0.95)
     st = v["state"]
     if st.loc is None:
         pytest.skip("the model under test has no localisation head")
     calls = handlers.p.predict_calls
-    loc_img = np.asarray(handlers.overlay_image(st, 0.4, MAP_LOCALISATION), np.float32)
-    cam_img = np.asarray(handlers.overlay_image(st, 0.4, MAP_GRADCAM), np.float32)
+    loc_img = np.asarray(handlers.overlay_image(st, DEFAULT_OPACITY, MAP_LOCALISATION), np.float32)
+    cam_img = np.asarray(handlers.overlay_image(st, DEFAULT_OPACITY, MAP_GRADCAM), np.float32)
     assert np.array_equal(loc_img, np.asarray(v["overlay"], np.float32))
-    assert np.abs(loc_img - cam_img).mean() > 1.0
+    w = v["image"].size[0]  # the film (the colour bars beside it differ too)
+    assert np.abs(loc_img[:, :w] - cam_img[:, :w]).mean() > 1.0
     assert handlers.p.predict_calls == calls
     assert v["json"]["loc_peak"] is not None and v["json"]["cam_peak"] is not None
 

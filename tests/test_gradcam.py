@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from model.gradcam import CAM_METHODS, CamEngine, method_name, overlay, to_original
+from model.gradcam import CAM_METHODS, CamEngine, method_name, to_original
 from model.preprocess import letterbox, normalize
 
 MEAN, STD = 0.2, 0.25
@@ -141,17 +141,3 @@ def test_model_stays_in_eval_mode(engine):
     square, _ = letterbox(bar_image(), 64)
     engine.run(normalize(square, MEAN, STD), "gradcam")
     assert not engine.model.training
-
-
-def test_overlay():
-    gray = bar_image()
-    cam = np.zeros((64, 96), np.float32)
-    cam[4:16, 4:28] = 1.0
-    im = overlay(gray, cam, alpha=0.5)
-    assert im.mode == "RGB" and im.size == gray.size
-    a = np.asarray(im).astype(int)
-    assert a[10, 15, 0] != a[10, 15, 2]  # coloured where hot
-    plain = np.asarray(overlay(gray, cam, alpha=0.0, outline=False))
-    np.testing.assert_array_equal(plain[..., 0], np.asarray(gray))  # alpha 0: the image itself
-    outlined = np.asarray(overlay(gray, cam, alpha=0.0, outline=True))
-    assert (outlined == 255).all(axis=-1).sum() > (plain == 255).all(axis=-1).sum()  # white contour drawn
