@@ -359,24 +359,35 @@ class Handlers:
 
     def analyze(self, file: Any, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
                 kind: str = MAP_LOCALISATION) -> dict:
-        """Upload -> one network pass (+ Grad-CAM). Returns a dict of component values."""
-        return self._analysis(lambda: self._read_upload(file), file is not None, target_recall, opacity, kind)
+        """Upload -> one network pass (+ Grad-CAM). Returns a dict of component values; "source" names the
+        file on the page (its name only, as the user's browser sent it; never logged)."""
+        path = _path_of(file)
+        source = f"File: {Path(path).name}" if path else ""
+        return self._analysis(lambda: self._read_upload(file), file is not None, target_recall, opacity, kind,
+                              source)
 
     def analyze_bytes(self, data: bytes, target_recall: Any = None, opacity: Any = DEFAULT_OPACITY,
-                      kind: str = MAP_LOCALISATION) -> dict:
+                      kind: str = MAP_LOCALISATION, source: str = "") -> dict:
         """Bytes from elsewhere (an instance fetched from the PACS) -> the same analysis as an upload, with
-        the same size limits; they stay in memory (nothing is written to disk)."""
+        the same size limits; they stay in memory (nothing is written to disk). source: what the page says
+        the image is (e.g. its worklist rank, modality and body part)."""
         def read() -> bytes:
             self._check_size(len(data))
             return data
 
-        return self._analysis(read, True, target_recall, opacity, kind)
+        return self._analysis(read, True, target_recall, opacity, kind, source)
 
-    def _analysis(self, read, given: bool, target_recall: Any, opacity: Any, kind: str) -> dict:
+    @staticmethod
+    def source_html(source: str) -> str:
+        """Which image the results are for, on the page only (escaped; never logged)."""
+        return f'<div class="fl-source">{html.escape(source)}</div>' if source else ""
+
+    def _analysis(self, read, given: bool, target_recall: Any, opacity: Any, kind: str, source: str = "") -> dict:
         target = self._target(target_recall)
         empty = {
             "state": None, "label": None, "regions": None, "image": None, "overlay": None, "strength": None,
             "warning": "", "operating": self.operating_markdown(target), "json": None,
+            "source": self.source_html(source),
         }
         try:
             res = self._run(read(), target, self.cam_method, reveal=True)
@@ -403,6 +414,7 @@ class Handlers:
             "warning": self.warning_html(state.result),
             "operating": self.operating_markdown(target, state.result),
             "json": self.api_json(state.result),
+            "source": self.source_html(source),
         }
 
     def redecide(self, state: Analysis | None, target_recall: Any, reveal: Any = False,

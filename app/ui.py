@@ -42,6 +42,9 @@ CSS = """
            padding: 10px 14px; font-size: 1.05em;}
 #pred .output-class {font-size: 1.6em;}
 footer {display: none !important;}
+.fl-source {font-size: 1.05em; font-weight: 600; overflow-wrap: anywhere;}
+/* example buttons: long file names wrap instead of being clipped */
+#examples button, #examples .gallery-item {white-space: normal !important; overflow-wrap: anywhere; height: auto;}
 #wl_table img {height: 80px; width: auto; max-width: none; display: block;}
 #wl_table th {word-break: normal; overflow-wrap: normal; hyphens: none;}
 #model_card th {word-break: normal; overflow-wrap: normal; hyphens: none; white-space: nowrap;}
@@ -168,6 +171,7 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                                         label="Example X-rays (click one)", elem_id="examples")
                         gr.Markdown(HOW_TO)
                     with gr.Column(scale=5, elem_id="results_col"):
+                        source = gr.HTML("", elem_id="source")
                         warning = gr.HTML("", elem_id="warning", visible=False)
                         reveal = gr.Checkbox(False, label="Show the withheld result (not meaningful for a "
                                              "non-X-ray)", elem_id="reveal", visible=False)
@@ -217,14 +221,15 @@ def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None
                       CLEAR_COLOR if heading.startswith(NO_FRACTURE) else NOT_ASSESSED_COLOR)
             return gr.update(value=value, color=colour)
 
-        analysis_outputs = [state, status, pred, regions, strength, image, overlay, warning, reveal, operating,
-                            details]
+        analysis_outputs = [state, status, source, pred, regions, strength, image, overlay, warning, reveal,
+                            operating, details]
 
         def analysis_values(v) -> tuple:
             """Handlers.analyze's dict -> the values of analysis_outputs."""
             if v["message"]:
                 gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
-            return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), decision(v["label"]), v["regions"],
+            return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), v["source"], decision(v["label"]),
+                    v["regions"],
                     v["strength"], v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
                     gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
 

@@ -21,11 +21,14 @@ from pacs.bridge import BridgeError, scan
 log = logging.getLogger(__name__)
 
 SCAN_BATCH = 50  # "Score new images" scores at most this many instances per click (about 3 s each on 2 cores)
-COLUMN_WIDTHS = ["60px", "110px", "110px", "190px", "90px", "110px", "240px", "140px"]
+# shares of the table's width (the table fits its tab: no horizontal scrolling, long values wrap)
+COLUMN_WIDTHS = ["5%", "10%", "10%", "16%", "8%", "10%", "23%", "18%"]
+COLUMN_WIDTHS_IDS = ["4%", "8%", "8%", "12%", "6%", "8%", "16%", "13%", "11%", "8%", "6%"]
 IDS_LABEL = "Show patient identifiers (authorised local use)"
 HOW_TO = (
     "Projection radiographs (CR, DX, RG, DR) on the PACS, **highest fracture probability first**, then images not "
-    "scored yet, then images that failed the X-ray check. The decision follows this tab's target recall. "
+    "scored yet, then images that failed the X-ray check, then images the analysis failed on (with the reason; a "
+    "scan skips them unless `python -m pacs scan --retry-failed`). The decision follows this tab's target recall. "
     "**Click a row** to open it in the Analyse tab. Results written back to the PACS are marked NOT FOR "
     "DIAGNOSTIC USE."
 )
@@ -34,7 +37,7 @@ HOW_TO = (
 def _table(entries: list[wl.Entry], decide, target: float, show_ids: bool) -> gr.Dataframe:
     headers, rows = wl.rows(entries, decide, float(target), bool(show_ids))
     datatype = ["number", "markdown"] + ["str"] * (len(headers) - 2)
-    widths = COLUMN_WIDTHS + ["180px", "140px", "110px"] * bool(show_ids)
+    widths = COLUMN_WIDTHS_IDS if show_ids else COLUMN_WIDTHS
     return gr.Dataframe(value=pd.DataFrame(rows, columns=headers), datatype=datatype, column_widths=widths)
 
 
@@ -78,8 +81,9 @@ class WorklistTab:
     def redraw(self, entries, target, show_ids):
         return _table(entries or [], self.h.p.decide, target, show_ids)
 
-    def open_row(self, entries, target, alpha, kind, evt: gr.SelectData):
-        """A clicked row -> fetch the instance, analyse it like an upload, show the Analyse tab."""
+    def open_row(self, entries, target, alpha, kind, evt: gr.SelectData, show_ids: bool = False):
+        """A clicked row -> fetch the instance, analyse it like an upload, show the Analyse tab (which says
+        which worklist row it is: rank, modality, body part, and the patient when identifiers are shown)."""
         try:
             rank = int((evt.row_value or [None])[0])
             entry = entries[rank - 1]
@@ -91,7 +95,8 @@ class WorklistTab:
             log.warning("worklist: %s", exc)
             gr.Warning(str(exc), duration=6)
             return None
-        return self.h.analyze_bytes(data, target, alpha, kind)
+        return self.h.analyze_bytes(data, target, alpha, kind,
+                                    source=wl.source_text(entry, rank, len(entries), bool(show_ids)))
 
     def wire(self, analysis_outputs, analysis_values, tabs, analyse_recall, opacity, mapkind) -> None:
         listing = [self.entries, self.table, self.status]
@@ -105,14 +110,14 @@ class WorklistTab:
             trigger(self.redraw, [self.entries, self.recall, self.ids], self.table, api_visibility="private",
                     show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
 
-        def on_select(entries, target, alpha, kind, evt: gr.SelectData):
-            v = self.open_row(entries, target, alpha, kind, evt)
+        def on_select(entries, target, alpha, kind, show_ids, evt: gr.SelectData):
+            v = self.open_row(entries, target, alpha, kind, evt, show_ids)
             if v is None:
                 return tuple(gr.skip() for _ in range(len(analysis_outputs) + 2))
             # the Analyse tab's slider takes this tab's target, so both show the same operating point
             return (*analysis_values(v), gr.Tabs(selected="analyse"), float(target))
 
-        self.table.select(on_select, [self.entries, self.recall, opacity, mapkind],
+        self.table.select(on_select, [self.entries, self.recall, opacity, mapkind, self.ids],
                           [*analysis_outputs, tabs, analyse_recall], api_visibility="private",
                           concurrency_id="model", concurrency_limit=1, show_progress_on=[self.status])
 

@@ -49,7 +49,7 @@ def cmd_scan(args) -> int:
         except (OSError, ValueError) as exc:
             raise BridgeError(f"could not load the model ({type(exc).__name__}: {exc})") from None
         summary = scan(client, predictor, args.target_recall, progress=not args.no_progress, alpha=args.alpha,
-                       limit=args.limit)
+                       limit=args.limit, retry_failed=args.retry_failed)
     except BridgeError as exc:
         log.error("%s", exc)
         return exc.code
@@ -108,6 +108,9 @@ def main(argv=None) -> int:
     s.add_argument("--alpha", type=float, default=DEFAULT_OPACITY,
                    help=f"heatmap opacity in the Secondary Capture where the map is high (default {DEFAULT_OPACITY})")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="also try again the instances this model file failed on before (recorded on the PACS as "
+                   "a failure report; skipped otherwise)")
     s.add_argument("--model", default=str(DEFAULT_MODEL))
     s.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
     s.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))

@@ -48,12 +48,13 @@ class Summary:
     scored: int = 0  # scored and written back in this run
     skipped: Counter = field(default_factory=Counter)  # reason -> instances
     failed: Counter = field(default_factory=Counter)  # reason -> instances
+    recorded: int = 0  # failures written to the PACS as failure SRs (not retried unless asked)
     decisions: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)  # stage -> seconds (fetch, score, build, store)
 
     def as_dict(self) -> dict:
         return {"scanned": self.scanned, "scored": self.scored, "skipped": dict(self.skipped),
-                "failed": dict(self.failed), "decisions": dict(self.decisions),
+                "failed": dict(self.failed), "failures_recorded": self.recorded, "decisions": dict(self.decisions),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
     def text(self) -> str:
@@ -62,7 +63,9 @@ class Summary:
 
         return (f"scanned {self.scanned} radiograph instance(s); scored and written back {self.scored}; "
                 f"skipped {sum(self.skipped.values())} ({part(self.skipped)}); "
-                f"failed {sum(self.failed.values())} ({part(self.failed)})")
+                f"failed {sum(self.failed.values())} ({part(self.failed)}"
+                + (f"; {self.recorded} recorded on the PACS, not retried unless asked" if self.recorded else "")
+                + ")")
 
 
 def _value(item: dict, tag: str):
@@ -164,8 +167,12 @@ class Todo:
     sop: str
 
 
-def find_work(client, summary: Summary, model_sha256: str) -> list[Todo]:
-    """QIDO-RS: every radiograph instance without an SR of this model file (counts the rest in summary.skipped)."""
+RETRY_HINT = "failed before with this model (--retry-failed to try again)"
+
+
+def find_work(client, summary: Summary, model_sha256: str, retry_failed: bool = False) -> list[Todo]:
+    """QIDO-RS: every radiograph instance without an SR of this model file (counts the rest in summary.skipped).
+    An instance whose failure this model file recorded (results.failure_report) is skipped unless retry_failed."""
     series = client.search_for_series(fields=[TAG_MODALITY, TAG_DESCRIPTION, TAG_COUNT], get_remaining=True)
     by_study: dict[str, list[dict]] = {}
     for s in series:
@@ -189,6 +196,8 @@ def find_work(client, summary: Summary, model_sha256: str) -> list[Todo]:
                 sop = _value(inst, TAG_SOP)
                 if results.sr_uid(sop, model_sha256) in done:
                     summary.skipped["already scored"] += 1
+                elif results.failure_uid(sop, model_sha256) in done and not retry_failed:
+                    summary.skipped[RETRY_HINT] += 1
                 else:
                     todo.append(Todo(study, _value(s, TAG_SERIES), sop))
     return todo
@@ -248,10 +257,10 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
         cam = None if predictor.meta.loc_head else "gradcam"
         res = predictor.predict(dataset_bytes(ds), target_recall=target_recall, cam_method=cam)
     except ImageError as exc:
-        summary.failed[f"image: {exc}"] += 1
+        record_failure(client, predictor, item, ds, f"image: {exc}", summary)
         return
     except Exception as exc:  # noqa: BLE001 - one bad instance never stops the run
-        summary.failed[f"image: {type(exc).__name__}"] += 1
+        record_failure(client, predictor, item, ds, f"image: {type(exc).__name__}", summary)
         return
     summary.seconds["score"] += time.perf_counter() - t
     t = time.perf_counter()
@@ -259,7 +268,7 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
         sc = results.secondary_capture(ds, res, predictor.model_sha256, alpha)
         sr = results.structured_report(ds, res, predictor.meta, predictor.model_sha256)
     except Exception as exc:  # noqa: BLE001 - a source whose header highdicom refuses
-        summary.failed[f"building the result objects ({type(exc).__name__})"] += 1
+        record_failure(client, predictor, item, ds, f"building the result objects ({type(exc).__name__})", summary)
         return
     summary.seconds["build"] += time.perf_counter() - t
     t = time.perf_counter()
@@ -275,16 +284,33 @@ def process(client, predictor, item: Todo, target_recall: float, summary: Summar
     summary.decisions[res["decision"]] += 1
 
 
+def record_failure(client, predictor, item: Todo, ds, reason: str, summary: Summary) -> None:
+    """Count the failure and write it into the study as a failure SR (results.failure_report: the reason,
+    for this model file), so the worklist shows "failed: reason" and later scans skip the instance unless
+    --retry-failed. A failure that cannot be written (a header highdicom refuses, a refused store) stays
+    counted only, and the next scan tries the instance again."""
+    summary.failed[reason] += 1
+    try:
+        sr = results.failure_report(ds, reason, predictor.meta, predictor.model_sha256)
+    except Exception:  # noqa: BLE001 - nothing to record it in
+        return
+    response = _server_call(summary, "store", "storing a failure record",
+                            lambda: client.store_instances([sr], study_instance_uid=item.study))
+    if response is not FAILED and not _store_failed(response):
+        summary.recorded += 1
+
+
 def scan(client, predictor, target_recall: float, progress: bool = True, alpha: float = DEFAULT_OPACITY,
-         limit: int | None = None) -> Summary:
-    """One pass over the server: find the work, then process it with a tqdm progress bar (stderr)."""
+         limit: int | None = None, retry_failed: bool = False) -> Summary:
+    """One pass over the server: find the work, then process it with a tqdm progress bar (stderr).
+    retry_failed: also the instances whose failure this model file recorded."""
     import requests
     from tqdm import tqdm
 
     summary = Summary()
     t = time.perf_counter()
     try:
-        todo = find_work(client, summary, predictor.model_sha256)
+        todo = find_work(client, summary, predictor.model_sha256, retry_failed)
     except requests.RequestException as exc:
         raise http_error(exc, "the search (QIDO-RS)") from None
     summary.seconds["search"] += time.perf_counter() - t

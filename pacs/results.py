@@ -63,6 +63,8 @@ STRENGTH_CODES = {
                                    "threshold in odds)"),
     CLEAR: hd.sr.CodedConcept("clear", SCHEME, f"Clear (beyond a factor {BORDERLINE_ODDS:g} of the threshold in odds)"),
 }
+ANALYSIS_FAILED = hd.sr.CodedConcept("failed", SCHEME, "Analysis failed")  # a decision of failure_report only
+FAILURE_REASON = hd.sr.CodedConcept("failure-reason", SCHEME, "Failure reason")
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture")
 RADIOGRAPHY = hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
@@ -87,6 +89,11 @@ def sc_uid(source_sop_uid: str, model_sha256: str) -> str:
 
 def sr_uid(source_sop_uid: str, model_sha256: str) -> str:
     return derived_uid("SR", source_sop_uid, model_sha256)
+
+
+def failure_uid(source_sop_uid: str, model_sha256: str) -> str:
+    """The UID of the SR recording that this model file could not analyse the source (failure_report)."""
+    return derived_uid("SR failed", source_sop_uid, model_sha256)
 
 
 def model_version(meta: ModelMeta, sha256: str) -> str:
@@ -124,6 +131,8 @@ def overlay_image(res: dict, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
     boxes = [[b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy, *b[4:]] for b in res.get("boxes") or []]
     loc = res.get("loc_map")
     values, scale = (loc, PROBABILITY) if loc is not None else (res.get("cam"), RELATIVE)
+    if not res.get("is_xray", True):  # nothing the network says about a non-X-ray
+        values, boxes = None, []
     img = render(gray, values, scale, opacity=alpha, boxes=boxes if res.get("is_fracture") else [],
                  outline=scale is RELATIVE)
     prob = res.get("probability")
@@ -204,6 +213,56 @@ def _evidence(src: Dataset) -> Dataset:
     return ev
 
 
+def _observer(meta: ModelMeta, model_sha256: str) -> hd.sr.ObserverContext:
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", model_sha256), name="FractureLens", manufacturer_name=MANUFACTURER,
+            model_name=meta.arch[:64]))
+
+
+def _report(src: Dataset, groups: list, meta: ModelMeta, model_sha256: str, sop_uid: str) -> hd.sr.Comprehensive3DSR:
+    """The SR document around measurement groups, in the study's FractureLens report series."""
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=_observer(meta, model_sha256)),
+        procedure_reported=RADIOGRAPHY, imaging_measurements=groups)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[_evidence(src)], content=report, series_instance_uid=sr_series_uid(src.StudyInstanceUID),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=sop_uid,
+        instance_number=int(getattr(src, "InstanceNumber", None) or 1), manufacturer=MANUFACTURER,
+        is_complete=True, is_final=False, is_verified=False)
+    sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "FractureLens private concepts"
+    scheme.CodingSchemeResponsibleOrganization = "FractureLens project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+def reason_meaning(reason: str, limit: int = 64) -> str:
+    """A failure reason as a code meaning (LO: at most 64 characters, ASCII), cut at a word with "..."."""
+    text = " ".join(str(reason or "unknown").encode("ascii", "replace").decode().split())
+    return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
+def failure_report(src: Dataset, reason: str, meta: ModelMeta, model_sha256: str) -> hd.sr.Comprehensive3DSR:
+    """An SR that records that this model file could not analyse the source (decision "Analysis failed" and
+    the reason), under its own UID (failure_uid), so that a scan does not retry it every run (pacs/bridge.py)
+    and the worklist shows why; a later successful analysis writes the usual SR beside it."""
+    algorithm = hd.sr.AlgorithmIdentification(name="FractureLens", version=model_version(meta, model_sha256),
+                                              parameters=[f"model_sha256={model_sha256}"], manufacturer=MANUFACTURER)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("failure group", src.SOPInstanceUID),
+                                                     identifier="FractureLens image assessment"),
+        finding_type=FRACTURE, algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(DECISION, ANALYSIS_FAILED),
+            hd.sr.QualitativeEvaluation(FAILURE_REASON, hd.sr.CodedConcept("reason", SCHEME, reason_meaning(reason)))],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src)])
+    return _report(src, [group], meta, model_sha256, failure_uid(src.SOPInstanceUID, model_sha256))
+
+
 def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: str) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of one image's result (see the module docstring)."""
     algorithm = hd.sr.AlgorithmIdentification(
@@ -211,11 +270,6 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
         parameters=[f"target_recall={res['target_recall']}", f"threshold={res['threshold']:.6f}",
                     f"model_sha256={model_sha256}"],
         manufacturer=MANUFACTURER)
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derived_uid("device", model_sha256), name="FractureLens", manufacturer_name=MANUFACTURER,
-            model_name=meta.arch[:64]))
     source_group = hd.sr.SourceImageForMeasurementGroup.from_source_image(src)
     measurements = []
     if res.get("probability") is not None:
@@ -254,18 +308,5 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
             tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("box", str(i), src.SOPInstanceUID),
                                                          identifier=f"FractureLens box {i}"),
             referenced_region=region, finding_type=FRACTURE, algorithm_id=algorithm, measurements=score))
-    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-                                     procedure_reported=RADIOGRAPHY, imaging_measurements=groups)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[_evidence(src)], content=report, series_instance_uid=sr_series_uid(src.StudyInstanceUID),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=sr_uid(src.SOPInstanceUID, model_sha256),
-        instance_number=int(getattr(src, "InstanceNumber", None) or 1), manufacturer=MANUFACTURER,
-        is_complete=True, is_final=False, is_verified=False)
-    sr.SeriesDescription = SR_SERIES_DESCRIPTION
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = SCHEME
-    scheme.CodingSchemeName = "FractureLens private concepts"
-    scheme.CodingSchemeResponsibleOrganization = "FractureLens project"
-    sr.CodingSchemeIdentificationSequence = [scheme]
-    return sr
+    return _report(src, groups, meta, model_sha256, sr_uid(src.SOPInstanceUID, model_sha256))
 

@@ -4,7 +4,8 @@
   reads, for each, the FractureLens SR the bridge wrote (pacs/results.py; parsed with highdicom): probability,
   decision, X-ray check, the model's body region. SRs are cached in memory by their UID (bounded).
 - `order()` sorts them: scored instances by fracture probability (highest first), then instances not scored
-  yet, then instances that failed the X-ray check ("Not assessed"; their probability is withheld in the SR).
+  yet, then instances that failed the X-ray check ("Not assessed"; their probability is withheld in the SR),
+  then instances the analysis failed on ("failed: reason", from the bridge's failure SR for this model file).
   Other modalities (CT, MR, ...) and FractureLens's own series are not listed.
 - `rows()` builds the table at any target recall: the decision is recomputed from the SR's probability by a
   `decide(probability, target_recall, is_xray)` function (the app passes `Predictor.decide`; no network).
@@ -26,7 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from model.common import pct
+from model.common import prob_text
+from model.decision import NOT_ASSESSED as DECISION_NOT_ASSESSED
 from pacs import results
 from pacs.bridge import (
     OWN_SERIES,
@@ -43,7 +45,7 @@ from pacs.bridge import (
 )
 
 TAG_BODY_PART, TAG_PATIENT_NAME, TAG_PATIENT_ID, TAG_STUDY_DATE = "00180015", "00100010", "00100020", "00080020"
-NOT_SCORED, NOT_ASSESSED, SCORED = "not scored yet", "not assessed", "scored"
+NOT_SCORED, NOT_ASSESSED, SCORED, FAILED = "not scored yet", "not assessed", "scored", "failed"
 THUMB_SIZE = 96  # longest side of a thumbnail, pixels
 COLUMNS = ("Rank", "Image", "Fracture probability", "Decision at this target", "Modality", "Body region",
            "X-ray check", "Status")
@@ -58,6 +60,7 @@ class SrResult:
     region: str | None  # the model's body region
     threshold: float | None = None
     target_recall: float | None = None
+    failure: str | None = None  # the reason, for a failure SR (results.failure_report)
 
     @property
     def is_xray(self) -> bool:
@@ -81,6 +84,8 @@ class Entry:
     def status(self) -> str:
         if self.result is None:
             return NOT_SCORED
+        if self.result.failure is not None:
+            return FAILED
         return SCORED if self.result.is_xray and self.result.probability is not None else NOT_ASSESSED
 
 
@@ -99,17 +104,20 @@ def parse_sr(ds) -> SrResult:
              if q.name.scheme_designator == results.SCHEME}
     if results.DECISION.value not in evals:
         raise ValueError("no FractureLens decision")
+    failed = evals[results.DECISION.value] == results.ANALYSIS_FAILED.meaning
     return SrResult(probability=nums.get(results.FRACTURE_PROBABILITY.value),
                     decision=evals[results.DECISION.value],
-                    xray_check=evals.get(results.XRAY_CHECK.value, "unknown"),
+                    xray_check=evals.get(results.XRAY_CHECK.value, "" if failed else "unknown"),
                     region=evals.get(results.BODY_REGION.value),
                     threshold=nums.get(results.THRESHOLD.value),
-                    target_recall=nums.get(results.TARGET_RECALL.value))
+                    target_recall=nums.get(results.TARGET_RECALL.value),
+                    failure=evals.get(results.FAILURE_REASON.value, "unknown") if failed else None)
 
 
 def order(entries: list[Entry]) -> list[Entry]:
-    """Scored by probability (highest first), then not scored yet, then not assessed; stable otherwise."""
-    rank = {SCORED: 0, NOT_SCORED: 1, NOT_ASSESSED: 2}
+    """Scored by probability (highest first), then not scored yet, then not assessed, then failed; stable
+    otherwise."""
+    rank = {SCORED: 0, NOT_SCORED: 1, NOT_ASSESSED: 2, FAILED: 3}
 
     def key(e: Entry):
         p = e.result.probability if e.status == SCORED else 0.0
@@ -128,14 +136,15 @@ def rows(entries: list[Entry], decide: Callable[..., dict], target_recall: float
         if e.status == SCORED:
             decision = decide(float(r.probability), target_recall, is_xray=True)["decision"]
         elif e.status == NOT_ASSESSED:
-            decision = "Not assessed"
+            decision = DECISION_NOT_ASSESSED
         else:
             decision = ""
         # the model's region (not for an image that failed the X-ray check), else the source's BodyPartExamined
         region = (r.region if e.status == SCORED and r.region else None) or (e.body_part or "").lower()
         thumb = f"![thumbnail {i}]({e.thumbnail})" if e.thumbnail else ""
-        row = [i, thumb, ("" if e.status != SCORED else pct(r.probability, 1)), decision, e.modality, region,
-               "" if r is None else r.xray_check, e.status]
+        status = f"{FAILED}: {r.failure}" if e.status == FAILED else e.status
+        row = [i, thumb, ("" if e.status != SCORED else prob_text(r.probability)), decision, e.modality, region,
+               "" if r is None else r.xray_check, status]
         if show_identifiers:
             row += [e.patient_name, e.patient_id, e.study_date]
         out.append(row)
@@ -230,8 +239,11 @@ class Worklist:
                               patient_name=_person_name(inst), patient_id=str(_value(inst, TAG_PATIENT_ID) or ""),
                               study_date=str(_value(inst, TAG_STUDY_DATE) or ""))
                     sr = results.sr_uid(sop, self.model_sha256)
+                    failure = results.failure_uid(sop, self.model_sha256)
                     if sr in reports:
                         e.result = self._result(study, reports[sr], sr)
+                    elif failure in reports:  # this model file failed on it (and no later run succeeded)
+                        e.result = self._result(study, reports[failure], failure)
                     out.append(e)
         out = order(out)
         if thumbnails:
@@ -296,9 +308,20 @@ class Worklist:
         return dataset_bytes(ds)
 
 
+def source_text(e: Entry, rank: int, total: int, show_identifiers: bool = False) -> str:
+    """What the Analyse tab says an opened worklist row is: its rank, modality and body part, and the patient
+    and study date only when identifiers are shown."""
+    text = f"PACS worklist: rank {rank} of {total} · {e.modality or 'modality not given'} · body part " \
+           f"{(e.body_part or 'not given').lower()}"
+    if show_identifiers:
+        text += (f" · patient {e.patient_name or 'no name'} (ID {e.patient_id or 'none'})"
+                 f" · study date {e.study_date or 'not given'}")
+    return text
+
+
 def counts_text(entries: list[Entry], truncated: bool = False) -> str:
     """One line: how many instances in each state (no identifiers)."""
-    n = {s: sum(e.status == s for e in entries) for s in (SCORED, NOT_SCORED, NOT_ASSESSED)}
+    n = {s: sum(e.status == s for e in entries) for s in (SCORED, NOT_SCORED, NOT_ASSESSED, FAILED)}
     more = " (the first ones only: the list is capped)" if truncated else ""
     return (f"{len(entries)} radiograph instance(s){more}: {n[SCORED]} scored, {n[NOT_SCORED]} not scored yet, "
-            f"{n[NOT_ASSESSED]} not assessed")
+            f"{n[NOT_ASSESSED]} not assessed, {n[FAILED]} failed")

@@ -137,6 +137,19 @@ def test_analyze_png_deletes_upload_and_caches_result(handlers, uploads):
     assert handlers.p.predict_calls == 1
     assert v["state"].result["target_recall"] == pytest.approx(0.95)
     assert v["state"].result["is_xray"], v["state"].result["xray_reason"]  # radiograph-like: no warning
+    assert "File: xray.png" in v["source"]  # which image the page shows
+
+
+def test_the_file_name_is_shown_escaped_and_never_logged(fast_handlers, uploads, caplog):
+    f = _save(synthetic_xray(), uploads / "knee <b>left</b>.png")
+    with caplog.at_level("DEBUG"):
+        v = fast_handlers.analyze(str(f), 0.95)
+    assert "File: knee &lt;b&gt;left&lt;/b&gt;.png" in v["source"] and "<b>" not in v["source"]
+    assert "knee" not in caplog.text
+    bad = _save(Image.new("L", (1, 1)), uploads / "tiny knee.png")
+    with caplog.at_level("DEBUG"):
+        v = fast_handlers.analyze(str(bad), 0.95)
+    assert v["message"] and "File: tiny knee.png" in v["source"] and "tiny knee" not in caplog.text
 
 
 def test_analyze_keeps_files_outside_the_upload_folder(fast_handlers, tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from model.common import DEFAULT_MODEL, file_sha256
+from model.drawing import BOX_COLOUR
 from model.network import ModelMeta
 from tests.helpers import SECRET_ID, SECRET_NAME, radiograph_like
 from tests.helpers import radiograph_instance as make_instance
@@ -94,16 +95,27 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     assert second["scanned"] == 3  # CR, DX, the corrupt CR (the CT is not a radiograph)
     failed = {**first["failed"], **second["failed"]}
     assert sum(failed.values()) == 1 and "pixel data" in next(iter(failed)), failed  # and the run went on
-    assert "failed" in err  # the reason is logged (a count and a reason, nothing else)
-    assert orthanc.instance_count() == n0 + 4  # an SC and an SR for each scored radiograph
+    assert "failed" in "\n".join(logs)  # the reason is logged (a count and a reason, nothing else), by either run
+    # an SC and an SR for each scored radiograph, and a failure report for the corrupt one
+    assert first["failures_recorded"] + second["failures_recorded"] == 1
+    assert orthanc.instance_count() == n0 + 5
 
-    # a third run writes nothing
+    # a third run writes nothing and does not retry the recorded failure
+    from pacs.bridge import RETRY_HINT
+
     code, out, _ = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json"], orthanc.user, orthanc.password,
                            logs)
     assert code == 0
     third = json.loads(out)
     assert third["scored"] == 0 and third["skipped"]["already scored"] == 2
-    assert orthanc.instance_count() == n0 + 4
+    assert third["skipped"][RETRY_HINT] == 1 and third["failed"] == {}, third
+    assert orthanc.instance_count() == n0 + 5
+    # unless asked: --retry-failed tries it again (it fails again, the same record stands)
+    code, out, _ = run_cli(monkeypatch, capsys, caplog, ["--url", url, "--json", "--retry-failed"], orthanc.user,
+                           orthanc.password, logs)
+    retried = json.loads(out)
+    assert code == 0 and sum(retried["failed"].values()) == 1 and RETRY_HINT not in retried["skipped"], retried
+    assert orthanc.instance_count() == n0 + 5
 
     # the results, read back over DICOMweb: in study A, one SC and one SR series, referencing the sources
     client = DICOMwebClient(url=url)
@@ -111,7 +123,15 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     series = client.search_for_series(loaded["study_a"], fields=["0008103E", "00080060"])
     desc = {s["0008103E"]["Value"][0]: s["0020000E"]["Value"][0] for s in series if "Value" in s.get("0008103E", {})}
     assert results.SC_SERIES_DESCRIPTION in desc and results.SR_SERIES_DESCRIPTION in desc
-    assert client.search_for_series(loaded["study_b"], search_filters={"Modality": "SR"}) == []
+    # study B: no SC, one SR: the failure report, with its reason
+    assert client.search_for_series(loaded["study_b"], search_filters={"Modality": "OT"}) == []
+    failure_series = client.search_for_series(loaded["study_b"], search_filters={"Modality": "SR"})
+    assert len(failure_series) == 1
+    sha = file_sha256(DEFAULT_MODEL)
+    failure = client.retrieve_instance(loaded["study_b"], failure_series[0]["0020000E"]["Value"][0],
+                                       results.failure_uid(loaded["bad"][0].SOPInstanceUID, sha))
+    meanings = [i.ConceptCodeSequence[0].CodeMeaning for i in sr_items(failure) if i.ValueType == "CODE"]
+    assert "Analysis failed" in meanings and any("pixel data" in m for m in meanings), meanings
     src_cr, cr_bytes = loaded["cr"]
     sha = file_sha256(DEFAULT_MODEL)  # the model file the command used: the results' UIDs derive from it
     sr = client.retrieve_instance(loaded["study_a"], desc[results.SR_SERIES_DESCRIPTION],
@@ -144,6 +164,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
     assert codes["decision"] == res["decision"]
     assert codes["xray-check"] == "Passed"
     assert codes["body-region"] == res["region"]  # the model's body region, for the worklist
+    assert codes["strength"] == results.STRENGTH_CODES[res["strength"]].meaning
     assert any(sha[:12] in t for t in texts)  # algorithm version: the model file's sha256
     boxes = [i for i in items if i.ValueType == "SCOORD"]
     assert len(boxes) == len(res["boxes"])
@@ -154,7 +175,7 @@ def test_bridge_end_to_end(orthanc, loaded, monkeypatch, capsys, caplog, tmp_pat
 
     # dciodvfy (Debian dicom3tools), where installed: no errors
     if shutil.which("dciodvfy"):
-        for name, ds in (("sc", sc), ("sr", sr)):
+        for name, ds in (("sc", sc), ("sr", sr), ("failure", failure)):
             errors, warnings = dciodvfy_errors(ds, tmp_path, name)
             assert errors == [], (name, errors, warnings)
 
@@ -221,10 +242,17 @@ def test_result_objects_offline(assessed, tmp_path):
     sc = results.secondary_capture(src, res, "ab" * 32)
     meta = ModelMeta(arch="seedcnn", img_size=64, mean=0.5, std=0.5, created="2024-01-01T00:00:00")
     sr = results.structured_report(src, res, meta, "ab" * 32)
-    assert (sc.Rows, sc.Columns) == (150, 100) and sc.PatientID == SECRET_ID  # the study's patient, in DICOM only
-    pixels = sc.pixel_array
-    if assessed:  # the box, drawn at half its original coordinates (x 10..60, y 20..80), in draw_boxes' red
-        assert tuple(pixels[50, 10]) == (255, 64, 64) and tuple(pixels[50, 30]) != (255, 64, 64)
+    failure = results.failure_report(src, "image: could not read the DICOM pixel data (ValueError)", meta, "ab" * 32)
+    # the film (100 x 150) with the colour bar beside it, black strips with the text above and below, and for a
+    # verdict the probability bar under the film
+    assert sc.Columns >= 100 and sc.Rows > 150 + 2 * 12 and sc.PatientID == SECRET_ID  # the patient, in DICOM only
+    assert (sc.Columns > 100) == assessed  # the colour bar goes with the map
+    pixels = sc.pixel_array.astype(int)
+    cyan = np.all(np.abs(pixels - BOX_COLOUR) < 30, axis=-1)
+    if assessed:  # the box at half its original coordinates (x 10..60, y 20..80), in cyan: its edge columns
+        assert cyan[:, 10].sum() >= 50 and cyan[:, 60].sum() >= 50 and not cyan[:, 70:100].any()
+    else:  # no map, no boxes, no probability bar for a non-X-ray
+        assert not cyan.any() and sc.Columns == 100
     # the decision burnt in: yellow text on a black band along the top edge
     assert ((pixels[:20, :, 0] > 200) & (pixels[:20, :, 1] > 200) & (pixels[:20, :, 2] < 60)).sum() > 10
     items = [i for i in sr_items(sr) if "ConceptNameCodeSequence" in i]
@@ -241,7 +269,7 @@ def test_result_objects_offline(assessed, tmp_path):
         assert codes["xray-check"] == "Failed: looks like a photograph"
         assert "probability" not in nums and "125605004" not in codes and scoords == []
     if shutil.which("dciodvfy"):
-        for name, ds in (("sc", sc), ("sr", sr)):
+        for name, ds in (("sc", sc), ("sr", sr), ("failure", failure)):
             errors, warnings = dciodvfy_errors(ds, tmp_path, name)
             assert errors == [], (name, errors, warnings)
 
@@ -273,8 +301,9 @@ def test_results_are_per_model_file(orthanc, loaded):
         p.model_sha256 = "f" * 64  # as if the model file had been replaced
         first = scan(client, p, 0.95, progress=False)
         again = scan(client, p, 0.95, progress=False)
-    assert first.scored == 2 and orthanc.instance_count() == n0 + 4  # the CR and the DX: a new SC and SR each
-    assert again.scored == 0 and again.skipped["already scored"] == 2
+    # the CR and the DX: a new SC and SR each; the corrupt CR: tried again by this model, a new failure record
+    assert first.scored == 2 and first.recorded == 1 and orthanc.instance_count() == n0 + 5
+    assert again.scored == 0 and again.skipped["already scored"] == 2 and sum(again.failed.values()) == 0
     src = loaded["cr"][0]
     series = {s["0008103E"]["Value"][0]: s["0020000E"]["Value"][0]
               for s in client.search_for_series(loaded["study_a"], fields=["0008103E"])

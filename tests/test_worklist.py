@@ -36,12 +36,14 @@ def scanned(predictor):
                 "dx": make_instance("DX", a, seed=3),
                 "ct": make_instance("CT", a, pixels=np.full((64, 64), 1000, np.uint16)),
                 "photo": make_instance("CR", b, pixels=np.random.default_rng(0).integers(0, 4095, (256, 320))
-                                       .astype(np.uint16))}
+                                       .astype(np.uint16)),
+                "bad": make_instance("CR", b, corrupt=True)}
         for _, data in inst.values():
             srv.store(data)
         client = make_client(srv.dicomweb_url, srv.user, srv.password)
         summary = scan(client, predictor, 0.95, progress=False)
         assert summary.scored == 4 and summary.skipped["modality CT"] == 1, summary.text()
+        assert summary.recorded == 1 and sum(summary.failed.values()) == 1, summary.text()  # the corrupt CR
         inst["late"] = make_instance("DX", b, seed=11)
         srv.store(inst["late"][1])
         yield srv, client, inst
@@ -59,9 +61,10 @@ def test_worklist_order_decisions_and_identifiers(scanned, predictor, caplog):
     entries = w.entries()
     sops = [e.sop for e in entries]
     assert uid["ct"] not in sops  # only projection radiographs are listed
-    assert len(entries) == 5
-    assert [e.status for e in entries] == [wl.SCORED] * 3 + [wl.NOT_SCORED, wl.NOT_ASSESSED]
-    assert sops[3] == uid["late"] and sops[4] == uid["photo"]
+    assert len(entries) == 6
+    assert [e.status for e in entries] == [wl.SCORED] * 3 + [wl.NOT_SCORED, wl.NOT_ASSESSED, wl.FAILED]
+    assert sops[3] == uid["late"] and sops[4] == uid["photo"] and sops[5] == uid["bad"]
+    assert "pixel data" in entries[5].result.failure
     probs = [e.result.probability for e in entries[:3]]
     assert probs == sorted(probs, reverse=True) and len(set(probs)) == 3  # the two CRs differ
     assert set(sops[:3]) == {uid["cr1"], uid["cr2"], uid["dx"]}
@@ -79,10 +82,12 @@ def test_worklist_order_decisions_and_identifiers(scanned, predictor, caplog):
         col = headers.index("Decision at this target")
         decisions[target] = [r[col] for r in rows]
         assert decisions[target][:3] == [predictor.decide(p, target)["decision"] for p in probs]
-        assert decisions[target][3:] == ["", "Not assessed"]
-        assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
-        assert [r[headers.index("Status")] for r in rows][3] == "not scored yet"
-        assert all(r[1].startswith("![thumbnail") and "data:image/png;base64," in r[1] for r in rows)
+        assert decisions[target][3:] == ["", "Not assessed", ""]
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+        status = [r[headers.index("Status")] for r in rows]
+        assert status[3] == "not scored yet" and status[5].startswith("failed: image: ") and "pixel data" in status[5]
+        assert all(r[1].startswith("![thumbnail") and "data:image/png;base64," in r[1] for r in rows[:5])
+        assert rows[5][1] == ""  # no thumbnail of pixel data that cannot be decoded
     # a higher target recall flags at least as many (the thresholds fall as the target rises)
     flagged = {t: d[:3].count("Fracture suspected") for t, d in decisions.items()}
     assert flagged[0.99] >= flagged[0.3] and flagged[0.99] > 0
@@ -103,12 +108,17 @@ def test_worklist_order_decisions_and_identifiers(scanned, predictor, caplog):
 
     img = Image.open(io.BytesIO(base64.b64decode(entries[0].thumbnail.split(",", 1)[1])))
     assert max(img.size) == wl.THUMB_SIZE and img.size[0] < img.size[1]  # 256 wide, 320 high
-    assert len(w._thumbs) == 5
+    assert len(w._thumbs) == 6
     data = w.fetch(by_sop[uid["cr1"]])
     assert data[128:132] == b"DICM"
     again = w.entries()  # cached SRs and thumbnails: same answer
     assert [e.sop for e in again] == sops
-    assert wl.counts_text(again) == "5 radiograph instance(s): 3 scored, 1 not scored yet, 1 not assessed"
+    assert wl.counts_text(again) == ("6 radiograph instance(s): 3 scored, 1 not scored yet, 1 not assessed, "
+                                     "1 failed")
+    # the worklist row named in the Analyse tab: rank, modality, body part; the patient only when asked
+    assert wl.source_text(again[0], 1, 6).startswith("PACS worklist: rank 1 of 6 · ")
+    assert SECRET_NAME not in wl.source_text(again[0], 1, 6)
+    assert SECRET_NAME in wl.source_text(again[0], 1, 6, show_identifiers=True)
 
     # nothing of the patient in the logs
     text = caplog.text
