@@ -141,10 +141,10 @@ def test_analyze_png_deletes_upload_and_caches_result(handlers, uploads):
 
 
 def test_the_file_name_is_shown_escaped_and_never_logged(fast_handlers, uploads, caplog):
-    f = _save(synthetic_xray(), uploads / "knee <b>left</b>.png")
+    f = _save(synthetic_xray(), uploads / "knee <b>left.png")
     with caplog.at_level("DEBUG"):
         v = fast_handlers.analyze(str(f), 0.95)
-    assert "File: knee &lt;b&gt;left&lt;/b&gt;.png" in v["source"] and "<b>" not in v["source"]
+    assert "File: knee &lt;b&gt;left.png" in v["source"] and "<b>" not in v["source"]
     assert "knee" not in caplog.text
     bad = _save(Image.new("L", (1, 1)), uploads / "tiny knee.png")
     with caplog.at_level("DEBUG"):
