@@ -28,6 +28,7 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed"),
 ]
 LOCAL = ("http://127.0.0.1", "data:", "blob:")
+LONG_NAME = "of_a_left_wrist_radiograph_exported_from_the_department_pacs"
 
 
 def _report_dir(root: Path) -> Path:
@@ -47,8 +48,8 @@ def server(tmp_path_factory):
         pytest.fail(f"model file missing: {MODEL}")
     tmp = tmp_path_factory.mktemp("gradio-temp")
     examples = tmp_path_factory.mktemp("examples")  # two synthetic example X-rays to click
-    for i in (1, 2):
-        synthetic_xray(300, 380, seed=19 + i).save(examples / f"example_{i}.png")  # different probabilities
+    for i in (1, 2):  # different probabilities; long names, as real files have (they must wrap, not be clipped)
+        synthetic_xray(300, 380, seed=19 + i).save(examples / f"example_{i}_{LONG_NAME}.png")
     report = _report_dir(tmp_path_factory.mktemp("report"))
     args = [*SERVER_ARGS, "--examples", str(examples), "--report-dir", str(report)]
     with running_app(args, env={"GRADIO_TEMP_DIR": str(tmp)}) as (url, log):
@@ -83,9 +84,15 @@ def local_page(browser, url, **kw):
 
 
 def _threshold(text: str) -> float:
-    m = re.search(r"Threshold in force: ([0-9.]+)", text)
+    m = re.search(r"Threshold in force: ([0-9.]+)%", text)
     assert m, text
-    return float(m.group(1))
+    return float(m.group(1)) / 100
+
+
+def _decision(page) -> str:
+    """The decision heading without its strength ("Fracture suspected (borderline)" -> "Fracture suspected")."""
+    text = page.locator("#pred .output-class").inner_text().strip()
+    return text.removesuffix(" (borderline)")
 
 
 def _move_slider(page, elem_id: str, key: str, steps: int) -> None:
@@ -107,14 +114,23 @@ def test_upload_decision_heatmap_slider(server, browser, tmp_path):
 
         page.locator("#xray input[type=file]").set_input_files(str(png))
         expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
-        decision = page.locator("#pred .output-class").inner_text().strip()
-        assert decision in DECISIONS
+        assert _decision(page) in DECISIONS
         expect(page.locator("#pred")).to_contain_text("Fracture probability (calibrated)")
+        expect(page.locator("#source")).to_contain_text("File: hand.png")  # which image is shown
         heat = page.locator("#cam img").first
         heat.wait_for(state="visible", timeout=20000)
         expect(heat).to_have_js_property("complete", True)
-        assert heat.evaluate("img => img.naturalWidth") > 0
         expect(page.locator("#input_view img").first).to_be_visible()
+        # the heatmap carries its colour bar beside the film: wider than the X-ray itself
+        film_w = page.locator("#input_view img").first.evaluate("img => img.naturalWidth")
+        assert heat.evaluate("img => img.naturalWidth") > film_w > 0
+        # how far the probability is from the threshold: the bar, and the words
+        bar = page.locator("#strength img").first
+        bar.wait_for(state="visible", timeout=20000)
+        assert bar.evaluate("img => img.naturalWidth") > 0
+        expect(page.locator("#oppoint")).to_contain_text(re.compile(r"times (above|below) the threshold in odds "
+                                                                    r"\((borderline|clear):"))
+        expect(page.locator("#cam_note")).to_contain_text("colour bar")
         expect(page.locator("#region .output-class")).not_to_be_empty()
         expect(page.locator("#oppoint")).to_contain_text("Calibrated probability")
         expect(page.locator("#oppoint")).to_contain_text("the threshold")
@@ -133,7 +149,7 @@ def test_upload_decision_heatmap_slider(server, browser, tmp_path):
         expect(page.locator("#oppoint")).to_contain_text("target recall of 85%", timeout=10000)
         after = _threshold(page.locator("#oppoint").inner_text())
         assert after > before, "a lower target recall must raise the threshold in force"
-        assert page.locator("#pred .output-class").inner_text().strip() in DECISIONS
+        assert _decision(page) in DECISIONS
 
         # back to the default for the screenshot, with the decision and the threshold in force on screen
         _move_slider(page, "recall", "ArrowRight", 10)
@@ -161,12 +177,20 @@ def test_non_xray_shows_the_warning(server, browser, tmp_path):
         expect(warning).to_contain_text("Not assessed: this does not look like a radiograph", timeout=30000)
         expect(warning).to_contain_text("Reason:")
         expect(warning).to_be_visible()
-        # no verdict and no probability until the user asks for it
+        # no verdict, no probability, no body region, heatmap or probability bar until the user asks for it
         expect(page.locator("#pred .output-class")).to_have_text("Not assessed")
         expect(page.locator("#pred")).not_to_contain_text("Fracture probability")
+        expect(page.locator("#source")).to_contain_text("File: holiday_photo.png")
+        expect(page.locator("#region .output-class")).to_have_count(0)
+        expect(page.locator("#cam img")).to_have_count(0)
+        expect(page.locator("#strength img")).to_have_count(0)
         page.locator("#reveal input[type=checkbox]").check()
         expect(page.locator("#pred")).to_contain_text("not meaningful", timeout=10000)
         expect(page.locator("#pred .output-class")).to_have_text("Not assessed")
+        expect(page.locator("#region .output-class")).not_to_be_empty(timeout=10000)  # revealed with it
+        expect(page.locator("#cam img").first).to_be_visible(timeout=10000)
+        page.locator("#reveal input[type=checkbox]").uncheck()
+        expect(page.locator("#region .output-class")).to_have_count(0, timeout=10000)
 
 
 def test_unreadable_file_shows_a_clear_message(server, browser, tmp_path):
@@ -199,9 +223,10 @@ def test_clicking_an_example_analyses_it(server, browser):
     from playwright.sync_api import expect
 
     with local_page(browser, server) as page:
-        page.locator("#examples").get_by_text("example_2.png").click()
+        page.locator("#examples").get_by_text("example_2").click()
         expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
-        assert page.locator("#pred .output-class").inner_text().strip() in DECISIONS
+        assert _decision(page) in DECISIONS
+        expect(page.locator("#source")).to_contain_text("example_2_")
         page.locator("#cam img").first.wait_for(state="visible", timeout=20000)
         # the example file itself is kept (only uploads are deleted): click it again, same answer
         expect(page.locator("#oppoint")).to_contain_text("Calibrated probability", timeout=30000)
@@ -210,10 +235,10 @@ def test_clicking_an_example_analyses_it(server, browser):
                      if "Calibrated probability" in line).strip()
         # the upload box is empty again (no stale link to the deleted upload), ready for the next file
         expect(page.locator("#xray input[type=file]")).to_have_count(1)
-        expect(page.locator("#xray")).not_to_contain_text("example_2.png")
-        page.locator("#examples").get_by_text("example_1.png").click()
+        expect(page.locator("#xray")).not_to_contain_text("example_2")
+        page.locator("#examples").get_by_text("example_1").click()
         expect(page.locator("#oppoint")).not_to_contain_text(first, timeout=30000)
-        page.locator("#examples").get_by_text("example_2.png").click()
+        page.locator("#examples").get_by_text("example_2").click()
         expect(page.locator("#oppoint")).to_contain_text(first, timeout=30000)
         expect(page.locator("#status .fl-error")).to_have_count(0)
 
@@ -237,3 +262,11 @@ def test_a_new_upload_replaces_the_old_one_and_a_phone_sees_the_decision_first(s
         y = {k: page.locator(sel).first.bounding_box()["y"] for k, sel in
              (("upload", "#xray"), ("decision", "#pred"), ("slider", "#recall"))}
         assert y["upload"] < y["decision"] < y["slider"], y
+        # the example buttons' long names wrap within the screen instead of being clipped
+        buttons = page.locator("#examples button")
+        assert buttons.count() >= 2
+        for i in range(buttons.count()):
+            b = buttons.nth(i)
+            assert b.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), b.inner_text()
+            box = b.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, box

@@ -69,6 +69,13 @@ def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
             page.locator("#wl_ids input[type=checkbox]").check()
             expect(table).to_contain_text(SECRET_ID, timeout=10000)
             expect(table).to_contain_text("Quixotic")
+            # every column fits the tab: no horizontal scrolling to reach Patient ID and Study date
+            page.wait_for_timeout(500)
+            scroller = table.locator("table").first
+            assert scroller.evaluate("t => { const w = t.closest('.table-wrap') || t.parentElement;"
+                                     " return w.scrollWidth <= w.clientWidth + 1; }"), "the table scrolls sideways"
+            box = table.get_by_text("20240102").first.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 1360, box
             page.locator("#wl_ids input[type=checkbox]").uncheck()
             expect(body).not_to_contain_text(SECRET_ID, timeout=10000)
 
@@ -83,8 +90,11 @@ def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
             expect(page.get_by_role("tab", name="Analyse")).to_have_attribute("aria-selected", "true",
                                                                               timeout=30000)
             expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
-            assert page.locator("#pred .output-class").inner_text().strip() in DECISIONS
+            assert page.locator("#pred .output-class").inner_text().strip().removesuffix(" (borderline)") in DECISIONS
             expect(page.locator("#oppoint")).to_contain_text("Calibrated probability")
+            # the Analyse tab says which image it is (identifiers were switched off again: no patient)
+            expect(page.locator("#source")).to_contain_text("PACS worklist: rank 1 of 5")
+            expect(page.locator("#source")).not_to_contain_text("Quixotic")
             page.locator("#cam img").first.wait_for(state="visible", timeout=20000)
             log = Path(log_path).read_text()
         for secret in (SECRET_NAME, "Quixotic", SECRET_ID, "ACC-SECRET", srv.password):
