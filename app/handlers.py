@@ -42,6 +42,7 @@ API_KEYS = (
     "probability", "decision", "is_fracture", "threshold", "target_recall", "expected_specificity",
     "expected_precision", "recall_lower_bound", "achievable", "operating_note", "is_xray", "xray_score",
     "reason", "region", "regions", "raw_probability", "image_size", "cam_peak", "loc_peak", "boxes",
+    "strength", "decision_text", "inverted", "inverted_note",
 )
 MAP_LOCALISATION = "Fracture map (localisation head)"
 MAP_GRADCAM = "Grad-CAM (what raised the score)"

@@ -11,8 +11,8 @@ progress bar runs on stderr. Grad-CAM is skipped in --csv mode unless --cam-dir 
 
 Plain output: one line per image. --json: a JSON list with one object per image (file, probability,
 raw_probability, decision, threshold, target_recall, expected_specificity, is_xray, xray_score,
-xray_reason, region, cam_peak, boxes, inverted (the film looked like a negative and was analysed as its
-negative) and inverted_note; `error` for files that cannot be read, which never stop the batch).
+xray_reason, region, cam_peak, loc_peak, boxes, strength ("borderline" or "clear", see model/decision.py),
+decision_text, inverted (the film looked like a negative and was analysed as its negative) and inverted_note; `error` for files that cannot be read, which never stop the batch).
 cam_peak is [x, y] of the Grad-CAM's maximum and boxes are the localisation head's
 [[x0, y0, x1, y1, score], ...] (most confident first), both in the image's own pixels.
 An image that fails the X-ray check is "Not assessed": its probability is withheld (null) unless
@@ -34,7 +34,8 @@ CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_r
                "region", "is_xray", "xray_reason", "error")
 JSON_KEYS = ("file", "probability", "raw_probability", "decision", "is_fracture", "threshold", "target_recall",
              "expected_specificity", "expected_precision", "achievable", "is_xray", "xray_score", "xray_reason",
-             "region", "operating_note", "cam_peak", "boxes", "inverted", "inverted_note")
+             "region", "operating_note", "cam_peak", "loc_peak", "boxes", "strength", "decision_text", "inverted",
+             "inverted_note")
 
 
 def _looks_like_dicom(path: Path) -> bool:
