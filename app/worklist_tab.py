@@ -26,7 +26,7 @@ COLUMN_WIDTHS = ["5%", "10%", "10%", "16%", "8%", "10%", "23%", "18%"]
 COLUMN_WIDTHS_IDS = ["4%", "8%", "8%", "12%", "6%", "8%", "16%", "13%", "11%", "8%", "6%"]
 IDS_LABEL = "Show patient identifiers (authorised local use)"
 HOW_TO = (
-    "Projection radiographs (CR, DX, RG, DR) on the PACS, **highest fracture probability first**, then images not "
+    "Projection radiographs (CR, DX, RG) on the PACS, **highest fracture probability first**, then images not "
     "scored yet, then images that failed the X-ray check, then images the analysis failed on (with the reason; a "
     "scan skips them unless `python -m pacs scan --retry-failed`). The decision follows this tab's target recall. "
     "**Click a row** to open it in the Analyse tab. Results written back to the PACS are marked NOT FOR "

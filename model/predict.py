@@ -12,11 +12,13 @@ progress bar runs on stderr. Grad-CAM is skipped in --csv mode unless --cam-dir 
 Plain output: one line per image. --json: a JSON list with one object per image (file, probability,
 raw_probability, decision, threshold, target_recall, expected_specificity, is_xray, xray_score,
 xray_reason, region, cam_peak, loc_peak, boxes, strength ("borderline" or "clear", see model/decision.py),
-decision_text, inverted (the film looked like a negative and was analysed as its negative) and inverted_note; `error` for files that cannot be read, which never stop the batch).
-cam_peak is [x, y] of the Grad-CAM's maximum and boxes are the localisation head's
-[[x0, y0, x1, y1, score], ...] (most confident first), both in the image's own pixels.
-An image that fails the X-ray check is "Not assessed": its probability is withheld (null) unless
---reveal is given. --cam-dir DIR also writes each Grad-CAM overlay (with the boxes) as DIR/<name>_cam.png.
+decision_text, inverted (the film looked like a negative and was analysed as its negative) and
+inverted_note; `error` for files that cannot be read, which never stop the batch). cam_peak and loc_peak
+are [x, y] of the Grad-CAM's and the fracture map's maximum and boxes are the localisation head's
+[[x0, y0, x1, y1, score], ...] (most confident first), all in the image's own pixels.
+An image that fails the X-ray check is "Not assessed": its probability, region, peaks and boxes are
+withheld (null) unless --reveal is given. --cam-dir DIR also writes each Grad-CAM overlay (drawn as the
+app draws it, with its colour bar, and the boxes when a fracture is suspected) as DIR/<name>_cam.png.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, command_parser, plain
+from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, command_parser, plain, prob_text
 from model.drawing import DEFAULT_OPACITY
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
@@ -165,12 +167,13 @@ def main(argv=None) -> int:
         rows.append(row)
         if not quiet:
             if not r["is_xray"]:
-                prob = "" if r["probability"] is None else f" (withheld p={r['probability']:.3f})"
+                prob = "" if r["probability"] is None else f" (withheld p {prob_text(r['probability'])})"
                 print(f"{name}: {r['decision']}: {r['xray_reason']}{prob}")
                 continue
             where = f", peak at {r['cam_peak']}" if r.get("cam_peak") else ""
-            print(f"{name}: {r['decision']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f}, "
-                  f"region {r['region']}{where})" + (f"; {r['inverted_note']}" if r.get("inverted") else ""))
+            note = f"; {r['inverted_note']}" if r.get("inverted") else ""
+            print(f"{name}: {r['decision_text']} (p {prob_text(r['probability'])}, "
+                  f"threshold {prob_text(r['threshold'])}, region {r['region']}{where}){note}")
     if args.csv:
         write_csv(args.csv, rows)
         n_flag = sum(1 for r in rows if r.get("is_fracture"))

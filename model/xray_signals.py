@@ -47,9 +47,14 @@ def chroma(source) -> float:
         return 0.0
 
 
-# DICOM Modality values of projection radiographs (and of scanned or secondary-capture images, left to
-# the pixel signals); any other modality in an uploaded DICOM file fails the check outright.
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RF", "RG", "DF", "XA", "PX", "OT", "SC"})
+# DICOM Modality values (PS3.3 C.7.3.1.1.1). Projection radiographs, what the PACS bridge and worklist score:
+# CR (computed radiography), DX (digital radiography) and RG (radiographic imaging, film/screen). ("DR" is
+# not a DICOM modality: digital radiography is DX.)
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "RG"})
+# What the X-ray check lets through to its pixel signals: projection radiographs, other X-ray projection
+# imaging (fluoroscopy RF, digital fluoroscopy DF, angiography XA, panoramic PX) and scanned or
+# secondary-capture images (OT, SC); any other modality in an uploaded DICOM file fails the check outright.
+XRAY_CHECK_MODALITIES = PROJECTION_MODALITIES | {"RF", "DF", "XA", "PX", "OT", "SC"}
 MODALITY_NAMES = {"CT": "computed tomography", "MR": "magnetic resonance", "US": "ultrasound",
                   "NM": "nuclear-medicine", "PT": "PET", "MG": "mammography", "SEG": "segmentation",
                   "RTDOSE": "radiotherapy dose", "XC": "camera photo",
@@ -83,7 +88,7 @@ def dicom_modality(source) -> str | None:
 
 
 def foreign_modality(modality: str | None) -> bool:
-    return bool(modality) and modality not in RADIOGRAPH_MODALITIES
+    return bool(modality) and modality not in XRAY_CHECK_MODALITIES
 
 
 def content(square: np.ndarray) -> np.ndarray:

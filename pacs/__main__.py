@@ -3,7 +3,7 @@
     python -m pacs scan --url http://127.0.0.1:8042/dicom-web [--credentials FILE] [--target-recall R] [--json]
     python -m pacs orthanc            # a throwaway demo Orthanc on loopback (prints its URL and demo user)
 
-scan: finds the projection radiographs (modality CR, DX, RG or DR) that have no FractureLens result yet
+scan: finds the projection radiographs (modality CR, DX or RG) that have no FractureLens result yet
 (QIDO-RS), fetches each (WADO-RS), scores it at the target recall and stores into its study (STOW-RS) a
 Secondary Capture with the fracture map, the boxes, the probability against the threshold and the decision
 burnt in (series "FractureLens overlay - NOT FOR DIAGNOSTIC USE") and a TID 1500 SR with the probability,

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.drawing import DEFAULT_OPACITY
+from model.xray_signals import PROJECTION_MODALITIES
 from pacs import results
 
 log = logging.getLogger("pacs.bridge")
 
-RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "DR")
 OWN_SERIES = (results.SC_SERIES_DESCRIPTION, results.SR_SERIES_DESCRIPTION)
 TAG_STUDY, TAG_SERIES, TAG_SOP = "0020000D", "0020000E", "00080018"
 TAG_MODALITY, TAG_DESCRIPTION, TAG_COUNT = "00080060", "0008103E", "00201209"
@@ -188,7 +188,7 @@ def find_work(client, summary: Summary, model_sha256: str, retry_failed: bool = 
             modality = str(_value(s, TAG_MODALITY) or "none").upper()
             if _value(s, TAG_DESCRIPTION) in OWN_SERIES:
                 continue  # FractureLens's own output
-            if modality not in RADIOGRAPH_MODALITIES:
+            if modality not in PROJECTION_MODALITIES:
                 summary.skipped[f"modality {modality}"] += int(_value(s, TAG_COUNT) or 0)
                 continue
             for inst in client.search_for_instances(study, _value(s, TAG_SERIES), get_remaining=True):

@@ -1,6 +1,6 @@
 """The PACS worklist behind the app's Worklist tab: pure functions and one class, testable without Gradio.
 
-- `Worklist.entries()` lists the projection radiographs (CR, DX, RG, DR) on a DICOMweb server (QIDO-RS) and
+- `Worklist.entries()` lists the projection radiographs (CR, DX, RG) on a DICOMweb server (QIDO-RS) and
   reads, for each, the FractureLens SR the bridge wrote (pacs/results.py; parsed with highdicom): probability,
   decision, X-ray check, the model's body region. SRs are cached in memory by their UID (bounded).
 - `order()` sorts them: scored instances by fracture probability (highest first), then instances not scored
@@ -29,10 +29,10 @@ from typing import Callable
 
 from model.common import prob_text
 from model.decision import NOT_ASSESSED as DECISION_NOT_ASSESSED
+from model.xray_signals import PROJECTION_MODALITIES
 from pacs import results
 from pacs.bridge import (
     OWN_SERIES,
-    RADIOGRAPH_MODALITIES,
     TAG_DESCRIPTION,
     TAG_MODALITY,
     TAG_SERIES,
@@ -225,7 +225,7 @@ class Worklist:
                         reports[_value(i, TAG_SOP)] = _value(s, TAG_SERIES)
             for s in items:
                 modality = str(_value(s, TAG_MODALITY) or "").upper()
-                if _value(s, TAG_DESCRIPTION) in OWN_SERIES or modality not in RADIOGRAPH_MODALITIES:
+                if _value(s, TAG_DESCRIPTION) in OWN_SERIES or modality not in PROJECTION_MODALITIES:
                     continue
                 instances = self._qido("the search (QIDO-RS)", c.search_for_instances, study, _value(s, TAG_SERIES),
                                        fields=[TAG_PATIENT_NAME, TAG_PATIENT_ID, TAG_STUDY_DATE], get_remaining=True)
