@@ -143,8 +143,8 @@ def main(argv=None) -> None:
 
     from app.handlers import Handlers
     from app.ui import build_demo, find_examples, launch_kwargs
+    from model.common import setup_cpu_threads
     from model.inference import Predictor
-    from model.scoring import setup_cpu_threads
 
     setup_cpu_threads(args.threads)
     one_line_rejections()

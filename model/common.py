@@ -72,6 +72,14 @@ def pct(v: Any, digits: int = 0) -> str:
     return f"{100 * float(v):.{digits}f}%"
 
 
+def setup_cpu_threads(n: int = 2) -> None:
+    """torch's CPU threads for this process (every command's --threads)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def prob_text(v: Any) -> str:
     """How every view prints a probability or a threshold: a percentage with one decimal ('4.2%'),
     '<0.1%' below that, 'n/a' for no number. One format, so the page, the CLI, the worklist and the

@@ -22,10 +22,18 @@ import numpy as np
 from calibration.core import sigmoid
 from model.bundle import load_calibration
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, SPLITS_DIR, command_parser, file_sha256, shown
+from model.common import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_MODEL,
+    SPLITS_DIR,
+    command_parser,
+    file_sha256,
+    setup_cpu_threads,
+    shown,
+)
 from model.data import Sample
 from model.network import ModelMeta, load_model
-from model.scoring import score_samples, setup_cpu_threads
+from model.scoring import score_samples
 from model.splits import region_name, select_samples
 
 log = logging.getLogger("model.evaluate")

@@ -194,9 +194,6 @@ class CamEngine:
                 self._clear()
 
 
-FractureCAM = CamEngine  # alias
-
-
 def to_original(cam_square: np.ndarray, lb: Letterbox, normalise: bool = True,
                 out_size: tuple[int, int] | None = None) -> np.ndarray:
     """A (S, S) CAM on the letterboxed square -> (orig_h, orig_w) float32 in [0, 1] (or out_size =

@@ -1,4 +1,5 @@
-"""The network (a torchvision backbone with a fracture head and a body-region head) and its file format.
+"""The network (a timm EfficientNet-Lite, or a torchvision backbone, with a fracture head, a body-region head and
+optional localisation and polarity heads) and its file format.
 
 The saved model file is a plain dict loadable with torch.load(weights_only=True):
     {"format": FORMAT, "meta": {...}, "state_dict": {name: fp16 tensor}}

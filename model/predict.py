@@ -91,9 +91,9 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
+    from model.common import setup_cpu_threads
     from model.inference import Predictor
     from model.preprocess import ImageError
-    from model.scoring import setup_cpu_threads
 
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files, or folders (searched recursively)")

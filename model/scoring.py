@@ -1,5 +1,5 @@
 """Batched scoring of preprocessed images (used by training's validation, evaluation, calibration and the
-X-ray check's fitting), and the CPU thread setting."""
+X-ray check's fitting)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ import numpy as np
 import torch
 
 from model.preprocess import normalize
-
-
-def setup_cpu_threads(n: int = 2) -> None:
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 @dataclass

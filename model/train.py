@@ -40,11 +40,10 @@ from tqdm import tqdm
 
 from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser
+from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser, setup_cpu_threads
 from model.data import REGIONS, Sample
 from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
 from model.preprocess import normalize, train_augment
-from model.scoring import setup_cpu_threads
 from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")

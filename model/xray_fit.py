@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, file_sha256, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, file_sha256, setup_cpu_threads, shown
 from model.network import load_model
 from model.preprocess import decode_image, normalize, prepare, train_augment
-from model.scoring import setup_cpu_threads
 from model.splits import select_samples
 from model.xray_check import (
     COLOUR_LIMIT,

@@ -33,8 +33,8 @@ from model.drawing import DEFAULT_OPACITY
 
 
 def cmd_scan(args) -> int:
+    from model.common import setup_cpu_threads
     from model.inference import Predictor
-    from model.scoring import setup_cpu_threads
     from pacs.bridge import BridgeError, connect, scan
 
     log = logging.getLogger("pacs")

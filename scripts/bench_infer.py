@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from model.common import DEFAULT_MODEL, REPORT_DIR, SHARED_DIR, command_parser, shown
+from model.common import DEFAULT_MODEL, REPORT_DIR, SHARED_DIR, command_parser, setup_cpu_threads, shown
 from model.network import load_model
 from model.preprocess import preprocess
-from model.scoring import setup_cpu_threads
 
 
 def timed(fn, n):

@@ -21,8 +21,8 @@ from model.common import command_parser
 def main(argv=None) -> int:
     from pydicom.uid import generate_uid
 
+    from model.common import setup_cpu_threads
     from model.inference import Predictor
-    from model.scoring import setup_cpu_threads
     from model.synthetic import radiograph_instance
     from pacs.bridge import make_client, scan
     from pacs.orthanc import OrthancServer, missing_reason

@@ -35,8 +35,8 @@ def main(argv=None) -> dict:
     from sklearn.model_selection import GroupKFold
 
     from model.cache import DEFAULT_CACHE_DIR
+    from model.common import setup_cpu_threads
     from model.network import load_model
-    from model.scoring import setup_cpu_threads
 
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))

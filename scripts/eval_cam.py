@@ -206,8 +206,8 @@ def table(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    from model.common import setup_cpu_threads
     from model.inference import Predictor
-    from model.scoring import setup_cpu_threads
 
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))

@@ -44,10 +44,10 @@ from model.common import (
     SPLITS_DIR,
     command_parser,
     plain,
+    setup_cpu_threads,
     shown,
 )
 from model.preprocess import ImageError, burn_in_label, decode_image, prepare
-from model.scoring import setup_cpu_threads
 from model.splits import select_samples
 
 log = logging.getLogger("scripts.eval_robustness")

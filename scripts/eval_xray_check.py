@@ -36,10 +36,9 @@ def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-    from model.common import file_sha256
+    from model.common import file_sha256, setup_cpu_threads
     from model.inference import Predictor
     from model.network import load_model
-    from model.scoring import setup_cpu_threads
     from model.splits import select_samples
 
     ap = command_parser(__spec__, __doc__)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from model.common import REPO_ROOT as ROOT
+from tests.helpers import CHROMIUM
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -34,3 +35,16 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+        )
+        yield b
+        b.close()

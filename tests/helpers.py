@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from model.common import REPO_ROOT as ROOT
+from model.decision import DECISIONS as _DECISIONS
 from model.synthetic import (  # noqa: F401 - the tests import them from here
     SECRET_ID,
     SECRET_NAME,
@@ -94,3 +101,45 @@ def fracatlas_tree(root: Path, n: int = 14, size=(48, 40)) -> Path:
         w.writerow("image_id,folder,orig_w,orig_h,new_w,new_h,scale,orig_md5,truncated_source,dup_group".split(","))
         w.writerows(meta)
     return root
+
+
+# The model files the app tests run against (override with FRACTURELENS_TEST_MODEL / _CALIBRATION / _XRAY_CHECK)
+MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
+CALIBRATION = Path(os.environ.get("FRACTURELENS_TEST_CALIBRATION", ROOT / "assets" / "calibration.json"))
+XRAY_CHECK = Path(os.environ.get("FRACTURELENS_TEST_XRAY_CHECK", ROOT / "assets" / "xray_check.npz"))
+SERVER_ARGS = ["--model", str(MODEL), "--calibration", str(CALIBRATION), "--xray-check", str(XRAY_CHECK)]
+DECISIONS = set(_DECISIONS)
+
+
+def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
+    """A radiograph at w x h that passes the shipped X-ray check: one of the committed FracAtlas test-split
+    examples (assets/examples, CC BY 4.0), chosen by seed, resized. (The synthetic tests.helpers
+    radiograph_like drawings sit near the X-ray check's threshold since it was fitted on the upload-like
+    variants of real radiographs, so the app tests use real ones.)"""
+    paths = sorted((ROOT / "assets" / "examples").glob("*.png"))
+    return Image.open(paths[seed % len(paths)]).convert("L").resize((w, h), Image.Resampling.BILINEAR)
+
+
+def dicom_upload_bytes(monochrome1: bool = True) -> bytes:
+    """A synthetic CR DICOM with rescale + window and a fake patient name (must never be shown)."""
+    return dicom_bytes(np.asarray(radiograph_like(0, (256, 320)), np.uint16) * 16, "CR", monochrome1)
+
+
+# The browser tests: Debian's chromium through Playwright (never `playwright install`); the `browser` fixture is
+# in tests/conftest.py
+CHROMIUM = "/usr/bin/chromium"
+LOCAL = ("http://127.0.0.1", "data:", "blob:")
+
+
+@contextlib.contextmanager
+def local_page(browser, url, **kw):
+    """A page on the app; fails if the page requested anything from another host."""
+    page = browser.new_page(**kw)
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(LOCAL) else None)
+    page.goto(url, wait_until="load")
+    try:
+        yield page
+    finally:
+        page.close()
+    assert outside == [], f"the page contacted other hosts: {outside}"

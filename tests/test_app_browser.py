@@ -7,7 +7,6 @@ Every page checks that the browser never contacts a host other than 127.0.0.1 (w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -19,15 +18,19 @@ from PIL import Image
 
 from app.serve import running_app
 from model.common import EXAMPLES_DIR
-from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, synthetic_xray
+from tests.helpers import CHROMIUM, DECISIONS, MODEL, SERVER_ARGS, local_page, synthetic_xray
 
-CHROMIUM = "/usr/bin/chromium"
 EXAMPLES = EXAMPLES_DIR
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed"),
 ]
-LOCAL = ("http://127.0.0.1", "data:", "blob:")
+
+
+def example(role: str) -> Path:
+    """A committed example by its role (assets/examples/examples.json: "clear fracture", "normal", "borderline")."""
+    return EXAMPLES / json.loads((EXAMPLES / "examples.json").read_text())["examples"][role]["file"]
+
 LONG_NAME = "of_a_left_wrist_radiograph_exported_from_the_department_pacs"
 
 
@@ -56,33 +59,6 @@ def server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
-
-
-@contextlib.contextmanager
-def local_page(browser, url, **kw):
-    """A page on the app; fails if the page requested anything from another host."""
-    page = browser.new_page(**kw)
-    outside: list[str] = []
-    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(LOCAL) else None)
-    page.goto(url, wait_until="load")
-    try:
-        yield page
-    finally:
-        page.close()
-    assert outside == [], f"the page contacted other hosts: {outside}"
-
-
 def _threshold(text: str) -> float:
     m = re.search(r"Threshold in force: ([0-9.]+)%", text)
     assert m, text
@@ -106,8 +82,8 @@ def test_upload_decision_heatmap_slider(server, browser, tmp_path):
     from playwright.sync_api import expect
 
     # a committed example (FracAtlas test split, CC BY 4.0): the README screenshot shows a real radiograph
-    png = tmp_path / "hand.png"
-    png.write_bytes((EXAMPLES / "fracatlas_IMG0000156_fractured_hand.png").read_bytes())
+    png = tmp_path / "xray.png"
+    png.write_bytes(example("clear fracture").read_bytes())
     with local_page(browser, server, viewport={"width": 1360, "height": 1000}) as page:
         expect(page.locator("#banner")).to_contain_text("not a medical device", timeout=30000)
         before = _threshold(page.locator("#oppoint").inner_text())
@@ -116,7 +92,7 @@ def test_upload_decision_heatmap_slider(server, browser, tmp_path):
         expect(page.locator("#pred .output-class")).not_to_be_empty(timeout=30000)
         assert _decision(page) in DECISIONS
         expect(page.locator("#pred")).to_contain_text("Fracture probability (calibrated)")
-        expect(page.locator("#source")).to_contain_text("File: hand.png")  # which image is shown
+        expect(page.locator("#source")).to_contain_text("File: xray.png")  # which image is shown
         heat = page.locator("#cam img").first
         heat.wait_for(state="visible", timeout=20000)
         expect(heat).to_have_js_property("complete", True)
@@ -250,8 +226,8 @@ def test_a_new_upload_replaces_the_old_one_and_a_phone_sees_the_decision_first(s
 
     bad = tmp_path / "not_an_image.png"
     bad.write_text("hello, I am text")
-    good = tmp_path / "hand.png"
-    good.write_bytes((EXAMPLES / "fracatlas_IMG0000156_fractured_hand.png").read_bytes())
+    good = tmp_path / "xray.png"
+    good.write_bytes(example("clear fracture").read_bytes())
     with local_page(browser, server, viewport={"width": 390, "height": 844}) as page:
         page.locator("#xray input[type=file]").set_input_files(str(bad))
         expect(page.locator("#status .fl-error")).to_contain_text("Could not read this file", timeout=30000)

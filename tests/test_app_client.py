@@ -17,7 +17,8 @@ import pytest
 from app.handlers import API_KEYS
 from app.serve import running_app
 from model.common import REPO_ROOT as ROOT
-from tests.test_app_handlers import DECISIONS, MODEL, SERVER_ARGS, _dicom_bytes, synthetic_xray
+from tests.helpers import DECISIONS, MODEL, SERVER_ARGS, synthetic_xray
+from tests.helpers import dicom_upload_bytes as _dicom_bytes
 
 ARGS = SERVER_ARGS
 GRACE = 3.0  # --upload-grace for the test server

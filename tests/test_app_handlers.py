@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -23,22 +22,7 @@ from app.model_card import NOT_A_DEVICE, model_card_markdown
 from app.ui import find_examples
 from model.common import REPO_ROOT as ROOT
 from model.common import prob_text
-from tests.helpers import dicom_bytes, radiograph_like
-
-MODEL = Path(os.environ.get("FRACTURELENS_TEST_MODEL", ROOT / "assets" / "model.pt"))
-CALIBRATION = Path(os.environ.get("FRACTURELENS_TEST_CALIBRATION", ROOT / "assets" / "calibration.json"))
-XRAY_CHECK = Path(os.environ.get("FRACTURELENS_TEST_XRAY_CHECK", ROOT / "assets" / "xray_check.npz"))
-SERVER_ARGS = ["--model", str(MODEL), "--calibration", str(CALIBRATION), "--xray-check", str(XRAY_CHECK)]
-DECISIONS = {"Fracture suspected", "No fracture detected"}
-
-
-def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
-    """A radiograph at w x h that passes the shipped X-ray check: one of the committed FracAtlas test-split
-    examples (assets/examples, CC BY 4.0), chosen by seed, resized. (The synthetic tests.helpers
-    radiograph_like drawings sit near the X-ray check's threshold since it was fitted on the upload-like
-    variants of real radiographs, so the app tests use real ones.)"""
-    paths = sorted((ROOT / "assets" / "examples").glob("*.png"))
-    return Image.open(paths[seed % len(paths)]).convert("L").resize((w, h), Image.Resampling.BILINEAR)
+from tests.helpers import CALIBRATION, DECISIONS, MODEL, SERVER_ARGS, XRAY_CHECK, dicom_upload_bytes, synthetic_xray  # noqa: F401
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -49,11 +33,6 @@ def _png_header_only(w: int, h: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def _dicom_bytes(monochrome1: bool = True) -> bytes:
-    """A synthetic CR DICOM with rescale + window and a fake patient name (must never be shown)."""
-    return dicom_bytes(np.asarray(radiograph_like(0, (256, 320)), np.uint16) * 16, "CR", monochrome1)
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +207,7 @@ def test_16bit_png_and_rgba_are_analysed(fast_handlers, uploads):
 def test_dicom_is_analysed_and_tags_never_shown(fast_handlers, uploads, monochrome1):
     handlers = fast_handlers
     f = uploads / "study.dcm"
-    f.write_bytes(_dicom_bytes(monochrome1))
+    f.write_bytes(dicom_upload_bytes(monochrome1))
     v = handlers.analyze(str(f), 0.95)
     _check_ok(v, handlers)
     shown = json.dumps(v["json"]) + v["operating"] + v["warning"] + v["status"] + json.dumps(v["label"])

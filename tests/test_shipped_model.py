@@ -94,3 +94,38 @@ def test_the_shipped_polarity_head_reads_a_negative_example_as_a_negative(shippe
         assert up["inverted"] is False and up["is_xray"], path.name
         assert neg["inverted"] is True and "analysed as its negative" in neg["inverted_note"], path.name
         assert neg["probability"] == up["probability"] and neg["is_xray"], path.name
+
+
+def test_the_examples_show_what_the_tool_does(shipped):
+    """The three committed examples (scripts/choose_examples.py, rule in assets/examples/ATTRIBUTION.md),
+    re-checked against the shipped model: a clear fracture with its box at every slider position, a normal
+    X-ray called normal at the default target (and at every position), and a borderline fracture whose
+    decision the slider flips. All are FracAtlas test-split images that pass the X-ray check."""
+    import csv
+    import json
+
+    from app.handlers import RECALL_MAX, RECALL_MIN
+    from model.common import EXAMPLES_DIR, SPLITS_DIR
+    from model.decision import BORDERLINE, FRACTURE_SUSPECTED, NO_FRACTURE
+    from scripts.choose_examples import ROLES
+
+    info = json.loads((EXAMPLES_DIR / "examples.json").read_text())["examples"]
+    assert set(info) == set(ROLES) and len(list(EXAMPLES_DIR.glob("*.png"))) == 3
+    splits = {r["image_id"]: r["split"] for r in csv.DictReader(open(SPLITS_DIR / "fracatlas.csv"))}
+    note = (EXAMPLES_DIR / "ATTRIBUTION.md").read_text()
+
+    def at(role, target):
+        return shipped.predict(EXAMPLES_DIR / info[role]["file"], target_recall=target, cam_method=None)
+
+    for role, e in info.items():
+        assert e["file"] in note and e["fracatlas_image"] in note
+        folder = "Fractured" if e["label"] == "fractured" else "Non_fractured"
+        assert splits[f"images/{folder}/{e['fracatlas_image']}"] == "test", e
+        assert at(role, None)["is_xray"], role
+    clear = [at("clear fracture", t) for t in (RECALL_MIN, RECALL_MAX)]
+    assert all(r["decision"] == FRACTURE_SUSPECTED for r in clear) and clear[0]["boxes"]
+    normal = [at("normal", t) for t in (None, RECALL_MAX)]
+    assert all(r["decision"] == NO_FRACTURE for r in normal)
+    border = {t: at("borderline", t) for t in (RECALL_MIN, None)}
+    assert border[None]["decision"] == FRACTURE_SUSPECTED and border[None]["strength"] == BORDERLINE
+    assert border[RECALL_MIN]["decision"] == NO_FRACTURE  # the slider flips it

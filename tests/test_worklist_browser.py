@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 from app.serve import running_app
-from tests.helpers import SECRET_ID, SECRET_NAME
+from tests.helpers import CHROMIUM, DECISIONS, SECRET_ID, SECRET_NAME, SERVER_ARGS, local_page
 from tests.helpers import radiograph_instance as make_instance
-from tests.test_app_browser import CHROMIUM, browser, local_page  # noqa: F401 - the browser fixture
-from tests.test_app_handlers import DECISIONS, SERVER_ARGS
 
 pytestmark = [
     pytest.mark.browser, pytest.mark.orthanc,
@@ -23,7 +21,7 @@ pytestmark = [
 ]
 
 
-def test_worklist_tab(browser, tmp_path):  # noqa: F811 - the browser fixture
+def test_worklist_tab(browser, tmp_path):
     from playwright.sync_api import expect
     from pydicom.uid import generate_uid
 
