@@ -15,7 +15,7 @@ from calibration.core import sigmoid
 from model.bundle import Bundle, load_bundle
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
 from model.decision import DECISIONS, NOT_ASSESSED, decision_text, strength  # re-exported: the words live there
-from model.xray_signals import Taps, chroma, dicom_modality
+from model.xray_signals import Taps, chroma
 
 # ------------------------------------------------------------------------------------------------
 # The Predictor: one object that the CLI (model.predict) and the app use for single uploads.
@@ -171,8 +171,9 @@ class Predictor:
         reg = sigmoid(logits[1:]) if len(logits) > 1 else np.zeros(0)
         regions = {n: float(v) for n, v in zip(self.region_names, reg)}
         colour = gray.info.get("chroma")  # measured while decoding (no second decode of the upload)
+        # the DICOM Modality tag, read by the same decode (the upload is not read a second time)
         check = self.xray.assess(feats[0], square, chroma(source) if colour is None else colour,
-                                 dicom_modality(source))
+                                 gray.info.get("modality"))
         # the image and maps returned are at most OUTPUT_MAX pixels on their longer side (memory stays
         # bounded for a 30-megapixel upload); image_size, cam_peak, loc_peak and boxes are in the
         # original image's pixels, the maps in the image's orientation as it arrived (the network read

@@ -1,7 +1,8 @@
 """The one preprocessing path used by training, evaluation, the CLI and the app.
 
 decode_image()  any PNG/JPG/DICOM (8/16-bit, L/RGB/RGBA/P, EXIF orientation) -> 8-bit grayscale PIL image
-                (its info["chroma"]: the upload's colourfulness, measured before it was made grey)
+                (its info["chroma"]: the upload's colourfulness, measured before it was made grey;
+                info["modality"]: a DICOM's Modality tag, read with its header)
 letterbox()     keep the aspect ratio, resize the longer side, pad to a square (black)
 normalize()     uint8 square(s) -> float tensor with 3 identical channels, normalised
 prepare()       a decoded image -> the network's input (negative, canonical pose, letterbox, normalise)
@@ -58,7 +59,7 @@ def _is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _dicom_to_uint8(data: bytes) -> np.ndarray:
+def _dicom_to_uint8(data: bytes) -> tuple[np.ndarray, str | None]:
     """8-bit pixels of a DICOM file: modality and VOI LUTs applied, MONOCHROME1 inverted, mapped to
     0..255 by the file's display range (_display_span: its window, or an 8-bit file's values as they
     are), else stretched from the image's minimum to its maximum. Tags are never logged. Memory: Rows x
@@ -77,6 +78,7 @@ def _dicom_to_uint8(data: bytes) -> np.ndarray:
         declared = rows * cols * frames * int(head.get("SamplesPerPixel") or 1) * bytes_per_sample
     except Exception as exc:  # noqa: BLE001 - any pydicom failure is a bad upload
         raise ImageError(f"could not read the DICOM header ({type(exc).__name__})") from None
+    modality = str(head.get("Modality") or "").strip().upper() or None  # kept for the X-ray check; never logged
     if rows <= 0 or cols <= 0:
         raise ImageError("the DICOM file holds no image (no rows/columns)")
     _check_size(cols, rows)  # from the header, before any pixel data is decoded
@@ -92,7 +94,8 @@ def _dicom_to_uint8(data: bytes) -> np.ndarray:
     if "PixelData" in ds:
         del ds.PixelData  # the raw bytes are not needed any more (the decoded frame is `arr`)
     if arr.ndim == 3:  # colour: the mean of R, G and B
-        return _stretch_rows(lambda a, b: arr[a:b, :, :3], arr.shape, lambda a: a.astype(np.float64).mean(axis=-1))
+        return (_stretch_rows(lambda a, b: arr[a:b, :, :3], arr.shape, lambda a: a.astype(np.float64).mean(axis=-1)),
+                modality)
     invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
 
     def transform(values: np.ndarray) -> np.ndarray:
@@ -105,9 +108,9 @@ def _dicom_to_uint8(data: bytes) -> np.ndarray:
 
     if _lut_sized(arr):
         return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, int(arr.min()), int(arr.max()), transform, invert,
-                             _display_span(ds, transform))
+                             _display_span(ds, transform)), modality
     a = transform(arr)
-    return _to_uint8(a.max() - a if invert else a)
+    return _to_uint8(a.max() - a if invert else a), modality
 
 
 def _display_span(ds, transform) -> tuple[float, float] | None:
@@ -325,9 +328,11 @@ def decode_image(source: Source) -> Image.Image:
     if not data:
         raise ImageError("the file is empty")
     if _is_dicom(data[:132]):
-        arr = _dicom_to_uint8(data)
+        arr, modality = _dicom_to_uint8(data)
         _check_size(arr.shape[1], arr.shape[0])
-        return _with_chroma(Image.fromarray(arr), 0.0)  # DICOM counts as grey
+        gray = _with_chroma(Image.fromarray(arr), 0.0)  # DICOM counts as grey
+        gray.info["modality"] = modality  # the Modality tag, read with the header (no second read)
+        return gray
     try:
         img = Image.open(io.BytesIO(data))
         _check_size(*img.size)  # before decoding the pixels: huge images are refused cheaply
