@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import errno
 import io
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
-from app.retention import DEFAULT_INTERVAL, DEFAULT_MAX_AGE, Sweeper
+from app.retention import DEFAULT_INTERVAL, DEFAULT_MAX_AGE, Retention, private_temp_dir
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, EXAMPLES_DIR, REPORT_DIR
 
 DEFAULT_EXAMPLES = EXAMPLES_DIR  # three FracAtlas test-split X-rays (CC BY 4.0)
@@ -134,12 +131,7 @@ def main(argv=None) -> None:
     # (inside $GRADIO_TEMP_DIR when that is set) that is removed when the app stops; each upload is
     # deleted as soon as it is read and Gradio deletes the images it serves after 15 minutes.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    parent = os.environ.get("GRADIO_TEMP_DIR")
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="fracturelens-", dir=parent or None)
-    os.environ["GRADIO_TEMP_DIR"] = tmp
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    tmp = private_temp_dir()
 
     from app.handlers import Handlers
     from app.ui import build_demo, find_examples, launch_kwargs
@@ -189,10 +181,7 @@ def main(argv=None) -> None:
         _fail(f"could not start the server on {args.host}:{args.port} ("
               + ("the port is in use; choose another with --port N" if busy else type(exc).__name__) + ")")
     # what exists now (the example X-rays' and the model card's copies) is the app's own, never swept
-    for f in Path(tmp).rglob("*"):
-        if f.is_file():
-            handlers.protect(f)
-    sweeper = Sweeper(tmp, max_age=max(args.keep_files, args.upload_grace), protected=handlers.protected).start()
+    retention = Retention(tmp, handlers.uploads, max_age=args.keep_files).start()
     local = f"http://{args.host}:{args.port}"
     if args.share and demo.share_url:
         print(f"FractureLens: serving on {local} and at the public link {demo.share_url} (stop with Ctrl+C)",
@@ -212,8 +201,7 @@ def main(argv=None) -> None:
         pass
     finally:
         demo.close()
-        sweeper.stop()
-        handlers.flush_deletions()
+        retention.stop()
 
 
 if __name__ == "__main__":

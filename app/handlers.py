@@ -5,8 +5,8 @@ target-recall slider, changing the heatmap opacity) works from the per-session c
 returns, without touching the network. All model logic lives in `model/` and `calibration/`.
 
 Privacy: an uploaded file is read into memory and deleted from Gradio's upload folder right after
-(`delete_delay` seconds after its last read; only files inside `upload_root` are ever deleted); nothing
-about the image or its DICOM tags is logged.
+(app/retention.py owns what is kept on disk and for how long); nothing about the image, its name or its
+DICOM tags is logged.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import html
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,19 +107,22 @@ class Handlers:
     def __init__(self, predictor, upload_root: str | os.PathLike | None = None,
                  max_file_mb: float = DEFAULT_MAX_FILE_MB, display_max: int = DISPLAY_MAX,
                  cam_method: str | None = "gradcam", delete_delay: float = 0.0):
+        from app.retention import Uploads
+
         self.p = predictor
-        self.upload_root = Path(upload_root).resolve() if upload_root else None
+        self.uploads = Uploads(upload_root, delete_delay)  # what is kept on disk: app/retention.py
+        self.upload_root = self.uploads.root
         self.max_bytes = int(max_file_mb * 1024 * 1024)
         self.display_max = display_max
         self.cam_method = cam_method
-        self.protected: set[Path] = set()
-        self.delete_delay = float(delete_delay)
-        self._timers: dict[Path, threading.Timer] = {}
-        self._timers_lock = threading.Lock()
+
+    @property
+    def protected(self) -> set[Path]:
+        return self.uploads.protected
 
     def protect(self, path: str | os.PathLike) -> None:
         """Never delete this file (example X-rays that Gradio copied into its cache)."""
-        self.protected.add(Path(path).resolve())
+        self.uploads.protect(path)
 
     # ------------------------------------------------------------------------------------------
     # input
@@ -154,65 +156,20 @@ class Handlers:
             )
 
     def _discard(self, p: Path) -> None:
-        """Delete an upload we have read (never example files, never anything outside upload_root).
-
-        Gradio stores uploads by content hash, so two users sending the same file share one path:
-        with a grace period the file is deleted `delete_delay` s after its last read, and only if no
-        newer upload replaced it meanwhile (then the newer one's own request deletes it)."""
-        if self.upload_root is None:
-            return
-        try:
-            rp = p.resolve()
-            if rp in self.protected or not rp.is_relative_to(self.upload_root) or not rp.is_file():
-                return
-            ino = rp.stat().st_ino
-        except OSError:
-            return
-        if self.delete_delay <= 0:
-            self._unlink(rp, ino)
-            return
-        with self._timers_lock:
-            old = self._timers.pop(rp, None)
-            if old is not None:
-                old.cancel()
-            t = threading.Timer(self.delete_delay, self._unlink, (rp, ino))
-            t.daemon = True
-            self._timers[rp] = t
-            t.start()
-
-    def _unlink(self, rp: Path, ino: int) -> None:
-        with self._timers_lock:
-            self._timers.pop(rp, None)
-        try:
-            if rp.stat().st_ino != ino:  # a newer identical upload: its own request will delete it
-                self._discard(rp)
-                return
-            rp.unlink()
-            parent = rp.parent
-            if parent != self.upload_root and not any(parent.iterdir()):
-                parent.rmdir()
-        except OSError:
-            pass
+        """Delete an upload we have read (app/retention.py: after the grace period; never examples, never
+        anything outside upload_root)."""
+        self.uploads.discard(p)
 
     def flush_deletions(self) -> None:
         """Delete every upload still waiting for its grace period (used at shutdown and in tests)."""
-        with self._timers_lock:
-            pending = list(self._timers.items())
-            self._timers.clear()
-        for rp, t in pending:
-            t.cancel()
-            try:
-                rp.unlink()
-                if rp.parent != self.upload_root and not any(rp.parent.iterdir()):
-                    rp.parent.rmdir()
-            except OSError:
-                pass
+        self.uploads.flush()
 
     def _run(self, data: bytes, target: float, cam_method: str | None, reveal: bool = False) -> dict:
         from model.preprocess import ImageError
 
         try:
-            return self.p.predict(data, target_recall=target, cam_method=cam_method, reveal=reveal)
+            return self.p.predict(data, target_recall=target, cam_method=cam_method, reveal=reveal,
+                                  max_side=self.display_max)
         except ImageError as exc:
             raise InputProblem(f"Could not read this file: {str(exc).rstrip('.')}.") from None
         except MemoryError:

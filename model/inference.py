@@ -42,7 +42,7 @@ def heat_square(heat_logits: np.ndarray, size: int) -> np.ndarray:
     return torch.sigmoid(up)[0, 0].numpy()
 
 
-OUTPUT_MAX = 2048  # longest side of the image and maps a prediction returns (the page shows <= 1024)
+OUTPUT_MAX = 2048  # default longest side of the image and maps a prediction returns (the page asks for 1024)
 
 
 def reduced_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -135,7 +135,7 @@ class Predictor:
 
     # -- the network ----------------------------------------------------------------------------
     def predict(self, source, target_recall: float | None = None, cam_method: str | None = "gradcam",
-                reveal: bool = False) -> dict:
+                reveal: bool = False, max_side: int = OUTPUT_MAX) -> dict:
         """Analyse one image (path, bytes, PIL image or array). Raises model.preprocess.ImageError.
 
         For an image that fails the X-ray check the decision is "Not assessed" and everything the network
@@ -143,7 +143,8 @@ class Predictor:
         reveal=True. cam_peak: [x, y] of the Grad-CAM's maximum in the image's pixels; boxes: the
         localisation head's [[x0, y0, x1, y1, score], ...] (most confident first; [] without a head or
         below BOX_MIN_SCORE); loc_peak: [x, y] of the localisation head's map maximum (None without a
-        head)."""
+        head). max_side: the longest side of the returned image and maps (the app asks for its display size).
+        """
         from model.boxes import heat_to_boxes
         from model.gradcam import method_name, to_original
         from model.pose import INVERTED_NOTE
@@ -174,12 +175,12 @@ class Predictor:
         # the DICOM Modality tag, read by the same decode (the upload is not read a second time)
         check = self.xray.assess(feats[0], square, chroma(source) if colour is None else colour,
                                  gray.info.get("modality"))
-        # the image and maps returned are at most OUTPUT_MAX pixels on their longer side (memory stays
+        # the image and maps returned are at most max_side pixels on their longer side (memory stays
         # bounded for a 30-megapixel upload); image_size, cam_peak, loc_peak and boxes are in the
         # original image's pixels, the maps in the image's orientation as it arrived (the network read
         # it in its canonical pose: model/pose.py)
-        shown_size = reduced_size(gray.size, OUTPUT_MAX)
-        posed_shown = reduced_size(prep.posed.size, OUTPUT_MAX)
+        shown_size = reduced_size(gray.size, max_side)
+        posed_shown = reduced_size(prep.posed.size, max_side)
         cam = None if out.cam_square is None else pose.undo_array(
             to_original(out.cam_square[0], lb, out_size=posed_shown))
         loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
