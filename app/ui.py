@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -137,155 +138,168 @@ def _without_pyi(define):
 DecisionLabel = _without_pyi(_define_decision_label)
 
 
+def _analyse_tab(h: Handlers, examples: list[tuple[str, str]] | None) -> SimpleNamespace:
+    """The Analyse tab's components (call inside gr.Tabs)."""
+    meta, default_target = h.p.meta, h.default_target
+    c = SimpleNamespace()
+    with gr.Tab("Analyse", id="analyse"):
+        with gr.Row(equal_height=False, elem_id="main_row"):
+            with gr.Column(scale=2, min_width=280, elem_id="left_col"):
+                c.xray = gr.File(label="X-ray (PNG, JPEG or DICOM)", elem_id="xray", file_count="single",
+                                 type="filepath", height=140)
+                c.status = gr.HTML("", elem_id="status", visible=False)
+                c.recall = gr.Slider(RECALL_MIN, RECALL_MAX, value=default_target, step=RECALL_STEP,
+                                     label="Target recall (sensitivity)", elem_id="recall",
+                                     info="Share of fractures the threshold is chosen to catch")
+                c.operating = gr.Markdown(h.operating_markdown(default_target), elem_id="oppoint")
+                has_loc = bool(meta.loc_head)
+                c.mapkind = gr.Radio(list(MAP_CHOICES) if has_loc else [MAP_GRADCAM],
+                                     value=MAP_LOCALISATION if has_loc else MAP_GRADCAM, label="Heatmap",
+                                     elem_id="mapkind")
+                c.opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity",
+                                      elem_id="opacity")
+                if examples:
+                    gr.Examples(examples=[[p] for p, _ in examples], inputs=[c.xray],
+                                example_labels=[lab for _, lab in examples], label="Example X-rays (click one)",
+                                elem_id="examples")
+                gr.Markdown(HOW_TO)
+            with gr.Column(scale=5, elem_id="results_col"):
+                c.source = gr.HTML("", elem_id="source")
+                c.warning = gr.HTML("", elem_id="warning", visible=False)
+                c.reveal = gr.Checkbox(False, label="Show the withheld result (not meaningful for a non-X-ray)",
+                                       elem_id="reveal", visible=False)
+                with gr.Row():
+                    c.pred = DecisionLabel(label="Decision", elem_id="pred", scale=3)
+                    c.regions = gr.Label(label="Body region the model sees", num_top_classes=4, elem_id="region",
+                                         scale=2)
+                c.strength = gr.Image(label=STRENGTH_LABEL, elem_id="strength", interactive=False, type="pil",
+                                      format="png", height=110, buttons=[], visible=True)
+                with gr.Row():
+                    c.image = gr.Image(label="X-ray as the model reads it", elem_id="input_view",
+                                       interactive=False, type="pil", format="png", height=460,
+                                       buttons=["fullscreen"])
+                    with gr.Column():
+                        c.overlay = gr.Image(label="Heatmap and fracture boxes", elem_id="cam", interactive=False,
+                                             type="pil", format="png", height=460, buttons=["fullscreen"])
+                        gr.Markdown(HEATMAP_NOTE, elem_id="cam_note")
+                with gr.Accordion("Result as JSON (what /predict returns)", open=False):
+                    c.details = gr.JSON(label="Result", elem_id="json")
+    return c
+
+
+def _model_card_tab(h: Handlers, report_dir: Path | None) -> None:
+    with gr.Tab("Model card", id="card"):
+        report = Path(report_dir) if report_dir else REPORT_DIR
+        plots = report_plots(report)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                gr.Markdown(model_card_markdown(h.p.meta, report, getattr(h.p, "model_sha256", None),
+                                                getattr(h.p, "calibration_summary", None)), elem_id="model_card")
+            if plots:
+                with gr.Column(scale=2, elem_id="card_plots"):
+                    for caption, path in plots:  # the caption above the plot, not a chip over its title
+                        gr.Markdown(f"**{caption}**")
+                        gr.Image(str(path), label=caption, interactive=False, buttons=["fullscreen"], format="png",
+                                 show_label=False)
+
+
+def decision(value):
+    """The decision label, tinted: red for "Fracture suspected", green for "No fracture detected" (either
+    with "(borderline)" when it is), grey for "Not assessed"."""
+    if not value:
+        return gr.update(value=None, color=None)
+    heading = str(value["label"])
+    colour = (SUSPECTED_COLOR if heading.startswith(FRACTURE_SUSPECTED) else
+              CLEAR_COLOR if heading.startswith(NO_FRACTURE) else NOT_ASSESSED_COLOR)
+    return gr.update(value=value, color=colour)
+
+
+def _wire_analyse(h: Handlers, c: SimpleNamespace, state) -> tuple[list, object]:
+    """The Analyse tab's events and the /predict API; returns (the analysis outputs, the function that turns
+    Handlers.analyze's dict into their values), which the Worklist tab reuses."""
+    analysis_outputs = [state, c.status, c.source, c.pred, c.regions, c.strength, c.image, c.overlay, c.warning,
+                        c.reveal, c.operating, c.details]
+
+    def analysis_values(v) -> tuple:
+        """Handlers.analyze's dict -> the values of analysis_outputs."""
+        if v["message"]:
+            gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
+        return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), v["source"], decision(v["label"]),
+                v["regions"], v["strength"], v["image"], v["overlay"],
+                gr.HTML(v["warning"], visible=bool(v["warning"])), gr.Checkbox(False, visible=bool(v["warning"])),
+                v["operating"], v["json"])
+
+    def on_file(file, target, alpha, kind):
+        """An upload (or example) -> the analysis; the upload box is emptied again, so the next file can be
+        dropped straight onto it (and no link to the deleted upload stays on the page). Its own emptying
+        triggers this again with None, which changes nothing."""
+        if file is None:
+            return tuple(gr.skip() for _ in range(len(analysis_outputs) + 1))
+        return (*analysis_values(h.analyze(file, target, alpha, kind)), None)
+
+    def on_recall(st, target, show, alpha, kind):
+        v = h.redecide(st, target, show, alpha, kind)
+        return v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"], v["regions"], v["strength"]
+
+    def on_opacity(st, alpha, kind, show):
+        return h.overlay_image(st, alpha, kind, show)
+
+    def predict(file, target_recall):
+        """X-ray file + target recall -> JSON: probability, decision, threshold, expected
+        specificity/precision, is_xray, reason, body region, cam_peak ([x, y] of the Grad-CAM maximum),
+        loc_peak (the fracture map's), boxes ([[x0, y0, x1, y1, score], ...]) in the image's pixels, and
+        strength ("borderline" or "clear"). An image that fails the X-ray check gets decision "Not
+        assessed" and null probability, region and peaks."""
+        if file is None:
+            raise gr.Error(NO_FILE_MESSAGE, print_exception=False)
+        try:
+            return h.predict_api(file, target_recall)
+        except InputProblem as exc:  # one log line, the message only (it never names the file)
+            log.warning("rejected an API input: %s", exc)
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    quick = {"api_visibility": "private", "show_progress": "hidden", "concurrency_limit": None}
+    inputs = [state, c.recall, c.reveal, c.opacity, c.mapkind]
+    redecided = [state, c.pred, c.operating, c.details, c.overlay, c.regions, c.strength]
+    # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
+    c.xray.change(on_file, [c.xray, c.recall, c.opacity, c.mapkind], [*analysis_outputs, c.xray],
+                  api_visibility="private", concurrency_id="model", concurrency_limit=1,
+                  show_progress_on=[c.pred, c.overlay]).then(on_recall, inputs, redecided, **quick)
+    c.recall.change(on_recall, inputs, redecided, api_name="redecide", api_visibility="undocumented",
+                    trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
+    c.reveal.change(on_recall, inputs, redecided, **quick)
+    c.mapkind.change(on_opacity, [state, c.opacity, c.mapkind, c.reveal], c.overlay, **quick)
+    c.opacity.change(on_opacity, [state, c.opacity, c.mapkind, c.reveal], c.overlay, trigger_mode="always_last",
+                     **quick)
+    # The JSON API: a hidden trigger using the visible file and slider components as its inputs. Its target is
+    # a hidden Number (not the slider): the API accepts null (= the default target) and out-of-range values get
+    # our own message instead of Gradio's slider validation.
+    api_trigger = gr.Button(visible=False)
+    api_target = gr.Number(value=h.default_target, visible=False, label="target_recall")
+    api_trigger.click(predict, [c.xray, api_target], c.details, api_name="predict", concurrency_id="model",
+                      concurrency_limit=1)
+    return analysis_outputs, analysis_values
+
+
 def build_demo(handlers: Handlers, examples: list[tuple[str, str]] | None = None,
                report_dir: Path | None = None, worklist=None) -> gr.Blocks:
-    """The page; with a pacs.worklist.Worklist, a "Worklist" tab too (see app/worklist_tab.py)."""
+    """The page: the Analyse tab, with a pacs.worklist.Worklist a "Worklist" tab (app/worklist_tab.py), and the
+    Model card tab."""
     h = handlers
-    meta = h.p.meta
-    default_target = h.default_target
-
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown(f"# {TITLE}\nFracture triage for musculoskeletal X-rays.")
         gr.Markdown("⚠️ " + NOT_A_DEVICE, elem_id="banner")
         state = gr.State(None, time_to_live=900)  # per-session cache, dropped after 15 min
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("Analyse", id="analyse"):
-                with gr.Row(equal_height=False, elem_id="main_row"):
-                    with gr.Column(scale=2, min_width=280, elem_id="left_col"):
-                        xray = gr.File(label="X-ray (PNG, JPEG or DICOM)", elem_id="xray",
-                                       file_count="single", type="filepath", height=140)
-                        status = gr.HTML("", elem_id="status", visible=False)
-                        recall = gr.Slider(RECALL_MIN, RECALL_MAX, value=default_target, step=RECALL_STEP,
-                                           label="Target recall (sensitivity)", elem_id="recall",
-                                           info="Share of fractures the threshold is chosen to catch")
-                        operating = gr.Markdown(h.operating_markdown(default_target), elem_id="oppoint")
-                        has_loc = bool(meta.loc_head)
-                        mapkind = gr.Radio(list(MAP_CHOICES) if has_loc else [MAP_GRADCAM],
-                                           value=MAP_LOCALISATION if has_loc else MAP_GRADCAM,
-                                           label="Heatmap", elem_id="mapkind")
-                        opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05,
-                                            label="Heatmap opacity", elem_id="opacity")
-                        if examples:
-                            gr.Examples(examples=[[p] for p, _ in examples], inputs=[xray],
-                                        example_labels=[lab for _, lab in examples],
-                                        label="Example X-rays (click one)", elem_id="examples")
-                        gr.Markdown(HOW_TO)
-                    with gr.Column(scale=5, elem_id="results_col"):
-                        source = gr.HTML("", elem_id="source")
-                        warning = gr.HTML("", elem_id="warning", visible=False)
-                        reveal = gr.Checkbox(False, label="Show the withheld result (not meaningful for a "
-                                             "non-X-ray)", elem_id="reveal", visible=False)
-                        with gr.Row():
-                            pred = DecisionLabel(label="Decision", elem_id="pred", scale=3)
-                            regions = gr.Label(label="Body region the model sees", num_top_classes=4,
-                                               elem_id="region", scale=2)
-                        strength = gr.Image(label=STRENGTH_LABEL, elem_id="strength", interactive=False,
-                                            type="pil", format="png", height=110, buttons=[], visible=True)
-                        with gr.Row():
-                            image = gr.Image(label="X-ray as the model reads it", elem_id="input_view",
-                                             interactive=False, type="pil", format="png", height=460,
-                                             buttons=["fullscreen"])
-                            with gr.Column():
-                                overlay = gr.Image(label="Heatmap and fracture boxes", elem_id="cam",
-                                                   interactive=False, type="pil", format="png", height=460,
-                                                   buttons=["fullscreen"])
-                                gr.Markdown(HEATMAP_NOTE, elem_id="cam_note")
-                        with gr.Accordion("Result as JSON (what /predict returns)", open=False):
-                            details = gr.JSON(label="Result", elem_id="json")
+            c = _analyse_tab(h, examples)
             if worklist is not None:
                 from app.worklist_tab import worklist_tab
 
                 wl = worklist_tab(h, worklist)
-            with gr.Tab("Model card", id="card"):
-                report = Path(report_dir) if report_dir else REPORT_DIR
-                plots = report_plots(report)
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=3):
-                        gr.Markdown(model_card_markdown(meta, report, getattr(h.p, "model_sha256", None),
-                                                        getattr(h.p, "calibration_summary", None)),
-                                    elem_id="model_card")
-                    if plots:
-                        with gr.Column(scale=2, elem_id="card_plots"):
-                            for caption, path in plots:  # the caption above the plot, not a chip over its title
-                                gr.Markdown(f"**{caption}**")
-                                gr.Image(str(path), label=caption, interactive=False, buttons=["fullscreen"],
-                                         format="png", show_label=False)
-
-        def decision(value):
-            """The decision label, tinted: red for "Fracture suspected", green for "No fracture
-            detected" (either with "(borderline)" when it is), grey for "Not assessed"."""
-            if not value:
-                return gr.update(value=None, color=None)
-            heading = str(value["label"])
-            colour = (SUSPECTED_COLOR if heading.startswith(FRACTURE_SUSPECTED) else
-                      CLEAR_COLOR if heading.startswith(NO_FRACTURE) else NOT_ASSESSED_COLOR)
-            return gr.update(value=value, color=colour)
-
-        analysis_outputs = [state, status, source, pred, regions, strength, image, overlay, warning, reveal,
-                            operating, details]
-
-        def analysis_values(v) -> tuple:
-            """Handlers.analyze's dict -> the values of analysis_outputs."""
-            if v["message"]:
-                gr.Warning(v["message"], duration=6)  # the toast goes; the message stays under the box
-            return (v["state"], gr.HTML(v["status"], visible=bool(v["status"])), v["source"], decision(v["label"]),
-                    v["regions"],
-                    v["strength"], v["image"], v["overlay"], gr.HTML(v["warning"], visible=bool(v["warning"])),
-                    gr.Checkbox(False, visible=bool(v["warning"])), v["operating"], v["json"])
-
-        def on_file(file, target, alpha, kind):
-            """An upload (or example) -> the analysis; the upload box is emptied again, so the next file can
-            be dropped straight onto it (and no link to the deleted upload stays on the page). Its own
-            emptying triggers this again with None, which changes nothing."""
-            if file is None:
-                return tuple(gr.skip() for _ in range(len(analysis_outputs) + 1))
-            return (*analysis_values(h.analyze(file, target, alpha, kind)), None)
-
-        def on_recall(st, target, show, alpha, kind):
-            v = h.redecide(st, target, show, alpha, kind)
-            return (v["state"], decision(v["label"]), v["operating"], v["json"], v["overlay"], v["regions"],
-                    v["strength"])
-
-        def on_opacity(st, alpha, kind, show):
-            return h.overlay_image(st, alpha, kind, show)
-
-        def predict(file, target_recall):
-            """X-ray file + target recall -> JSON: probability, decision, threshold, expected
-            specificity/precision, is_xray, reason, body region, cam_peak ([x, y] of the Grad-CAM
-            maximum) and boxes ([[x0, y0, x1, y1, score], ...]), in the image's pixels. An image that
-            fails the X-ray check gets decision "Not assessed" and probability null."""
-            if file is None:
-                raise gr.Error(NO_FILE_MESSAGE, print_exception=False)
-            try:
-                return h.predict_api(file, target_recall)
-            except InputProblem as exc:  # one log line, the message only (it never names the file)
-                log.warning("rejected an API input: %s", exc)
-                raise gr.Error(str(exc), print_exception=False) from None
-
-        redecided = [state, pred, operating, details, overlay, regions, strength]
-        # after the analysis, re-decide with the slider's value *now* (it may have moved meanwhile)
-        xray.change(on_file, [xray, recall, opacity, mapkind], [*analysis_outputs, xray], api_visibility="private",
-                    concurrency_id="model", concurrency_limit=1, show_progress_on=[pred, overlay]).then(
-            on_recall, [state, recall, reveal, opacity, mapkind], redecided,
-            api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        recall.change(on_recall, [state, recall, reveal, opacity, mapkind], redecided,
-                      api_name="redecide", api_visibility="undocumented", trigger_mode="always_last",
-                      show_progress="hidden", concurrency_limit=None)
-        reveal.change(on_recall, [state, recall, reveal, opacity, mapkind], redecided,
-                      api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        mapkind.change(on_opacity, [state, opacity, mapkind, reveal], overlay, api_visibility="private",
-                       show_progress="hidden", concurrency_limit=None)
-        opacity.change(on_opacity, [state, opacity, mapkind, reveal], overlay, api_visibility="private",
-                       trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
-        # The JSON API: a hidden trigger using the visible file and slider components as its inputs.
-        # Its target is a hidden Number (not the slider): the API accepts null (= the default target)
-        # and out-of-range values get our own message instead of Gradio's slider validation.
-        api_trigger = gr.Button(visible=False)
-        api_target = gr.Number(value=default_target, visible=False, label="target_recall")
-        api_trigger.click(predict, [xray, api_target], details, api_name="predict", concurrency_id="model",
-                          concurrency_limit=1)
+            _model_card_tab(h, report_dir)
+        analysis_outputs, analysis_values = _wire_analyse(h, c, state)
         if worklist is not None:
-            wl.wire(analysis_outputs, analysis_values, tabs, recall, opacity, mapkind)
+            wl.wire(analysis_outputs, analysis_values, tabs, c.recall, c.opacity, c.mapkind)
 
     # Example files are copied into Gradio's cache once at build time; never delete those copies.
     for block in demo.blocks.values():
