@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -75,13 +76,24 @@ def theme() -> gr.themes.Base:
 
 
 def find_examples(root: str | os.PathLike | None, n: int = 4) -> list[tuple[str, str]]:
-    """A few (path, label) example X-rays from a folder: FracAtlas layout
-    (images/Fractured, images/Non_fractured) or class folders or plain files. Nothing is copied."""
+    """A few (path, label) example X-rays from a folder: the ones its examples.json lists, labelled by their role
+    ("Borderline (leg)"; the committed assets/examples/), else a FracAtlas layout (images/Fractured,
+    images/Non_fractured), class folders or plain files. Nothing is copied."""
     if not root:
         return []
     root = Path(root)
     if not root.is_dir():
         return []
+    chosen = root / "examples.json"  # the committed examples (scripts/choose_examples.py): labelled by role
+    if chosen.is_file():
+        try:
+            info = json.loads(chosen.read_text())["examples"]
+            out = [(str(root / e["file"]), f"{role.capitalize()} ({e['region']})") for role, e in info.items()
+                   if (root / e["file"]).is_file()]
+            if out:
+                return out[:n]
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged list: fall back to the files themselves
     fa = root / "fracatlas" / "images" if (root / "fracatlas" / "images").is_dir() else root / "images"
     groups: list[tuple[str, list[Path]]] = []
     if (fa / "Fractured").is_dir():

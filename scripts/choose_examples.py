@@ -31,6 +31,41 @@ import sys
 from model.common import DEFAULT_MODEL, EXAMPLES_DIR, SHARED_DIR, command_parser, file_sha256
 
 ROLES = ("clear fracture", "normal", "borderline")
+ATTRIBUTION = """# Example X-rays
+
+Three radiographs from the **test split** of the project's grouped FracAtlas split
+(`assets/splits/fracatlas.csv`; the test split is never used to train or to choose anything about the model,
+its calibration or its threshold). They are chosen to show what the tool does, by this rule, applied by
+`python -m scripts.choose_examples --write` after the model and its calibration were fixed, to the test
+images without orthopaedic hardware, of one body region, that pass the X-ray check:
+
+1. **clear fracture**: the most probable fractured image with a fracture box whose most confident
+   localisation box contains the centre of a fracture box, and that is "Fracture suspected" at every
+   slider position (at or above the threshold of the lowest target, 80%);
+2. **normal**: the least probable non-fractured image of another body region than the first: "No fracture
+   detected" at the default target and at every slider position;
+3. **borderline**: the least probable fractured image that is still "Fracture suspected" at the default
+   target, with its decision borderline (within a factor 2 of the threshold in odds): moving the slider down
+   to a lower target recall turns it into "No fracture detected" (a missed fracture: what a lower target
+   costs).
+
+`tests/test_shipped_model.py` re-checks all three against the shipped model (the normal one stays below the
+default threshold, the borderline one flips on the slider). `examples.json` records the choice with the
+probabilities at the time.
+
+| role | file | FracAtlas image | label | at the default target (model {sha}) |
+|---|---|---|---|---|
+{table}
+
+Source: FracAtlas, Abedeen I., Rahman M. A., Prottyasha F. Z., Ahmed T., Chowdhury T. M., Shatabda S.,
+"FracAtlas: A Dataset for Fracture Classification, Localization and Segmentation of Musculoskeletal
+Radiographs", *Scientific Data* 10, 521 (2023), doi:10.1038/s41597-023-02432-4; data
+doi:10.6084/m9.figshare.22363012. Licence: **CC BY 4.0** (https://creativecommons.org/licenses/by/4.0/).
+
+Changes: the project's copy of the data set stores the images as 8-bit grayscale JPEG (quality 90,
+longer side at most 512 px); these files were decoded from that copy and re-encoded losslessly as
+8-bit grayscale PNG. Nothing else was changed.
+"""
 
 
 def region_of(sample) -> str | None:
@@ -110,6 +145,10 @@ def main(argv=None) -> int:
         for role, (s, _) in chosen.items():
             decode_image(s.path).convert("L").save(EXAMPLES_DIR / out["examples"][role]["file"], optimize=True)
         (EXAMPLES_DIR / "examples.json").write_text(json.dumps(out, indent=2) + "\n")
+        rows = [f"| {role} | {e['file']} | {e['fracatlas_image']} | {e['label'].replace('_', ' ')} ({e['region']}) | "
+                f"{100 * e['probability']:.1f}%, {e['decision_at_default']} |" for role, e in out["examples"].items()]
+        (EXAMPLES_DIR / "ATTRIBUTION.md").write_text(
+            ATTRIBUTION.format(table="\n".join(rows), sha=out["model_sha256"][:12]))
         print(f"written to {EXAMPLES_DIR}")
     return 0
 

@@ -425,6 +425,7 @@ def test_committed_examples_are_offered_and_attributed():
 
     ex = find_examples(DEFAULT_EXAMPLES)
     assert len(ex) == 3 and all(Path(p).suffix == ".png" for p, _ in ex)
+    assert [lab.split(" (")[0] for _, lab in ex] == ["Clear fracture", "Normal", "Borderline"]  # by role
     note = (DEFAULT_EXAMPLES / "ATTRIBUTION.md").read_text()
     assert "CC BY 4.0" in note and "10.1038/s41597-023-02432-4" in note
     for p, _ in ex:
