@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from app.retention import DEFAULT_INTERVAL, DEFAULT_MAX_AGE, Retention, private_temp_dir
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, EXAMPLES_DIR, REPORT_DIR
+from model.common import EXAMPLES_DIR, REPORT_DIR, add_bundle_args, resolve_bundle
 
 DEFAULT_EXAMPLES = EXAMPLES_DIR  # three FracAtlas test-split X-rays (CC BY 4.0)
 
@@ -25,11 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     ap.add_argument("--share", action="store_true",
                     help="ask Gradio for a temporary public *.gradio.live link (needs the internet)")
-    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default assets/model.pt)")
-    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION),
-                    help="calibration file (default assets/calibration.json)")
-    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK),
-                    help="X-ray check file (default assets/xray_check.npz; without it only colour is checked)")
+    add_bundle_args(ap)
     ap.add_argument("--report-dir", default=str(REPORT_DIR),
                     help="where the model card reads test metrics and plots (default assets/report)")
     ap.add_argument("--examples", default=None,
@@ -54,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for the network (default 1: on a busy 2-core machine 2 threads were far "
                          "slower, see assets/report/inference_benchmark_2threads_busy.json)")
-    return ap.parse_args(argv)
+    return resolve_bundle(ap.parse_args(argv))
 
 
 def _fail(msg: str) -> None:

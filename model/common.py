@@ -72,6 +72,32 @@ def pct(v: Any, digits: int = 0) -> str:
     return f"{100 * float(v):.{digits}f}%"
 
 
+BUNDLE_FILES = {"model": DEFAULT_MODEL.name, "calibration": DEFAULT_CALIBRATION.name,
+                "xray_check": DEFAULT_XRAY_CHECK.name}  # the files a bundle folder holds
+
+
+def add_bundle_args(ap, parts: tuple[str, ...] = ("model", "calibration", "xray_check")) -> None:
+    """Declare --bundle DIR (the folder holding model.pt, calibration.json and xray_check.npz; default
+    assets/, MONAI's bundle root) and, for each part a command reads, its file flag (--model, --calibration,
+    --xray-check), which overrides that one file. Call resolve_bundle(args) after parsing."""
+    ap.add_argument("--bundle", default=str(ASSETS), metavar="DIR",
+                    help="folder with model.pt, calibration.json and xray_check.npz (default assets/); "
+                    "--model, --calibration and --xray-check override single files")
+    helps = {"model": "model file (default BUNDLE/model.pt)",
+             "calibration": "calibration file (default BUNDLE/calibration.json)",
+             "xray_check": "X-ray check file (default BUNDLE/xray_check.npz; without it only colour is checked)"}
+    for part in parts:
+        ap.add_argument("--" + part.replace("_", "-"), default=None, metavar="PATH", help=helps[part])
+
+
+def resolve_bundle(args):
+    """Fill each file flag left out from --bundle (args.model, args.calibration, args.xray_check as str)."""
+    for part, name in BUNDLE_FILES.items():
+        if hasattr(args, part) and getattr(args, part) is None:
+            setattr(args, part, str(Path(args.bundle) / name))
+    return args
+
+
 def setup_cpu_threads(n: int = 2) -> None:
     """torch's CPU threads for this process (every command's --threads)."""
     import torch

@@ -1,6 +1,6 @@
 """Score X-ray images from the command line: single files, or whole folder trees as a worklist.
 
-    python -m model.predict IMAGE... [--json] [--target-recall R] [--cam-dir DIR] [--model PATH]
+    python -m model.predict IMAGE... [--json] [--target-recall R] [--cam-dir DIR] [--bundle DIR] [--model PATH]
     python -m model.predict DIR [DIR...] --csv worklist.csv [--target-recall R]
 
 A folder is searched recursively for PNG, JPEG and DICOM files (.png, .jpg, .jpeg, .dcm, .dicom, and files
@@ -28,7 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK, command_parser, plain, prob_text
+from model.common import add_bundle_args, command_parser, plain, prob_text, resolve_bundle
 from model.drawing import DEFAULT_OPACITY
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
@@ -106,14 +106,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cam-method", default="gradcam", help="gradcam, gradcam++, eigencam, ... (with --cam-dir)")
     ap.add_argument("--alpha", type=float, default=DEFAULT_OPACITY,
                     help=f"heatmap opacity where it is highest (with --cam-dir; default {DEFAULT_OPACITY})")
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
-    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
+    add_bundle_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-cam", action="store_true", help="skip Grad-CAM (no cam_peak; a little faster)")
     ap.add_argument("--reveal", action="store_true",
                     help="also print the probability of images that fail the X-ray check")
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
     if args.target_recall is not None and not 0.0 < args.target_recall < 1.0:
         ap.error("--target-recall must lie strictly between 0 and 1")

@@ -28,7 +28,7 @@ import logging
 import sys
 
 from calibration import DEFAULT_TARGET
-from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
+from model.common import add_bundle_args, resolve_bundle
 from model.drawing import DEFAULT_OPACITY
 
 
@@ -48,7 +48,8 @@ def cmd_scan(args) -> int:
             predictor = Predictor(args.model, args.calibration, args.xray_check)
         except (OSError, ValueError) as exc:
             raise BridgeError(f"could not load the model ({type(exc).__name__}: {exc})") from None
-        summary = scan(client, predictor, args.target_recall, progress=not args.no_progress, alpha=args.alpha,
+        target = predictor.default_target if args.target_recall is None else args.target_recall
+        summary = scan(client, predictor, target, progress=not args.no_progress, alpha=args.alpha,
                        limit=args.limit, retry_failed=args.retry_failed)
     except BridgeError as exc:
         log.error("%s", exc)
@@ -101,8 +102,9 @@ def main(argv=None) -> int:
     s.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
     s.add_argument("--credentials", default=None,
                    help="file with the user and password (two lines, or JSON); default: DICOMWEB_USER/_PASSWORD")
-    s.add_argument("--target-recall", type=float, default=DEFAULT_TARGET,
-                   help=f"operating point (default {DEFAULT_TARGET})")
+    s.add_argument("--target-recall", type=float, default=None,
+                   help=f"operating point (default: the calibration's default target, {DEFAULT_TARGET} when it has "
+                   "none), as in the app and model.predict")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--limit", type=int, default=None, help="score at most this many instances in this run")
     s.add_argument("--alpha", type=float, default=DEFAULT_OPACITY,
@@ -111,16 +113,16 @@ def main(argv=None) -> int:
     s.add_argument("--retry-failed", action="store_true",
                    help="also try again the instances this model file failed on before (recorded on the PACS as "
                    "a failure report; skipped otherwise)")
-    s.add_argument("--model", default=str(DEFAULT_MODEL))
-    s.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
-    s.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
+    add_bundle_args(s)
     s.add_argument("--threads", type=int, default=2)
     s.set_defaults(func=cmd_scan)
     o = sub.add_parser("orthanc", help="start a demo Orthanc on loopback with pacs/orthanc.json")
     o.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     o.set_defaults(func=cmd_orthanc)
     args = ap.parse_args(argv)
-    if args.command == "scan" and not 0.0 < args.target_recall < 1.0:
+    if args.command == "scan":
+        resolve_bundle(args)
+    if args.command == "scan" and args.target_recall is not None and not 0.0 < args.target_recall < 1.0:
         ap.error("--target-recall must lie strictly between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return args.func(args)
