@@ -190,11 +190,12 @@ def select_samples(roots: list[str | Path], split: str, splits_dir: str | Path =
 
 
 def samples_by_split(
-    roots: list[str | Path], splits_dir: str | Path = SPLITS_DIR, create: bool = True
+    roots: list[str | Path], splits_dir: str | Path = SPLITS_DIR, create: bool = False
 ) -> tuple[dict[str, list[Sample]], list[dict]]:
-    """Read each data root and sort its samples into train/val/test with the root's split file
-    (made, and written, on first use when `create`). Returns the samples and, per root, the split
-    file used and its SHA-256 (recorded inside the model file)."""
+    """Read each data root and sort its samples into train/val/test with the root's split file. A root
+    without one is an error unless `create` (training asks for it: the file is made, written to
+    splits_dir and logged, to be committed). Returns the samples and, per root, the split file used and
+    its SHA-256 (recorded inside the model file)."""
     out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     used = []
     for root in roots:
@@ -202,7 +203,8 @@ def samples_by_split(
         if not split_file.is_file():
             if not create:
                 raise FileNotFoundError(f"no split file {split_file} for {root}; use --split all")
-            log.info("no split file for %s: making %s", root, split_file)
+            log.warning("no split file for %s: making %s (commit it: the splits are fixed from now on)", root,
+                        split_file)
             make_split_file(root, split_file)
         assignment = load_splits(split_file)
         result = read_root(root)

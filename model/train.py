@@ -305,7 +305,8 @@ def resume_args(args) -> tuple[argparse.Namespace, dict | None]:
 
 
 def load_data(args, use_loc: bool) -> TrainData:
-    by_split, split_info = samples_by_split(args.data, args.splits_dir)
+    # a data root without a split file gets one here, written to --splits-dir (training is where splits are made)
+    by_split, split_info = samples_by_split(args.data, args.splits_dir, create=True)
     train_s, val_s = by_split["train"], by_split["val"]
     t0 = time.time()
     # the squares as stored (pose "as-is"): training shows every image in all eight poses anyway, and the

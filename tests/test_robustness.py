@@ -225,7 +225,7 @@ def test_the_robustness_benchmark_measures_the_serving_path(canonical_model, tmp
     from tests.helpers import class_tree
 
     root = class_tree(tmp_path / "tree", 20)
-    samples_by_split([root], tmp_path / "splits")  # makes the split file, as training does
+    samples_by_split([root], tmp_path / "splits", create=True)  # makes the split file, as training does
     m = eval_robustness.main(["--split", "val", "--data", str(root), "--splits-dir", str(tmp_path / "splits"),
                               "--model", str(canonical_model / "model.pt"), "--calibration", "",
                               "--xray-check", "", "--bootstrap", "20", "--threads", "1", "--out", str(tmp_path / "r"),
