@@ -32,6 +32,7 @@ from model.common import (
     shown,
 )
 from model.data import Sample
+from model.metrics import bootstrap_ci, threshold_metrics
 from model.network import ModelMeta, load_model
 from model.scoring import score_samples
 from model.splits import region_name, select_samples
@@ -58,36 +59,6 @@ def score_data(
     samples, sc, _ = score_samples(model, meta, samples, cache_dir, batch_size, skipped=skipped)
     return samples, sc.logits, meta
 
-
-def bootstrap_ci(y: np.ndarray, s: np.ndarray, groups: list[str], metric, n: int = 1000, seed: int = 0):
-    """Percentile 95% CI of metric(y, s), resampling near-duplicate groups (not images) with replacement."""
-    rng = np.random.default_rng(seed)
-    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    vals = []
-    for _ in range(n):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        if y[idx].min() == y[idx].max():
-            continue
-        vals.append(metric(y[idx], s[idx]))
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return [round(float(lo), 4), round(float(hi), 4)]
-
-
-def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
-
-    pred = (p >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    return {
-        "threshold": round(float(threshold), 6),
-        "accuracy": round(float(accuracy_score(y, pred)), 4),
-        "precision": round(float(precision_score(y, pred, zero_division=0)), 4),
-        "recall": round(float(recall_score(y, pred, zero_division=0)), 4),
-        "specificity": round(float(tn / (tn + fp)) if tn + fp else float("nan"), 4),
-        "f1": round(float(f1_score(y, pred, zero_division=0)), 4),
-        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
-    }
 
 
 def compute_metrics(samples: list[Sample], logits: np.ndarray, prob: np.ndarray, threshold: float,

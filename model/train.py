@@ -38,10 +38,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from model.boxes import boxes_to_square, mask_to_grid, point_in_boxes, rasterise, read_coco_boxes
+from model.boxes import boxes_to_square, mask_to_grid, rasterise, read_coco_boxes
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
 from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser, setup_cpu_threads
 from model.data import REGIONS, Sample
+from model.metrics import pointing_game
 from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
 from model.preprocess import normalize, train_augment
 from model.splits import samples_by_split
@@ -125,19 +126,6 @@ def focal_loc_loss(heat: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) 
         return heat.sum() * 0.0
     loss = sigmoid_focal_loss(heat[keep], target[keep], alpha=0.25, gamma=2.0, reduction="sum")
     return loss / target[keep].sum().clamp(min=1.0)
-
-
-def pointing_game(heat: np.ndarray, boxes: list[np.ndarray | None], size: int) -> float | None:
-    """Fraction of boxed images whose heatmap peak (cell centre, in square pixels) lies in a box."""
-    hits, n = 0, 0
-    for h, b in zip(heat, boxes):
-        if b is None or len(b) == 0:
-            continue
-        iy, ix = np.unravel_index(int(np.argmax(h)), h.shape)
-        cell = size / h.shape[-1]
-        hits += point_in_boxes((ix + 0.5) * cell, (iy + 0.5) * cell, b)
-        n += 1
-    return hits / n if n else None
 
 
 def _targets(samples: list[Sample]):

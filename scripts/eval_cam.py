@@ -36,8 +36,15 @@ from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, 
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from model.metrics import (  # noqa: E402
+    POINT_TOLERANCE,
+    bootstrap_means,
+    localisation,
+    localisation_point,
+    summarise,
+)
+
 log = logging.getLogger("eval_cam")
-TOL = 5  # pointing-game tolerance in pixels
 
 
 def rss_mb() -> float:
@@ -62,16 +69,6 @@ def boxed_test_images(root: Path, splits_dir: Path, split: str = "test") -> list
     return out
 
 
-def box_mask(shape: tuple[int, int], boxes, tol: int = 0) -> np.ndarray:
-    h, w = shape
-    m = np.zeros((h, w), bool)
-    for bx0, by0, bx1, by1 in boxes:
-        x0, y0 = max(0, int(np.floor(bx0)) - tol), max(0, int(np.floor(by0)) - tol)
-        x1, y1 = min(w, int(np.ceil(bx1)) + tol), min(h, int(np.ceil(by1)) + tol)
-        m[y0:y1, x0:x1] = True
-    return m
-
-
 def centre_gaussian(shape: tuple[int, int], sigma: float = 0.25) -> np.ndarray:
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -84,37 +81,6 @@ def random_smooth(shape: tuple[int, int], rng: np.random.Generator, cells: int =
     h, w = shape
     coarse = rng.random((cells, cells)).astype(np.float32)
     return np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-
-
-def localisation(cam: np.ndarray, boxes) -> dict:
-    inside = box_mask(cam.shape, boxes)
-    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    c = np.clip(cam.astype(np.float64), 0, None)
-    return {"hit": bool(box_mask(cam.shape, boxes, TOL)[y, x]),
-            "energy": float(c[inside].sum() / c.sum()) if c.sum() > 0 else 0.0,
-            "area": float(inside.mean())}
-
-
-def localisation_point(box, boxes) -> bool:
-    """Is the centre of a predicted [x0, y0, x1, y1, ...] box inside a (tolerance-widened) fracture box?"""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return any(x0 - TOL <= cx <= x1 + TOL and y0 - TOL <= cy <= y1 + TOL for x0, y0, x1, y1 in boxes)
-
-
-def bootstrap_means(*columns: np.ndarray, n: int = 1000, seed: int = 0) -> list[list[float]]:
-    """Percentile 95% CI of the mean of each column, all resampled with the same image indices."""
-    rng = np.random.default_rng(seed)
-    k = len(columns[0])
-    b = np.array([[c[i].mean() for c in columns] for i in (rng.integers(0, k, k) for _ in range(n))])
-    return [[round(float(v), 4) for v in np.quantile(b[:, j], [0.025, 0.975])] for j in range(len(columns))]
-
-
-def summarise(rows: list[dict]) -> dict:
-    hits = np.array([r["hit"] for r in rows], float)
-    en = np.array([r["energy"] for r in rows])
-    hit_ci, en_ci = bootstrap_means(hits, en)
-    return {"n": len(rows), "pointing_game": round(float(hits.mean()), 4), "pointing_game_ci95": hit_ci,
-            "energy_in_boxes": round(float(en.mean()), 4), "energy_in_boxes_ci95": en_ci}
 
 
 def to_square(cam: np.ndarray, size: int) -> np.ndarray:
@@ -269,7 +235,7 @@ def main(argv=None) -> dict:
             "images_with_a_box": int(sum(b is not None for b in top_boxes))}
     res = {"model": shown(args.model), "model_sha256": file_sha256(args.model), "arch": meta.arch,
            "cam_layer": meta.cam_layer, "data": Path(args.data).resolve().name, "split": args.split,
-           "n_images": len(items), "tolerance_px": TOL, "localisation": loc,
+           "n_images": len(items), "tolerance_px": POINT_TOLERANCE, "localisation": loc,
            "mean_box_area_fraction": round(float(np.mean([localisation(m, b)["area"] for m, (_, b) in
                                                           zip(maps["centre Gaussian (baseline)"], items)])), 4)}
     if args.road_n > 0:

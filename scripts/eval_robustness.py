@@ -179,7 +179,7 @@ class BatchScorer:
 def variant_metrics(y, groups, res, base, threshold, n_boot) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from model.evaluate import bootstrap_ci
+    from model.metrics import bootstrap_ci
 
     p = res["prob"]
     neg = y == 0
