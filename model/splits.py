@@ -226,13 +226,17 @@ def main(argv=None) -> None:
     import json
 
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--data", required=True, help="data root (FracAtlas or class-folder layout)")
-    ap.add_argument("--out", help="split CSV (default assets/splits/<root name>.csv)")
+    ap.add_argument("--data", action="append", required=True,
+                    help="data root (FracAtlas or class-folder layout); repeat for several, one split file each")
+    ap.add_argument("--out", help="split CSV (default assets/splits/<root name>.csv; only with one --data)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.out and len(args.data) > 1:
+        ap.error("--out names one split file: give one --data with it")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    out = args.out or default_split_file(args.data)
-    print(json.dumps(make_split_file(args.data, out, args.seed), indent=2))
+    for root in args.data:
+        out = args.out or default_split_file(root)
+        print(json.dumps(make_split_file(root, out, args.seed), indent=2))
 
 
 if __name__ == "__main__":

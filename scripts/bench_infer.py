@@ -11,7 +11,15 @@ from pathlib import Path
 
 import torch
 
-from model.common import DEFAULT_MODEL, REPORT_DIR, SHARED_DIR, command_parser, setup_cpu_threads, shown
+from model.common import (
+    REPORT_DIR,
+    SHARED_DIR,
+    add_bundle_args,
+    command_parser,
+    resolve_bundle,
+    setup_cpu_threads,
+    shown,
+)
 from model.network import load_model
 from model.preprocess import preprocess
 
@@ -29,11 +37,11 @@ def timed(fn, n):
 
 def main():
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    add_bundle_args(ap, ("model",))
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPORT_DIR / "inference_benchmark.json"))
-    args = ap.parse_args()
+    args = resolve_bundle(ap.parse_args())
     setup_cpu_threads(args.threads)
     shared = sorted((SHARED_DIR / "data" / "fracatlas" / "images" / "Fractured").glob("*.jpg"))
     if shared:

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from app.serve import running_app
-from model.common import DEFAULT_MODEL, EXAMPLES_DIR, REPORT_DIR, command_parser
+from model.common import EXAMPLES_DIR, REPORT_DIR, add_bundle_args, command_parser, resolve_bundle
 from model.synthetic import dicom_bytes, radiograph_like
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -183,11 +183,11 @@ def soak(url: str, pid: int, temp: Path, tmp: Path, n: int) -> dict:
 
 def main() -> None:
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    add_bundle_args(ap, ("model",))
     ap.add_argument("--levels", default="1,10,50,100")
     ap.add_argument("--soak", type=int, default=1000)
     ap.add_argument("--out", default=str(REPORT_DIR / "load.json"))
-    args = ap.parse_args()
+    args = resolve_bundle(ap.parse_args())
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_at_start": os.getloadavg()}, "server": "python -m app (defaults: 1 network "
               "thread, one analysis at a time; --keep-files %g)" % KEEP}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration import core
-from model.common import DEFAULT_MODEL, REPORT_DIR, command_parser, shown
+from model.common import REPORT_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 
 
 def _methods():
@@ -67,10 +67,10 @@ def main(argv=None) -> dict:
     from model.evaluate import score_data
 
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    add_bundle_args(ap, ("model",))
     ap.add_argument("--data", nargs="+", default=["../shared/data/fracatlas"])
     ap.add_argument("--out", default=str(REPORT_DIR / "calibration"))
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     samples, logits, _ = score_data(args.model, args.data, "val")
     z = logits[:, 0].astype(np.float64)
     y = np.array([s.label for s in samples], dtype=np.int64)

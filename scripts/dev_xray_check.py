@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, shown
+from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 from model.xray_check import COLOUR_LIMIT, XrayCheck
 from model.xray_fit import fit_features, negative_inputs
 from model.xray_negatives import KIND_GROUP, all_negatives, split_sets
@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     from model.network import load_model
 
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    add_bundle_args(ap, ("model",))
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--max-train", type=int, default=1500)
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--c", default="0.01,0.05,0.2,1,5",
                     help="the learned signal's inverse regularisation (comma-separated values are compared)")
     ap.add_argument("--out", default=str(REPORT_DIR / "xray_check" / "development.json"))
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     setup_cpu_threads(args.threads)
     model, meta = load_model(args.model)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
