@@ -23,11 +23,11 @@ from calibration.core import sigmoid
 from model.bundle import load_calibration
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
 from model.common import (
-    DEFAULT_CALIBRATION,
-    DEFAULT_MODEL,
     SPLITS_DIR,
+    add_bundle_args,
     command_parser,
     file_sha256,
+    resolve_bundle,
     setup_cpu_threads,
     shown,
 )
@@ -204,17 +204,16 @@ def evaluate(args) -> dict:
 
 def main(argv=None):
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    add_bundle_args(ap, ("model", "calibration"))
     ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
     ap.add_argument("--threshold", type=float, default=None, help="override the operating threshold")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
     ap.add_argument("--no-cache", action="store_true", help="decode the images in memory only; write no cache")
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     m = evaluate(args)
     keys = ("n", "n_fractured", "auroc", "auroc_ci95", "average_precision", "average_precision_ci95", "at_threshold")

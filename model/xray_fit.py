@@ -24,7 +24,16 @@ import numpy as np
 import torch
 
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, file_sha256, setup_cpu_threads, shown
+from model.common import (
+    REPORT_DIR,
+    SPLITS_DIR,
+    add_bundle_args,
+    command_parser,
+    file_sha256,
+    resolve_bundle,
+    setup_cpu_threads,
+    shown,
+)
 from model.network import load_model
 from model.preprocess import decode_image, normalize, prepare, train_augment
 from model.splits import select_samples
@@ -89,7 +98,7 @@ def _channels(model, name: str) -> int:
 
 def main(argv=None) -> dict:
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    add_bundle_args(ap, ("model",))
     ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
     ap.add_argument("--out", default=str(DEFAULT_PATH))
     ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
@@ -102,7 +111,7 @@ def main(argv=None) -> dict:
                     help="network columns the learned signal reads besides the image statistics")
     ap.add_argument("--learned-c", type=float, default=DEFAULT_LEARNED_C, help="its inverse regularisation")
     ap.add_argument("--report", default=str(REPORT_DIR / "xray_check" / "fit.json"))
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
     t0 = time.time()

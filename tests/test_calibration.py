@@ -317,14 +317,14 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     cal_path = tmp_path / "calibration.json"
     cache = str(tmp_path / "cache")
     assert calibrate.main(["fit", "--model", str(model_path), "--data", str(root), "--split", "all",
-                           "--out", str(cal_path), "--plots", str(tmp_path / "plots"), "--cache", cache]) == 0
+                           "--out", str(cal_path), "--plots", str(tmp_path / "plots"), "--cache-dir", cache]) == 0
     cal = Calibration.load(cal_path)
     assert cal.n_positives == 10 and cal.n_negatives == 10 and cal.matches_model(file_sha256(model_path))
     assert not cal.matches_model("0" * 64)
     assert (tmp_path / "plots" / "reliability_all.png").stat().st_size > 0
     out = tmp_path / "out"
     assert calibrate.main(["report", "--model", str(model_path), "--data", str(root), "--split", "all",
-                           "--out", str(out), "--calibration", str(cal_path), "--cache", cache]) == 0
+                           "--out", str(out), "--calibration", str(cal_path), "--cache-dir", cache]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert [t["target"] for t in rep["targets"]] == [0.8, 0.9, 0.95, 0.98, 0.99]
     for key in ("target", "threshold", "recall", "recall_ci", "specificity", "precision", "held"):
@@ -339,7 +339,7 @@ def test_fit_and_report_cli_on_class_folder_tree(tmp_path):
     save_model(other, FractureNet("seedcnn"), meta)
     with pytest.raises(SystemExit, match="not the model"):
         calibrate.main(["report", "--model", str(other), "--data", str(root), "--split", "all", "--out", str(out),
-                     "--calibration", str(cal_path), "--cache", cache])
+                     "--calibration", str(cal_path), "--cache-dir", cache])
 
 
 def test_ece_noise_floor_is_what_perfect_calibration_shows():

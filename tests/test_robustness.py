@@ -194,7 +194,7 @@ def test_site_calibration_is_fitted_loaded_and_shown(tmp_path):
     save_model(tmp_path / "m.pt", net, {"arch": "seedcnn", "img_size": 32, "mean": 0.45, "std": 0.22})
     out = tmp_path / "site_calibration.json"
     assert calibrate.main(["fit", "--model", str(tmp_path / "m.pt"), "--data", str(site), "--split", "all",
-                           "--out", str(out), "--plots", str(tmp_path / "plots"), "--cache", "none"]) == 0
+                           "--out", str(out), "--plots", str(tmp_path / "plots"), "--cache-dir", "none"]) == 0
     with Predictor(tmp_path / "m.pt", calibration_path=out, xray_path=tmp_path / "absent.npz") as p:
         assert p.calibration is not None
         summary = p.calibration_summary
