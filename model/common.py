@@ -108,10 +108,13 @@ def setup_cpu_threads(n: int = 2) -> None:
 
 def prob_text(v: Any) -> str:
     """How every view prints a probability or a threshold: a percentage with one decimal ('4.2%'),
-    '<0.1%' below that, 'n/a' for no number. One format, so the page, the CLI, the worklist and the
+    '<0.1%' and '>99.9%' at the ends, 'n/a' for no number. One format, so the page, the CLI, the worklist and the
     Secondary Capture print the same threshold the same way."""
-    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and 0 < float(v) < 0.0005:
-        return "<0.1%"
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        if 0 < float(v) < 0.0005:
+            return "<0.1%"
+        if 0.9995 <= float(v) < 1:  # not "100.0%": the model is never certain
+            return ">99.9%"
     return pct(v, 1)
 
 

@@ -2,14 +2,15 @@
 SR and the Secondary Capture all use these).
 
 A decision is "borderline" when the calibrated probability lies within a factor BORDERLINE_ODDS of the
-threshold in odds (|logit(p) - logit(threshold)| < ln BORDERLINE_ODDS): with the shipped threshold of about
-4% at a 95% target, a probability between about 2% and 8%. Odds, not percentage points, because the
-thresholds are small: 11% and 96% are both "Fracture suspected" at a 4% threshold, but 11% is 2.8 times the
-threshold's odds and 96% more than 500 times. The factor is a choice, not fitted: on the FracAtlas validation
-split (the shipped calibration's data) 33% of the images fall in the band at the 95% target (12% of the
-fractures, 37% of the normals), so "borderline" marks the decisions that a modest change of the
-probability would flip. Moving the target-recall slider from 80% to 95% moves the threshold by a factor
-of 3.8 in odds.
+threshold in odds (|logit(p) - logit(threshold)| < ln BORDERLINE_ODDS): with the shipped threshold of 4.4%
+at a 95% target, a probability between about 2.2% and 8.4%. Odds, not percentage points, because the
+thresholds are small: 11% and 96% are both "Fracture suspected" at a 4.4% threshold, but 11% is 2.7 times
+the threshold's odds and 96% more than 500 times. The factor is a choice, not fitted. On the FracAtlas
+validation split (the shipped calibration's data) 48% of the images fall in the band at the 95% target:
+12% of the fractures and 56% of the normals, which crowd just below the threshold (that is what a 42%
+expected specificity means); with a factor of 1.5 it would be 28% (9% and 32%). Moving the target-recall
+slider from 95% to 80% moves the threshold by a factor of 2.7 in odds, so a borderline decision is one the
+slider's range can flip.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def strength_note(probability: float, threshold: float) -> str:
     """One sentence on how far the probability is from the threshold, in the band's terms."""
     r = odds_ratio(probability, threshold)
     side, times = ("above", r) if r >= 1 else ("below", 1.0 / r)
+    how_far = (f"{times:.1f} times" if times < 10 else f"{times:.0f} times" if times < 100 else "more than 100 times")
     band = (f"borderline: within a factor {BORDERLINE_ODDS:g} of the threshold's odds"
             if strength(probability, threshold) == BORDERLINE else
             f"clear: more than a factor {BORDERLINE_ODDS:g} from the threshold's odds")
-    return f"{times:.1f} times {side} the threshold in odds ({band})"
+    return f"{how_far} {side} the threshold in odds ({band})"

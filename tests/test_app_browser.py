@@ -132,11 +132,6 @@ def test_upload_decision_heatmap_slider(server, browser, tmp_path):
         _move_slider(page, "opacity", "ArrowLeft", 6)
         expect(page.locator("#oppoint")).to_contain_text("target recall of 95%", timeout=10000)
         assert _threshold(page.locator("#oppoint").inner_text()) == pytest.approx(before, abs=1e-3)
-        shot = os.environ.get("FRACTURELENS_SCREENSHOT")
-        if shot:
-            Path(shot).parent.mkdir(parents=True, exist_ok=True)
-            page.wait_for_timeout(800)
-            page.screenshot(path=shot, full_page=True)
 
 
 def test_non_xray_shows_the_warning(server, browser, tmp_path):
@@ -246,3 +241,37 @@ def test_a_new_upload_replaces_the_old_one_and_a_phone_sees_the_decision_first(s
             assert b.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), b.inner_text()
             box = b.bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, box
+
+
+def test_the_committed_examples_show_a_fracture_a_normal_and_a_borderline_case(browser, tmp_path):
+    """The app as shipped (its own examples, labelled by role): the normal example is called normal, the
+    borderline one is "Fracture suspected (borderline)" at the default target and the slider turns it into
+    "No fracture detected"."""
+    from playwright.sync_api import expect
+
+    with running_app(SERVER_ARGS, env={"GRADIO_TEMP_DIR": str(tmp_path)}) as (url, _), \
+            local_page(browser, url, viewport={"width": 1360, "height": 1000}) as page:
+        examples = page.locator("#examples")
+        expect(examples).to_contain_text("Clear fracture", timeout=30000)
+        examples.get_by_text("Normal").click()
+        expect(page.locator("#pred .output-class")).to_have_text("No fracture detected", timeout=30000)
+        examples.get_by_text("Clear fracture").click()
+        expect(page.locator("#pred .output-class")).to_have_text(re.compile(r"^Fracture suspected"), timeout=30000)
+        page.locator("#cam img").first.wait_for(state="visible", timeout=20000)
+        shot = os.environ.get("FRACTURELENS_SCREENSHOT")  # the README's screenshot: the app as shipped
+        if shot:
+            Path(shot).parent.mkdir(parents=True, exist_ok=True)
+            page.wait_for_timeout(800)
+            page.screenshot(path=shot, full_page=True)
+        examples.get_by_text("Borderline").click()
+        expect(page.locator("#pred .output-class")).to_have_text("Fracture suspected (borderline)", timeout=30000)
+        expect(page.locator("#oppoint")).to_contain_text("(borderline:")
+        _move_slider(page, "recall", "ArrowLeft", 15)  # 0.95 -> 0.80
+        expect(page.locator("#pred .output-class")).to_have_text(re.compile(r"^No fracture detected"), timeout=10000)
+        shot = os.environ.get("FRACTURELENS_SCREENSHOT_DIR")
+        if shot:
+            _move_slider(page, "recall", "ArrowRight", 15)
+            expect(page.locator("#pred .output-class")).to_have_text("Fracture suspected (borderline)",
+                                                                     timeout=10000)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(Path(shot) / "borderline.png"), full_page=True)

@@ -92,3 +92,13 @@ def test_strength_bar_marks_the_probability_on_its_side_of_the_threshold():
     hi, lo = strength_bar(600, 0.9, 0.04), strength_bar(600, 0.01, 0.04)
     assert marker_x(hi, ABOVE_COLOUR) > 300 > marker_x(lo, BELOW_COLOUR)
     assert not np.all(np.abs(np.asarray(hi).astype(int) - BELOW_COLOUR) < 20, -1).any()
+
+
+def test_strength_note_says_how_far_in_plain_words():
+    from model.decision import strength_note
+
+    assert strength_note(0.0484, 0.0436).startswith("1.1 times above the threshold in odds (borderline:")
+    assert strength_note(0.30, 0.0436).startswith("9.4 times above")
+    sure = strength_note(0.9999, 0.0436)
+    assert sure.startswith("more than 100 times above") and "(clear:" in sure
+    assert strength_note(0.004, 0.0436).startswith("11 times below")

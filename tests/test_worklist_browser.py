@@ -33,27 +33,30 @@ def test_worklist_tab(browser, tmp_path):
                      make_instance("DX", a, seed=3)[1],
                      make_instance("CT", a, pixels=np.full((64, 64), 1000, np.uint16))[1],
                      make_instance("CR", b, pixels=np.random.default_rng(0).integers(0, 4095, (256, 320))
-                                   .astype(np.uint16))[1]):
+                                   .astype(np.uint16))[1],
+                     make_instance("CR", b, corrupt=True)[1]):  # pixel data cut short: the analysis fails
             srv.store(data)
         env = {"DICOMWEB_USER": srv.user, "DICOMWEB_PASSWORD": srv.password, "GRADIO_TEMP_DIR": str(tmp_path)}
         with running_app([*SERVER_ARGS, "--pacs", srv.dicomweb_url], env=env) as (url, log_path), \
                 local_page(browser, url, viewport={"width": 1360, "height": 900}) as page:
             page.get_by_role("tab", name="Worklist").click()
             status = page.locator("#wl_status")
-            expect(status).to_contain_text("4 radiograph instance(s): 0 scored, 4 not scored yet", timeout=30000)
+            expect(status).to_contain_text("5 radiograph instance(s): 0 scored, 5 not scored yet", timeout=30000)
 
             page.locator("#wl_scan").click()  # the bridge's scan with the app's Predictor
             expect(status).to_contain_text("scored and written back 4", timeout=90000)
-            expect(status).to_contain_text("4 radiograph instance(s): 3 scored, 0 not scored yet, 1 not assessed")
+            expect(status).to_contain_text("5 radiograph instance(s): 3 scored, 0 not scored yet, 1 not assessed, "
+                                           "1 failed")
 
             srv.store(make_instance("DX", b, seed=11)[1])  # arrives after the scan
             page.locator("#wl_refresh").click()
-            expect(status).to_contain_text("5 radiograph instance(s): 3 scored, 1 not scored yet, 1 not assessed",
-                                           timeout=30000)
+            expect(status).to_contain_text("6 radiograph instance(s): 3 scored, 1 not scored yet, 1 not assessed, "
+                                           "1 failed", timeout=30000)
             table = page.locator("#wl_table")
             expect(table).to_contain_text("not scored yet")
             expect(table).to_contain_text("Not assessed")
             expect(table).to_contain_text("Failed: a photograph or a drawing, not a radiograph")
+            expect(table).to_contain_text("failed: image: could not read the DICOM pixel data")
             text = table.inner_text()
             assert "Fracture probability" in text and "CT" not in text.split()
             thumbs = table.locator("img[src^='data:image/png']")
@@ -91,7 +94,7 @@ def test_worklist_tab(browser, tmp_path):
             assert page.locator("#pred .output-class").inner_text().strip().removesuffix(" (borderline)") in DECISIONS
             expect(page.locator("#oppoint")).to_contain_text("Calibrated probability")
             # the Analyse tab says which image it is (identifiers were switched off again: no patient)
-            expect(page.locator("#source")).to_contain_text("PACS worklist: rank 1 of 5")
+            expect(page.locator("#source")).to_contain_text("PACS worklist: rank 1 of 6")
             expect(page.locator("#source")).not_to_contain_text("Quixotic")
             page.locator("#cam img").first.wait_for(state="visible", timeout=20000)
             log = Path(log_path).read_text()
