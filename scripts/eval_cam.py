@@ -123,12 +123,13 @@ def road_scores(model, meta, items, maps_by_name, percentiles) -> dict:
                 "road_combined_sd": round(float(np.std(v)), 4)} for k, v in out.items()}
 
 
-def random_model_file(meta: dict, path: Path, seed: int = 0) -> Path:
+def random_model_file(meta, path: Path, seed: int = 0) -> Path:
     from model.network import FractureNet, save_model
 
     torch.manual_seed(seed)
-    net = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=bool(meta.loc_head)).eval()
-    save_model(path, net, {**meta, "init": "random (untrained sanity check)"})
+    net = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=bool(meta.loc_head),
+                      polarity_head=bool(meta.polarity_head)).eval()
+    save_model(path, net, meta.replace(init="random (untrained sanity check)"))
     return path
 
 
@@ -202,7 +203,7 @@ def main(argv=None) -> dict:
     log.info("%d boxed %s images", len(items), args.split)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     p = Predictor(args.model, calibration_path=None, xray_path=None, cam_layer=args.cam_layer)
-    meta = {**p.meta, "cam_layer": p.engine.layer_name}
+    meta = p.meta.replace(cam_layer=p.engine.layer_name)
     rng = np.random.default_rng(0)
     maps: dict[str, list[np.ndarray]] = {f"{m} (trained)": [] for m in methods}
     head, top_boxes = [], []
