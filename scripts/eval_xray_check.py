@@ -1,6 +1,6 @@
 """Evaluate the X-ray check (model/xray_check.py) on test X-rays and on non-X-ray images.
 
-    python -m scripts.eval_xray_check --model assets/model.pt --gate assets/xray_check.npz \
+    python -m scripts.eval_xray_check --model assets/model.pt --xray-check assets/xray_check.npz \
         --data ../shared/data/fracatlas --data ../shared/data/multiregion --out assets/report/xray_check
 
 Positives: the TEST-split X-rays of each data root (never used to fit or set the gate; the gate's
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model.bundle import load_xray_check
-from model.common import DEFAULT_MODEL, DEFAULT_XRAY_CHECK, REPORT_DIR, SPLITS_DIR, command_parser, shown
+from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 from model.xray_fit import negative_inputs, network_features
 from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets
 from model.xray_signals import chroma, dicom_modality, image_stats
@@ -42,8 +42,7 @@ def main(argv=None) -> dict:
     from model.splits import select_samples
 
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--gate", default=str(DEFAULT_XRAY_CHECK))
+    add_bundle_args(ap, ("model", "xray_check"))
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--out", default=str(REPORT_DIR / "xray_check"))
     ap.add_argument("--split", default="test")
@@ -52,7 +51,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-xrays", type=int, default=0, help="cap per data root (0 = all)")
     ap.add_argument("--features-only", action="store_true", help="only compute and cache the features")
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
     t0 = time.time()
@@ -108,9 +107,9 @@ def main(argv=None) -> dict:
     truth = np.r_[np.ones(n_x, int), np.zeros(len(neg), int)]
     feats, stats, chromas = np.vstack([feats, nf]), np.vstack([stats, ns]), np.r_[chromas, nc]
     modalities = [m or None for m in modalities] + list(nm)
-    if not Path(args.gate).is_file():
-        raise SystemExit(f"X-ray check file not found: {args.gate}")
-    gate = load_xray_check(args.gate, sha, meta)  # model/bundle.py's rule: this model file, this input size
+    if not Path(args.xray_check).is_file():
+        raise SystemExit(f"X-ray check file not found: {args.xray_check}")
+    gate = load_xray_check(args.xray_check, sha, meta)  # model/bundle.py's rule: this model file, this input size
     results = gate.assess_batch(feats, None, chromas, stats=stats, modalities=modalities)
     rows = list(zip(names, groups, [int(t) for t in truth], results))
     res = results[n_x:]
@@ -118,7 +117,7 @@ def main(argv=None) -> dict:
     named = [r.get("looks_like") == KIND_GROUP[k] for r, k in zip(res, kinds) if not r["is_xray"]]
 
     # the Predictor itself gives the same answers (same code path), checked on a sample
-    with Predictor(args.model, calibration_path=None, xray_path=args.gate) as p:
+    with Predictor(args.model, calibration_path=None, xray_path=args.xray_check) as p:
         check = [(n.image, r) for n, r in zip(neg[::25], res[::25])]
         mismatch = [abs(p.predict(img, cam_method=None)["xray_score"] - r["xray_score"]) for img, r in check]
         timing = _added_ms(p, args.model, [n.image for n in neg[::10]])
@@ -129,7 +128,7 @@ def main(argv=None) -> dict:
     ratios = {k: np.array([r[3]["xray_ratios"].get(k, np.nan) for r in rows]) for k in keys}
     groups = sorted({r[1] for r in rows})
     m = {
-        "model": shown(args.model), "model_sha256": sha, "gate": shown(args.gate),
+        "model": shown(args.model), "model_sha256": sha, "gate": shown(args.xray_check),
         "gate_matches_model": gate.model_sha256 == sha,
         "gate_threshold": gate.threshold, "colour_limit": gate.colour_limit,
         "n_xray": int(y.sum()), "n_non_xray": int((1 - y).sum()),

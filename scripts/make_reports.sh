@@ -27,7 +27,7 @@ python -m model.calibrate report --model $m --data "$mr" --split test \
 python -m scripts.eval_robustness --split test --data "$fa" --data "$mr"
 python -m scripts.compare_calibrators --model $m --data "$fa"
 python -m scripts.dev_xray_check --model $m --data "$fa" --data "$mr"
-python -m scripts.eval_xray_check --model $m --gate assets/xray_check.npz --data "$fa" --data "$mr" \
+python -m scripts.eval_xray_check --model $m --xray-check assets/xray_check.npz --data "$fa" --data "$mr" \
   --out assets/report/xray_check
 python -m scripts.eval_cam --model $m --data "$fa" --out assets/report/cam
 python -m scripts.bench_infer --threads 1 --out assets/report/inference_benchmark.json
