@@ -19,13 +19,12 @@ from pathlib import Path
 from app.handlers import MAP_LOCALISATION
 from app.serve import running_app
 from model.common import (
-    DEFAULT_CALIBRATION,
-    DEFAULT_MODEL,
-    DEFAULT_XRAY_CHECK,
     REPORT_DIR,
     SHARED_DIR,
+    add_bundle_args,
     command_parser,
     file_sha256,
+    resolve_bundle,
     shown,
 )
 
@@ -117,13 +116,11 @@ def bench_browser(url: str, image: Path, moves: int) -> dict | None:
 
 def main() -> None:
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
-    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
+    add_bundle_args(ap)
     ap.add_argument("--image", default=None, help="X-ray to send (default: a FracAtlas image or a synthetic one)")
     ap.add_argument("-n", type=int, default=30, help="timed /predict calls (default 30)")
     ap.add_argument("--out", default=str(REPORT_DIR / "app_benchmark.json"))
-    args = ap.parse_args()
+    args = resolve_bundle(ap.parse_args())
 
     from gradio_client import Client, handle_file
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import sys
 
-from model.common import DEFAULT_MODEL, EXAMPLES_DIR, SHARED_DIR, command_parser, file_sha256
+from model.common import EXAMPLES_DIR, SHARED_DIR, add_bundle_args, command_parser, file_sha256, resolve_bundle
 
 ROLES = ("clear fracture", "normal", "borderline")
 ATTRIBUTION = """# Example X-rays
@@ -85,11 +85,15 @@ def main(argv=None) -> int:
     from model.splits import samples_by_split
 
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--data", default=str(SHARED_DIR / "data" / "fracatlas"))
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--data", action="append", default=None,
+                    help="the FracAtlas root (default ../shared/data/fracatlas; one root)")
+    add_bundle_args(ap, ("model",))
     ap.add_argument("--write", action="store_true", help="replace assets/examples/ with the choice")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
+    if args.data and len(args.data) > 1:
+        ap.error("--data: give one data root (the FracAtlas test split the examples come from)")
+    args.data = args.data[0] if args.data else str(SHARED_DIR / "data" / "fracatlas")
     setup_cpu_threads(args.threads)
     by_split, _ = samples_by_split([args.data], create=False)
     test = [s for s in by_split["test"] if not s.flags.get("hardware") and region_of(s)]

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from model.boxes import read_coco_boxes
-from model.common import DEFAULT_MODEL, REPORT_DIR, SPLITS_DIR, command_parser, shown
+from model.common import REPORT_DIR, SHARED_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,8 +177,9 @@ def main(argv=None) -> dict:
     from model.inference import Predictor
 
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--data", default="../shared/data/fracatlas")
+    add_bundle_args(ap, ("model",))
+    ap.add_argument("--data", action="append", default=None,
+                    help="the FracAtlas root with its fracture boxes (default ../shared/data/fracatlas; one root)")
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--out", default=str(REPORT_DIR / "cam"))
     ap.add_argument("--methods", default="gradcam,gradcam++,eigencam", help="CAM methods to localise")
@@ -190,7 +191,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", default="test", choices=["test", "val"],
                     help="test to report; val to choose (e.g. the CAM layer) without reading test")
     ap.add_argument("--cam-layer", default=None, help="override the model file's Grad-CAM layer")
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
+    if args.data and len(args.data) > 1:
+        ap.error("--data: give one data root (the one whose fracture boxes are measured)")
+    args.data = args.data[0] if args.data else str(SHARED_DIR / "data" / "fracatlas")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
     out_dir = Path(args.out)

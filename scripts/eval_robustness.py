@@ -36,14 +36,13 @@ from PIL import Image, ImageFilter, ImageOps
 
 from model.bundle import load_bundle
 from model.common import (
-    DEFAULT_CALIBRATION,
-    DEFAULT_MODEL,
-    DEFAULT_XRAY_CHECK,
     REPORT_DIR,
     SHARED_DIR,
     SPLITS_DIR,
+    add_bundle_args,
     command_parser,
     plain,
+    resolve_bundle,
     setup_cpu_threads,
     shown,
 )
@@ -273,9 +272,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", choices=["val", "test"], required=True)
     ap.add_argument("--data", action="append",
                     help=f"data root; repeat (default: {', '.join(map(shown, DEFAULT_DATA))})")
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--calibration", default=str(DEFAULT_CALIBRATION))
-    ap.add_argument("--xray-check", default=str(DEFAULT_XRAY_CHECK))
+    add_bundle_args(ap)
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--limit", type=int, default=None,
@@ -290,7 +287,7 @@ def main(argv=None) -> dict:
         argv = sys.argv[1:]
     if "--summarise" in argv:  # no --split needed
         argv = [*argv, "--split", "test"] if "--split" not in argv else argv
-    args = ap.parse_args(argv)
+    args = resolve_bundle(ap.parse_args(argv))
     if args.summarise:
         runs = [json.loads(Path(p).read_text()) for p in args.summarise]
         print(summary_table(runs[-1], runs[0] if len(runs) > 1 else None, args.source), end="")
