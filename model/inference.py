@@ -219,11 +219,11 @@ class Predictor:
 
     def is_negative(self, features: np.ndarray) -> bool:
         """Whether the polarity head (when the model has one) reads the image as a negative film."""
-        from model.pose import NEGATIVE_LOGIT
+        from model.pose import read_as_negative
 
         with torch.inference_mode():
             logit = self.model.polarity_logit(torch.as_tensor(features[:1], device=self.device))
-        return logit is not None and float(logit[0]) > NEGATIVE_LOGIT
+        return logit is not None and read_as_negative(logit[:1].float().cpu().numpy()).size == 1
 
     def close(self) -> None:
         """Release the Grad-CAM and X-ray-check hooks (the Predictor cannot compute CAMs afterwards)."""

@@ -29,6 +29,15 @@ INVERTED_NOTE = "looked inverted (a negative); analysed as its negative"
 NEGATIVE_LOGIT = 0.0  # polarity-head logit above which a film is read as a negative (probability 0.5)
 
 
+def read_as_negative(polarity) -> np.ndarray:
+    """Which images the polarity head reads as negative films, as indices: the one rule the Predictor, the
+    batched scoring, the robustness benchmark and the X-ray check's fitting share (each then analyses those
+    images again as their negatives). polarity: (N,) logits, or None for a model without the head."""
+    if polarity is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.asarray(polarity, dtype=np.float64).reshape(-1) > NEGATIVE_LOGIT)
+
+
 
 @dataclass(frozen=True)
 class Pose:

@@ -77,7 +77,7 @@ def score_samples(model: torch.nn.Module, meta, samples: list, cache_dir=None, b
     Scores, a boolean array: analysed as a negative). Unreadable files are skipped (and appended to
     `skipped` as (image id, reason) when a list is given)."""
     from model.cache import load_squares
-    from model.pose import NEGATIVE_LOGIT
+    from model.pose import read_as_negative
     from model.preprocess import decode_image, prepare
 
     squares, ok = load_squares(samples, int(meta.img_size), cache_dir, skipped=skipped, pose=meta.pose)
@@ -85,8 +85,8 @@ def score_samples(model: torch.nn.Module, meta, samples: list, cache_dir=None, b
     squares = squares[ok]
     sc = score_batch(model, squares, meta.mean, meta.std, batch_size, tta=bool(meta.tta))
     negative = np.zeros(len(samples), dtype=bool)
-    if sc.polarity is not None and (sc.polarity > NEGATIVE_LOGIT).any():
-        idx = np.flatnonzero(sc.polarity > NEGATIVE_LOGIT)
+    idx = read_as_negative(sc.polarity)
+    if idx.size:
         neg = np.stack([prepare(decode_image(samples[i].path), meta, negative=True).square for i in idx])
         again = score_batch(model, neg, meta.mean, meta.std, batch_size, tta=bool(meta.tta))
         sc.logits[idx] = again.logits

@@ -230,14 +230,14 @@ def served_squares(model, meta, grays: list) -> np.ndarray:
     """The squares the network finally reads for these decoded images on the serving path: prepared in the
     model's pose, and prepared again as a negative where the polarity head reads a negative film
     (model.inference.Predictor)."""
-    from model.pose import NEGATIVE_LOGIT
+    from model.pose import read_as_negative
 
     sq = np.stack([prepare(g, meta).square for g in grays])
     if getattr(model, "polarity_head", None) is None:
         return sq
     with torch.inference_mode():
         pol = model.polarity_logit(model.features(normalize(sq[:, None], meta.mean, meta.std))).float().numpy()
-    for i in np.flatnonzero(pol > NEGATIVE_LOGIT):
+    for i in read_as_negative(pol):
         sq[i] = prepare(grays[i], meta, negative=True).square
     return sq
 

@@ -155,12 +155,13 @@ class BatchScorer:
         return np.concatenate(logits), np.concatenate(pol), np.concatenate(feats)
 
     def score(self, grays: list[Image.Image]) -> dict:
-        from model.pose import NEGATIVE_LOGIT
+        from model.pose import read_as_negative
 
         preps = [prepare(g, self.meta) for g in grays]
         squares = np.stack([p.square for p in preps])
         logits, pol, feats = self._forward(squares)
-        negative = pol > NEGATIVE_LOGIT
+        negative = np.zeros(len(pol), dtype=bool)
+        negative[read_as_negative(pol)] = True
         if negative.any():
             idx = np.flatnonzero(negative)
             again = np.stack([prepare(grays[i], self.meta, negative=True).square for i in idx])
