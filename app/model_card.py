@@ -34,7 +34,7 @@ LIMITATIONS = """\
   Training data) of the hand, leg, hip and shoulder from a small number of hospitals and machines.
   Performance on other sites, scanners, patient groups, children or other body parts is unknown and
   probably worse; on the second data set it was never trained on it is close to chance (see the README).
-- The answer is per image. The red boxes come from a localisation head trained on FracAtlas's fracture
+- The answer is per image. The cyan boxes come from a localisation head trained on FracAtlas's fracture
   boxes; they mark where the model thinks a fracture is, often the right bone but not always the right
   spot, and they are drawn only when the decision is "Fracture suspected". The Grad-CAM heatmap shows
   which pixels moved the score; it is not a fracture outline and can highlight hardware, text or edges.
