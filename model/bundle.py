@@ -22,7 +22,7 @@ import torch
 from calibration import Calibration
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_THRESHOLD, DEFAULT_XRAY_CHECK, file_sha256
 from model.network import FractureNet, ModelMeta, load_model
-from model.xray_check import XrayCheck
+from model.xray.check import XrayCheck
 
 log = logging.getLogger("model.bundle")
 

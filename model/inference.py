@@ -15,7 +15,7 @@ from calibration.core import sigmoid
 from model.bundle import Bundle, load_bundle
 from model.common import DEFAULT_CALIBRATION, DEFAULT_MODEL, DEFAULT_XRAY_CHECK
 from model.decision import DECISIONS, NOT_ASSESSED, decision_text, strength  # re-exported: the words live there
-from model.xray_signals import Taps, chroma
+from model.xray.signals import Taps, chroma
 
 # ------------------------------------------------------------------------------------------------
 # The Predictor: one object that the CLI (model.predict) and the app use for single uploads.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.drawing import DEFAULT_OPACITY
-from model.xray_signals import PROJECTION_MODALITIES
+from model.xray.kinds import PROJECTION_MODALITIES
 from pacs import results
 
 log = logging.getLogger("pacs.bridge")

@@ -29,7 +29,7 @@ from typing import Callable
 
 from model.common import prob_text
 from model.decision import NOT_ASSESSED as DECISION_NOT_ASSESSED
-from model.xray_signals import PROJECTION_MODALITIES
+from model.xray.kinds import PROJECTION_MODALITIES
 from pacs import results
 from pacs.bridge import (
     OWN_SERIES,

@@ -3,9 +3,9 @@
     python -m scripts.dev_xray_check --model assets/model.pt \\
         --data ../shared/data/fracatlas --data ../shared/data/multiregion
 
-Negatives: the development half of model.xray_negatives (split by source picture; the evaluation half
+Negatives: the development half of model.xray.negatives (split by source picture; the evaluation half
 is not read). Positives: the training X-rays (to fit) and the VALIDATION X-rays (threshold: 99% of them
-pass, as `python -m model.xray_fit` sets it). The learned signal is fitted on development negatives,
+pass, as `python -m model.xray.fit` sets it). The learned signal is fitted on development negatives,
 so it is scored by 5-fold cross-validation grouped by source picture: each fold's negatives are
 assessed by a gate fitted without any rendering of their pictures. The test split is not read.
 Writes assets/report/xray_check/development.json.
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
-from model.xray_check import COLOUR_LIMIT, XrayCheck
-from model.xray_fit import fit_features, negative_inputs
-from model.xray_negatives import KIND_GROUP, all_negatives, split_sets
+from model.xray.check import COLOUR_LIMIT, XrayCheck
+from model.xray.fit import fit_features, negative_inputs
+from model.xray.kinds import KIND_GROUP
+from model.xray.negatives import all_negatives, split_sets
 
 # (signals, learned_inputs): the statistics are always part of a gate
 SIGNAL_SETS = [(("stats",), None), (("stats", "layers"), None), (("stats", "features"), None),

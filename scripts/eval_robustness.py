@@ -134,7 +134,7 @@ class BatchScorer:
     negatives prepared and scored again, the X-ray check on the final input."""
 
     def __init__(self, bundle, batch_size: int = 32):
-        from model.xray_signals import Taps
+        from model.xray.signals import Taps
 
         self.b, self.meta, self.batch_size = bundle, bundle.meta, batch_size
         self.taps = Taps(bundle.model, bundle.xray.tap_layers if bundle.xray.use_features else [])

@@ -1,10 +1,10 @@
-"""Evaluate the X-ray check (model/xray_check.py) on test X-rays and on non-X-ray images.
+"""Evaluate the X-ray check (model/xray/check.py) on test X-rays and on non-X-ray images.
 
     python -m scripts.eval_xray_check --model assets/model.pt --xray-check assets/xray_check.npz \
         --data ../shared/data/fracatlas --data ../shared/data/multiregion --out assets/report/xray_check
 
 Positives: the TEST-split X-rays of each data root (never used to fit or set the gate; the gate's
-threshold comes from the validation split). Negatives: the EVALUATION half of model.xray_negatives
+threshold comes from the validation split). Negatives: the EVALUATION half of model.xray.negatives
 (CT, MR, ultrasound, nuclear-medicine, RT-dose and segmentation images as DICOM and as PNG renderings
 with and without a window, inverted and cropped; MR volumes sliced in three planes; photographs,
 microscopy, drawings and generated images), split by source picture from the development half that the
@@ -26,9 +26,10 @@ import numpy as np
 
 from model.bundle import load_xray_check
 from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
-from model.xray_fit import negative_inputs, network_features
-from model.xray_negatives import KIND_GROUP, KINDS, all_negatives, split_sets
-from model.xray_signals import chroma, dicom_modality, image_stats
+from model.xray.fit import negative_inputs, network_features
+from model.xray.kinds import KIND_GROUP, KINDS
+from model.xray.negatives import all_negatives, split_sets
+from model.xray.signals import chroma, dicom_modality, image_stats
 
 log = logging.getLogger("eval_xray_check")
 

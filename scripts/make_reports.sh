@@ -11,7 +11,7 @@ fa=${1:-../shared/data/fracatlas}; mr=${2:-../shared/data/multiregion}; refit=${
 m=assets/model.pt
 if [ "$refit" = "--refit" ]; then
   python -m model.calibrate fit --model $m --data "$fa" --split val
-  python -m model.xray_fit --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
+  python -m model.xray.fit --model $m --data "$fa" --data "$mr" --out assets/xray_check.npz
   # the site workflow, demonstrated with the second data set as "the site"
   python -m model.calibrate fit --model $m --data "$mr" --split val \
     --out assets/report/site_calibration/multiregion_calibration.json --plots assets/report/site_calibration

@@ -11,7 +11,7 @@ from calibration import Calibration
 from model.bundle import load_bundle
 from model.common import DEFAULT_XRAY_CHECK, file_sha256
 from model.network import FractureNet, MetaError, ModelMeta, load_model, save_model
-from model.xray_check import XrayCheck
+from model.xray.check import XrayCheck
 
 META = {"arch": "seedcnn", "img_size": 64, "mean": 0.45, "std": 0.22, "region_names": ["hand", "leg", "hip",
                                                                                        "shoulder"]}

@@ -276,7 +276,7 @@ def test_result_objects_offline(assessed, tmp_path):
 
 def test_xray_reason_fits_a_code_meaning():
     """The SR's coded X-ray-check value holds the reason in at most 64 ASCII characters (LO)."""
-    from model.xray_negatives import GROUP_REASONS
+    from model.xray.kinds import GROUP_REASONS
     from pacs.results import failed_meaning
 
     assert failed_meaning(GROUP_REASONS["picture"]) == "Failed: a photograph or a drawing, not a radiograph"

@@ -17,8 +17,8 @@ from model.common import file_sha256
 from model.inference import Predictor
 from model.network import FractureNet, save_model
 from model.preprocess import ImageError, letterbox
-from model.xray_check import XrayCheck
-from model.xray_signals import image_stats
+from model.xray.check import XrayCheck
+from model.xray.signals import image_stats
 from tests.helpers import xray_like
 
 KEYS = ("probability", "raw_probability", "logit", "decision", "is_fracture", "threshold", "target_recall",

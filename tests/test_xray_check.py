@@ -15,9 +15,9 @@ from PIL import Image
 from model.common import REPO_ROOT as ROOT
 from model.network import FractureNet
 from model.preprocess import letterbox
-from model.xray_check import COLOUR_LIMIT, DEFAULT_PATH, XrayCheck
-from model.xray_fit import network_features
-from model.xray_signals import chroma, dicom_modality, image_stats, lbp_histogram
+from model.xray.check import COLOUR_LIMIT, DEFAULT_PATH, XrayCheck
+from model.xray.fit import network_features
+from model.xray.signals import chroma, dicom_modality, image_stats, lbp_histogram
 from tests.helpers import dicom_bytes, xray_like
 
 SIZE, MEAN, STD = 64, 0.2, 0.25
@@ -144,7 +144,7 @@ def test_save_load_roundtrip_and_model_mismatch(fitted, tmp_path):
 
 def test_shipped_gate_file_loads_and_matches_the_shipped_model():
     path = ROOT / DEFAULT_PATH
-    assert path.is_file(), f"{DEFAULT_PATH} is missing: fit it with python -m model.xray_fit"
+    assert path.is_file(), f"{DEFAULT_PATH} is missing: fit it with python -m model.xray.fit"
     assert path.stat().st_size < 15e6
     gate = XrayCheck.load(path)
     assert np.isfinite(gate.threshold) and gate.threshold > 0 and 0 < gate.colour_limit < 0.5
@@ -258,7 +258,7 @@ def test_shipped_check_passes_synthetic_radiographs(shipped):
 def test_learned_signal_fits_names_kinds_and_survives_save_load(fitted, tmp_path):
     """A gate with the learned signal, fitted in the test: synthetic X-rays against two kinds of
     generated negatives; held-out negatives of each kind are flagged and named, X-rays pass."""
-    from model.xray_check import Learned
+    from model.xray.check import Learned
 
     net, _, squares = fitted
 
@@ -305,7 +305,7 @@ def test_learned_signal_fits_names_kinds_and_survives_save_load(fitted, tmp_path
 
 
 def test_negative_sets_are_disjoint_by_source_and_cover_every_modality():
-    from model.xray_negatives import all_negatives, split_sets
+    from model.xray.negatives import all_negatives, split_sets
 
     neg = all_negatives()
     dev, ev = split_sets(neg)

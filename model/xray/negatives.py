@@ -38,20 +38,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from model.common import to_uint8
+from model.xray.kinds import MODALITY_KIND
 
-log = logging.getLogger("model.xray_negatives")
+log = logging.getLogger("model.xray.negatives")
 
-KINDS = ("cross-sectional", "ultrasound", "nuclear", "other-medical", "photo", "graphic")
-KIND_GROUP = {"cross-sectional": "medical", "ultrasound": "medical", "nuclear": "medical",
-              "other-medical": "medical", "photo": "picture", "graphic": "picture"}
-# what the check says a flagged image looks like, per group
-GROUP_REASONS = {
-    "medical": "it looks like another kind of medical image (CT, MR, ultrasound, nuclear medicine, "
-               "microscopy), not a radiograph",
-    "picture": "it looks like a photograph or a drawing, not a radiograph",
-}
-MODALITY_KIND = {"CT": "cross-sectional", "MR": "cross-sectional", "US": "ultrasound", "NM": "nuclear",
-                 "PT": "nuclear", "RTDOSE": "other-medical", "SEG": "other-medical"}
 
 
 @dataclass

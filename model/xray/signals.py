@@ -1,4 +1,4 @@
-"""The X-ray check's signals, measured on one upload (model/xray_check.py turns them into a verdict):
+"""The X-ray check's signals, measured on one upload (model/xray/check.py turns them into a verdict):
 
   chroma()           mean chroma of the upload before it is made grey (colour)
   dicom_modality()   the DICOM Modality tag (header only; never logged)
@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from model.common import to_uint8
 from model.network import ARCHS
 from model.preprocess import _is_dicom, chroma_of
+from model.xray.kinds import XRAY_CHECK_MODALITIES
 
 STAT_NAMES = ("mean", "std", "dark_frac", "bright_frac", "skew", "grad_mean", "hf_ratio", "entropy",
               "edge_frac", "border_minus_centre", *(f"lbp_{k}" for k in range(9)), "lbp_other")
@@ -47,18 +48,7 @@ def chroma(source) -> float:
         return 0.0
 
 
-# DICOM Modality values (PS3.3 C.7.3.1.1.1). Projection radiographs, what the PACS bridge and worklist score:
-# CR (computed radiography), DX (digital radiography) and RG (radiographic imaging, film/screen). ("DR" is
-# not a DICOM modality: digital radiography is DX.)
-PROJECTION_MODALITIES = frozenset({"CR", "DX", "RG"})
-# What the X-ray check lets through to its pixel signals: projection radiographs, other X-ray projection
-# imaging (fluoroscopy RF, digital fluoroscopy DF, angiography XA, panoramic PX) and scanned or
-# secondary-capture images (OT, SC); any other modality in an uploaded DICOM file fails the check outright.
-XRAY_CHECK_MODALITIES = PROJECTION_MODALITIES | {"RF", "DF", "XA", "PX", "OT", "SC"}
-MODALITY_NAMES = {"CT": "computed tomography", "MR": "magnetic resonance", "US": "ultrasound",
-                  "NM": "nuclear-medicine", "PT": "PET", "MG": "mammography", "SEG": "segmentation",
-                  "RTDOSE": "radiotherapy dose", "XC": "camera photo",
-                  "ES": "endoscopy", "OP": "ophthalmic photo", "SM": "slide microscopy", "IO": "intra-oral"}
+
 FOREIGN_RATIO = 100.0  # the ratio a foreign modality gets (score ~ 1e-8)
 
 

@@ -1,9 +1,9 @@
-"""Fitting the X-ray check (model/xray_check.py) for a model file:
+"""Fitting the X-ray check (model/xray/check.py) for a model file:
 
-    python -m model.xray_fit --model assets/model.pt --data ../shared/data/fracatlas \
+    python -m model.xray.fit --model assets/model.pt --data ../shared/data/fracatlas \
         --data ../shared/data/multiregion --out assets/xray_check.npz
 
-Training-split X-rays fit the densities and, with the DEVELOPMENT half of model.xray_negatives, the
+Training-split X-rays fit the densities and, with the DEVELOPMENT half of model.xray.negatives, the
 learned signal; validation X-rays set the threshold (at most 1% of them flagged). Each X-ray counts twice:
 as stored and changed the way uploads change films (one random draw of model.preprocess.train_augment:
 poses, rotation, border, crop, grey levels, labels, resampling, blur, noise, JPEG), so that a rotated,
@@ -37,7 +37,7 @@ from model.common import (
 from model.network import load_model
 from model.preprocess import decode_image, normalize, prepare, train_augment
 from model.splits import select_samples
-from model.xray_check import (
+from model.xray.check import (
     COLOUR_LIMIT,
     DEFAULT_LEARNED_C,
     DEFAULT_LEARNED_INPUTS,
@@ -46,10 +46,10 @@ from model.xray_check import (
     VAL_QUANTILE,
     XrayCheck,
 )
-from model.xray_negatives import all_negatives, split_sets
-from model.xray_signals import TAP_LAYERS, Taps, chroma, dicom_modality, image_stats, squares_stats
+from model.xray.negatives import all_negatives, split_sets
+from model.xray.signals import TAP_LAYERS, Taps, chroma, dicom_modality, image_stats, squares_stats
 
-log = logging.getLogger("model.xray_fit")
+log = logging.getLogger("model.xray.fit")
 
 
 def network_features(model, squares: np.ndarray, mean: float, std: float, batch_size: int = 32,
@@ -243,7 +243,7 @@ def served_squares(model, meta, grays: list) -> np.ndarray:
 
 
 def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, model_path=None):
-    """(features, statistics, chroma, DICOM modality) of model.xray_negatives images, through the same
+    """(features, statistics, chroma, DICOM modality) of model.xray.negatives images, through the same
     decode -> prepare -> network path as Predictor.predict; cached per model file and image set."""
     cache = None
     if cache_dir and model_path:

@@ -1,5 +1,5 @@
 """Does an upload look like a radiograph this model was trained for? The gate: its signals
-(model/xray_signals.py) against densities and a classifier fitted by model/xray_fit.py.
+(model/xray/signals.py) against densities and a classifier fitted by model/xray/fit.py.
 
 Signals, each measured against the X-rays of the training split (fit) and validation split (threshold):
   colour    mean chroma (max - min of R, G, B) of the upload before it is made grey: X-rays are grey
@@ -14,7 +14,7 @@ Signals, each measured against the X-rays of the training split (fit) and valida
   learned   a multinomial logistic regression on [the 20 statistics | channel means and standard
             deviations of early network layers (TAP_LAYERS, recorded during the prediction's own forward
             pass)], fitted on training-split X-rays against the DEVELOPMENT half of
-            model.xray_negatives (CT/MR/ultrasound/nuclear-medicine renderings, photographs, graphics);
+            model.xray.negatives (CT/MR/ultrasound/nuclear-medicine renderings, photographs, graphics);
             its distance is the odds against "X-ray", and the reason names the group a flagged image
             resembles ("it looks like another kind of medical image (CT, MR, ultrasound, ...)" or "a
             photograph or a drawing"); a DICOM file's reason names its Modality tag.
@@ -27,7 +27,7 @@ compared with a threshold set on the VALIDATION X-rays (the 99th percentile of t
 most 1% of them are flagged). xray_score = 1 / (1 + r^4) with r = max(ratio / threshold,
 chroma / colour limit): 1 = typical X-ray, 0.5 = the threshold, towards 0 = far from any X-ray.
 
-    python -m model.xray_fit --model assets/model.pt --data ../shared/data/fracatlas \
+    python -m model.xray.fit --model assets/model.pt --data ../shared/data/fracatlas \
         --data ../shared/data/multiregion --out assets/xray_check.npz
 
 The gate file (npz, float32) records the sha256 of the model file it was fitted for; the Predictor
@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from model.common import DEFAULT_XRAY_CHECK
-from model.xray_negatives import GROUP_REASONS, KIND_GROUP
-from model.xray_signals import FOREIGN_RATIO, MODALITY_NAMES, foreign_modality, squares_stats
+from model.xray.kinds import GROUP_REASONS, KIND_GROUP, MODALITY_NAMES
+from model.xray.signals import FOREIGN_RATIO, foreign_modality, squares_stats
 
-log = logging.getLogger("model.xray_check")
+log = logging.getLogger("model.xray.check")
 
 FORMAT = "fracturelens-xray-check/3"  # /2: the LBP texture histogram; /3: the learned signal
 DEFAULT_PATH = DEFAULT_XRAY_CHECK
@@ -101,11 +101,11 @@ class Neighbours:
 
 class Learned:
     """A multinomial logistic regression (scikit-learn, on standardised inputs) that tells X-rays from
-    the kinds of non-X-ray it was shown (model.xray_negatives.KINDS). Stored as plain arrays.
+    the kinds of non-X-ray it was shown (model.xray.negatives.KINDS). Stored as plain arrays.
 
     distance() is the odds against "X-ray", sum(p other kinds) / p(X-ray): positive, monotone, so it
     is thresholded like the density distances. group() names the most likely group of non-X-ray
-    kinds (model.xray_negatives.KIND_GROUP)."""
+    kinds (model.xray.negatives.KIND_GROUP)."""
 
     def __init__(self, mean, scale, coef, intercept, classes):
         self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
