@@ -149,6 +149,7 @@ class Predictor:
         from model.gradcam import method_name, to_original
         from model.pose import INVERTED_NOTE
         from model.preprocess import decode_image, prepare
+        from model.scoring import mirror
 
         if cam_method is not None:
             cam_method = method_name(cam_method)  # ValueError for an unknown name, before any work
@@ -161,7 +162,7 @@ class Predictor:
                 out, taps = self._forward(prep, cam_method)
             if self.meta.tta:  # the mirrored image too (the model file says whether it was chosen)
                 x = prep.tensor.to(self.device)
-                mirrored = self.engine.logits(torch.flip(x, dims=[-1])[None])
+                mirrored = self.engine.logits(mirror(x)[None])
         gray, square, lb, pose = prep.gray, prep.square, prep.lb, prep.pose
         feats = np.concatenate([out.features, taps], axis=1) if taps.size else out.features
         logits = out.logits[0]

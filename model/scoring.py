@@ -11,6 +11,12 @@ import torch
 from model.preprocess import normalize
 
 
+def mirror(x: torch.Tensor) -> torch.Tensor:
+    """The horizontal mirror of a batch of inputs: flip test-time averaging (ModelMeta.tta) averages an
+    image's logits with its mirror's, here and in model.inference.Predictor."""
+    return torch.flip(x, dims=[-1])
+
+
 @dataclass
 class Scores:
     """What one batched pass gives: (N, 1 + n_regions) logits (column 0: fracture), the localisation head's
@@ -38,7 +44,7 @@ def score_batch(model: torch.nn.Module, squares: np.ndarray, mean: float, std: f
             f, heat = model.forward_maps(x) if hasattr(model, "forward_maps") else (None, None)
             y = model.heads(f) if f is not None else model(x)
             if tta:
-                y = 0.5 * (y + model(torch.flip(x, dims=[-1])))
+                y = 0.5 * (y + model(mirror(x)))
             pol = model.polarity_logit(f) if f is not None and hasattr(model, "polarity_logit") else None
         outs.append(y.float().cpu())
         if heat is not None:
