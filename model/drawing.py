@@ -45,7 +45,8 @@ PROBABILITY = MapScale("fracture probability (fracture map)",
 RELATIVE = MapScale("Grad-CAM, relative to its maximum", ((0.0, "low"), (0.5, "half"), (1.0, "max")))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
+    """The type every burnt-in label uses (PIL's scalable default font)."""
     return ImageFont.load_default(size=size)
 
 
@@ -111,7 +112,7 @@ def draw_boxes(img: Image.Image, boxes) -> Image.Image:
         return out
     draw = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 250))
-    font = _font(label_size(out.size))
+    font = label_font(label_size(out.size))
     for b in boxes:
         x0, y0, x1, y1 = (float(v) for v in b[:4])
         draw.rectangle([x0 - width, y0 - width, x1 + width, y1 + width], outline=LABEL_INK, width=1)  # a halo
@@ -132,7 +133,7 @@ def colour_bar(height: int, scale: MapScale, opacity: float = DEFAULT_OPACITY) -
     """A panel `height` pixels high: the map's colours over mid-grey as the image draws them at this
     opacity (the part below MAP_FLOOR shows the grey), the scale's ticks and its title."""
     size = max(12, min(label_size((height, height)), height // 12))
-    font = _font(size)
+    font = label_font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(probe.textbbox((0, 0), t, font=font)[2] for _, t in scale.ticks)
     bar_w = max(12, size)
@@ -200,7 +201,7 @@ def strength_bar(width: int, probability: float, threshold: float, height: int |
 
     height = height or max(80, width // 7)
     size = max(11, height // 6)
-    font, bold = _font(size), _font(round(size * 1.2))
+    font, bold = label_font(size), label_font(round(size * 1.2))
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     lo, hi = (logit(v) for v in STRENGTH_RANGE)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -101,19 +101,18 @@ def model_version(meta: ModelMeta, sha256: str) -> str:
     return f"{meta.arch} sha256:{sha256[:12]} {meta.created[:19]}".strip()[:64]
 
 
+def code_meaning(text: str, limit: int = 64) -> str:
+    """Text as a code meaning (LO: at most 64 characters, ASCII, the default character set), cut at a word
+    with "..." when too long."""
+    text = " ".join(str(text).encode("ascii", "replace").decode().split())
+    return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
 def failed_meaning(reason: str | None, limit: int = 64) -> str:
-    """The X-ray check's reason as a code meaning (at most 64 characters, LO): "Failed: <reason>" without
-    a leading "it looks like", cut at a word with "..." (ASCII, the default character set) when still too long."""
+    """The X-ray check's reason as a code meaning: "Failed: <reason>" without a leading "it looks like"."""
     reason = (reason or "").strip()
     reason = reason[len("it looks like "):] if reason.startswith("it looks like ") else reason
-    text = f"Failed: {reason}".strip(": ")
-    if len(text) <= limit:
-        return text
-    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+    return code_meaning(f"Failed: {reason}".strip(": "), limit)
 
 
 def overlay_image(res: dict, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
@@ -123,7 +122,7 @@ def overlay_image(res: dict, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
     probability against the threshold on a bar below, and the decision + NOT FOR DIAGNOSTIC USE on black
     strips above and below (nothing of the X-ray is covered). An image that failed the X-ray check shows no
     map, boxes or bar."""
-    from model.drawing import PROBABILITY, RELATIVE, render, strength_bar
+    from model.drawing import PROBABILITY, RELATIVE, label_font, render, strength_bar
 
     gray = res["gray"]
     w0, h0 = res["image_size"]
@@ -140,7 +139,7 @@ def overlay_image(res: dict, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
     if prob is not None and res.get("is_xray", True):
         parts.append(strength_bar(img.size[0], float(prob), float(res["threshold"])))
     size = max(12, round(max(img.size) / 36))
-    font = _font(size)
+    font = label_font(size)
     top = res.get("decision_text") or res["decision"]
     if prob is not None:
         top += f"  p {prob_text(prob)} (threshold {prob_text(res['threshold'])})"
@@ -240,12 +239,6 @@ def _report(src: Dataset, groups: list, meta: ModelMeta, model_sha256: str, sop_
     return sr
 
 
-def reason_meaning(reason: str, limit: int = 64) -> str:
-    """A failure reason as a code meaning (LO: at most 64 characters, ASCII), cut at a word with "..."."""
-    text = " ".join(str(reason or "unknown").encode("ascii", "replace").decode().split())
-    return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
-
-
 def failure_report(src: Dataset, reason: str, meta: ModelMeta, model_sha256: str) -> hd.sr.Comprehensive3DSR:
     """An SR that records that this model file could not analyse the source (decision "Analysis failed" and
     the reason), under its own UID (failure_uid), so that a scan does not retry it every run (pacs/bridge.py)
@@ -258,7 +251,8 @@ def failure_report(src: Dataset, reason: str, meta: ModelMeta, model_sha256: str
         finding_type=FRACTURE, algorithm_id=algorithm,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(DECISION, ANALYSIS_FAILED),
-            hd.sr.QualitativeEvaluation(FAILURE_REASON, hd.sr.CodedConcept("reason", SCHEME, reason_meaning(reason)))],
+            hd.sr.QualitativeEvaluation(FAILURE_REASON,
+                                        hd.sr.CodedConcept("reason", SCHEME, code_meaning(reason or "unknown")))],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src)])
     return _report(src, [group], meta, model_sha256, failure_uid(src.SOPInstanceUID, model_sha256))
 
