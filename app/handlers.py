@@ -274,9 +274,11 @@ class Handlers:
     def regions_value(result: dict | None, reveal: bool = False) -> dict | None:
         """gr.Label payload of the body regions; withheld (None) for an image that failed the X-ray check
         unless `reveal`."""
-        if not result or (not result.get("is_xray", True) and not reveal):
+        from model.inference import withhold
+
+        if not result:
             return None
-        return result.get("regions") or None
+        return (result if reveal else withhold(result)).get("regions") or None
 
     def overlay_image(self, state: Analysis | None, opacity: Any = DEFAULT_OPACITY,
                       kind: str = MAP_LOCALISATION, reveal: Any = False) -> Image.Image | None:

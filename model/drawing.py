@@ -17,6 +17,7 @@ Secondary Capture all call `render()`, so they look the same.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -129,9 +130,11 @@ def draw_boxes(img: Image.Image, boxes) -> Image.Image:
     return out
 
 
+@functools.lru_cache(maxsize=32)
 def colour_bar(height: int, scale: MapScale, opacity: float = DEFAULT_OPACITY) -> Image.Image:
     """A panel `height` pixels high: the map's colours over mid-grey as the image draws them at this
-    opacity (the part below MAP_FLOOR shows the grey), the scale's ticks and its title."""
+    opacity (the part below MAP_FLOOR shows the grey), the scale's ticks and its title. Cached: every slider
+    move redraws the overlay with the same bar (callers paste it, never draw on it)."""
     size = max(12, min(label_size((height, height)), height // 12))
     font = label_font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
