@@ -82,3 +82,29 @@ def load_bundle(model_path: str | Path = DEFAULT_MODEL, calibration_path: str | 
     sha = file_sha256(model_path)
     cal, note = load_calibration(calibration_path, sha, meta.threshold)
     return Bundle(model, meta, Path(model_path), sha, cal, note, load_xray_check(xray_path, sha, meta))
+
+
+def add_feature_args(ap) -> None:
+    """The flags of a command that computes network features of data sets' images (model.xray.fit,
+    scripts.eval_xray_check): --data (repeatable), --splits-dir, --cache-dir, --threads."""
+    from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR
+    from model.common import SPLITS_DIR
+
+    ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
+    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
+    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def start_command(ap, argv=None):
+    """How a command that reads one model file starts: parse (with resolve_bundle), INFO lines to stderr, the
+    torch threads, the model loaded and its file hashed. Returns (args, model, meta, model_sha256)."""
+    import sys
+
+    from model.common import resolve_bundle, setup_cpu_threads
+
+    args = resolve_bundle(ap.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    setup_cpu_threads(args.threads)
+    model, meta = load_model(args.model)
+    return args, model, meta, file_sha256(args.model)

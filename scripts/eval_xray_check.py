@@ -18,14 +18,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_xray_check
-from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
+from model.bundle import add_feature_args, load_xray_check, start_command
+from model.common import REPORT_DIR, add_bundle_args, command_parser, shown
 from model.xray.fit import negative_inputs, network_features
 from model.xray.kinds import KIND_GROUP, KINDS
 from model.xray.negatives import all_negatives, split_sets
@@ -36,28 +35,19 @@ log = logging.getLogger("eval_xray_check")
 def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-    from model.common import file_sha256, setup_cpu_threads
+    from model.cache import load_squares
     from model.inference import Predictor
-    from model.network import load_model
     from model.splits import select_samples
 
     ap = command_parser(__spec__, __doc__)
     add_bundle_args(ap, ("model", "xray_check"))
-    ap.add_argument("--data", action="append", required=True)
+    add_feature_args(ap)
     ap.add_argument("--out", default=str(REPORT_DIR / "xray_check"))
     ap.add_argument("--split", default="test")
-    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-xrays", type=int, default=0, help="cap per data root (0 = all)")
     ap.add_argument("--features-only", action="store_true", help="only compute and cache the features")
-    args = resolve_bundle(ap.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    setup_cpu_threads(args.threads)
     t0 = time.time()
-    model, meta = load_model(args.model)
-    sha = file_sha256(args.model)
+    args, model, meta, sha = start_command(ap, argv)
     size = int(meta.img_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,25 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
+from model.bundle import add_feature_args, start_command
+from model.cache import load_squares
 from model.common import (
     REPORT_DIR,
     SPLITS_DIR,
     add_bundle_args,
     command_parser,
     file_sha256,
-    resolve_bundle,
-    setup_cpu_threads,
     shown,
 )
-from model.network import load_model
 from model.preprocess import decode_image, normalize, prepare, train_augment
 from model.splits import select_samples
 from model.xray.check import (
@@ -99,25 +96,18 @@ def _channels(model, name: str) -> int:
 def main(argv=None) -> dict:
     ap = command_parser(__spec__, __doc__)
     add_bundle_args(ap, ("model",))
-    ap.add_argument("--data", action="append", required=True, help="data root (repeatable)")
+    add_feature_args(ap)
     ap.add_argument("--out", default=str(DEFAULT_PATH))
     ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
-    ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
-    ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help=CACHE_HELP)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
                     help="comma-separated: stats, learned, layers, features, neighbours")
     ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
                     help="network columns the learned signal reads besides the image statistics")
     ap.add_argument("--learned-c", type=float, default=DEFAULT_LEARNED_C, help="its inverse regularisation")
     ap.add_argument("--report", default=str(REPORT_DIR / "xray_check" / "fit.json"))
-    args = resolve_bundle(ap.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    setup_cpu_threads(args.threads)
     t0 = time.time()
-    model, meta = load_model(args.model)
+    args, model, meta, sha = start_command(ap, argv)
     size = int(meta.img_size)
-    sha = file_sha256(args.model)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
                                          args.cache_dir)
     lay = per_source_val.pop("_layout")
