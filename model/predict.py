@@ -2,6 +2,7 @@
 
     python -m model.predict IMAGE... [--json] [--target-recall R] [--cam-dir DIR] [--bundle DIR] [--model PATH]
     python -m model.predict DIR [DIR...] --csv worklist.csv [--target-recall R]
+    python -m model.predict DIR [DIR...] --csv worklist.csv --ray [local|auto|ADDRESS] [--actors N]
 
 A folder is searched recursively for PNG, JPEG and DICOM files (.png, .jpg, .jpeg, .dcm, .dicom, and files
 without an extension that carry the DICOM preamble); hidden files and folders are skipped.
@@ -19,6 +20,13 @@ are [x, y] of the Grad-CAM's and the fracture map's maximum and boxes are the lo
 An image that fails the X-ray check is "Not assessed": its probability, region, peaks and boxes are
 withheld (null) unless --reveal is given. --cam-dir DIR also writes each Grad-CAM overlay (drawn as the
 app draws it, with its colour bar, and the boxes when a fracture is suspected) as DIR/<name>_cam.png.
+
+--ray: the same files, rows, values and order, scored by a Ray Data actor pool (model/cluster.py; needs
+`pip install -r requirements-scale.txt`): Ray reads the files, each actor holds one Predictor with one torch
+thread (--threads), --actors N of them (default: the cluster's CPUs). `--ray` alone starts a private Ray on
+this machine for the command and removes its temp folder afterwards; `--ray auto` / `--ray ADDRESS` use a
+running cluster, whose nodes must all read the files and the model at the same paths. Without --ray, Ray is
+not imported.
 """
 
 from __future__ import annotations
@@ -28,8 +36,11 @@ import logging
 import sys
 from pathlib import Path
 
+from model.cluster import ACTOR_THREADS, THREADS
 from model.common import add_bundle_args, command_parser, plain, prob_text, resolve_bundle
 from model.drawing import DEFAULT_OPACITY
+
+log = logging.getLogger("model.predict")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_recall", "expected_specificity",
@@ -90,10 +101,81 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
             w.writerow({**{k: "" if r.get(k) is None else r.get(k) for k in CSV_COLUMNS}, "rank": i})
 
 
+def cam_path(cam_dir: Path, path: str, name: str) -> Path:
+    """Where --cam-dir puts a file's overlay: a file given by name: <stem>_cam.png; one found in a folder:
+    its relative path with '/' -> '__'."""
+    stem = Path(path).stem if name == path else Path(name).with_suffix("").as_posix().replace("/", "__")
+    return cam_dir / f"{stem}_cam.png"
+
+
+def score(p, source, name: str, target_recall: float | None, cam_method: str | None, reveal: bool,
+          cam_png: str | None = None, alpha: float = DEFAULT_OPACITY) -> dict:
+    """One file's row (JSON_KEYS; "error" and nothing else for a file that cannot be read or decoded).
+    cam_png: also write the Grad-CAM overlay there (as the app draws it, with its colour bar, and the boxes
+    when a fracture is suspected)."""
+    from model.preprocess import source_error
+
+    try:
+        r = p.predict(source, target_recall=target_recall, cam_method=cam_method, reveal=reveal)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a row with its reason
+        msg = source_error(exc)
+        if msg is None:
+            raise
+        return {"file": name, "error": msg}
+    row = {"file": name, **{k: plain(r.get(k), digits=6) for k in JSON_KEYS if k != "file"}}
+    if cam_png and r.get("cam") is not None:
+        from model.drawing import RELATIVE, render
+
+        # the boxes (original pixels) on the returned image (<= 2048 px), drawn as the page draws them
+        k = (r["gray"].size[0] / r["image_size"][0], r["gray"].size[1] / r["image_size"][1])
+        boxes = [[b[0] * k[0], b[1] * k[1], b[2] * k[0], b[3] * k[1], *b[4:]] for b in r["boxes"]]
+        boxes = boxes if r.get("is_fracture") else []
+        render(r["gray"], r["cam"], RELATIVE, opacity=alpha, boxes=boxes, outline=True).save(cam_png)
+        row["cam_png"] = cam_png
+    return row
+
+
+def line(row: dict) -> str:
+    """The plain output's line for one row."""
+    name = row["file"]
+    if row.get("error"):
+        return f"{name}: ERROR {row['error']}"
+    if not row["is_xray"]:
+        prob = "" if row["probability"] is None else f" (withheld p {prob_text(row['probability'])})"
+        return f"{name}: {row['decision']}: {row['xray_reason']}{prob}"
+    where = f", peak at {row['cam_peak']}" if row.get("cam_peak") else ""
+    note = f"; {row['inverted_note']}" if row.get("inverted") else ""
+    return (f"{name}: {row['decision_text']} (p {prob_text(row['probability'])}, "
+            f"threshold {prob_text(row['threshold'])}, region {row['region']}{where}){note}")
+
+
+class ScoreActor:
+    """One Predictor in a Ray Data actor (--ray): scores a batch of read files (model.cluster.read_file) into
+    JSON rows, exactly as the single process does."""
+
+    def __init__(self, model: str, calibration: str, xray_check: str, threads: int, options: dict):
+        from model.cluster import quiet_worker
+        from model.common import setup_cpu_threads
+        from model.inference import Predictor
+
+        quiet_worker()
+        setup_cpu_threads(threads)
+        self.p = Predictor(model, calibration, xray_check)
+        self.options = options
+
+    def __call__(self, batch: dict) -> dict:
+        out = []
+        for name, data, error, cam_png in zip(batch["name"], batch["data"], batch["error"], batch["cam_png"]):
+            # (a column of Nones may arrive as NaNs: only a string is a read error or an overlay path)
+            row = {"file": str(name), "error": error} if isinstance(error, str) else \
+                score(self.p, bytes(data), str(name), cam_png=cam_png if isinstance(cam_png, str) and cam_png
+                      else None, **self.options)
+            out.append(json.dumps(row))
+        return {"json": out}
+
+
 def main(argv=None) -> int:
-    from model.common import setup_cpu_threads
-    from model.inference import Predictor
-    from model.preprocess import ImageError
+    from model.cluster import add_ray_args
 
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files, or folders (searched recursively)")
@@ -107,14 +189,18 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=DEFAULT_OPACITY,
                     help=f"heatmap opacity where it is highest (with --cam-dir; default {DEFAULT_OPACITY})")
     add_bundle_args(ap)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help=f"torch threads (default {THREADS}; with --ray: per actor, default {ACTOR_THREADS})")
     ap.add_argument("--no-cam", action="store_true", help="skip Grad-CAM (no cam_peak; a little faster)")
     ap.add_argument("--reveal", action="store_true",
                     help="also print the probability of images that fail the X-ray check")
+    add_ray_args(ap)
     args = resolve_bundle(ap.parse_args(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
     if args.target_recall is not None and not 0.0 < args.target_recall < 1.0:
         ap.error("--target-recall must lie strictly between 0 and 1")
+    if args.actors is not None and (args.ray is None or args.actors < 1):
+        ap.error("--actors needs --ray and at least 1")
     if args.cam_dir or not args.no_cam:
         from model.gradcam import method_name
 
@@ -122,7 +208,6 @@ def main(argv=None) -> int:
             args.cam_method = method_name(args.cam_method)
         except ValueError as exc:
             ap.error(str(exc))
-    setup_cpu_threads(args.threads)
     if not Path(args.model).is_file():
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
@@ -130,48 +215,18 @@ def main(argv=None) -> int:
     if not files:
         print("error: no PNG, JPEG or DICOM files found in the folders given", file=sys.stderr)
         return 2
-    p = Predictor(args.model, args.calibration, args.xray_check)
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
-        from model.drawing import RELATIVE, render
-    cam_method = None if (args.no_cam or args.csv) and not cam_dir else args.cam_method
+    options = {"target_recall": args.target_recall, "reveal": args.reveal, "alpha": args.alpha,
+               "cam_method": None if (args.no_cam or args.csv) and not cam_dir else args.cam_method}
     quiet = bool(args.json or args.csv)
-    rows, n_err = [], 0
-    from tqdm import tqdm
-
-    for f, name in tqdm(files, desc="scoring", unit="image", file=sys.stderr, disable=not args.csv, mininterval=1):
-        try:
-            r = p.predict(f, target_recall=args.target_recall, cam_method=cam_method, reveal=args.reveal)
-        except (ImageError, OSError) as exc:
-            n_err += 1
-            msg = str(exc) if isinstance(exc, ImageError) else f"could not read the file ({type(exc).__name__})"
-            rows.append({"file": name, "error": msg})
-            if not quiet:
-                print(f"{name}: ERROR {msg}")
-            continue
-        row = {"file": name, **{k: plain(r.get(k), digits=6) for k in JSON_KEYS if k != "file"}}
-        if cam_dir and r.get("cam") is not None:
-            # a file given by name: <stem>_cam.png; one found in a folder: its relative path, '/' -> '__'
-            stem = Path(f).stem if name == f else Path(name).with_suffix("").as_posix().replace("/", "__")
-            out = cam_dir / f"{stem}_cam.png"
-            # the boxes (original pixels) on the returned image (<= 2048 px), drawn as the page draws them:
-            # when a fracture is suspected
-            k = (r["gray"].size[0] / r["image_size"][0], r["gray"].size[1] / r["image_size"][1])
-            boxes = [[b[0] * k[0], b[1] * k[1], b[2] * k[0], b[3] * k[1], *b[4:]] for b in r["boxes"]]
-            boxes = boxes if r.get("is_fracture") else []
-            render(r["gray"], r["cam"], RELATIVE, opacity=args.alpha, boxes=boxes, outline=True).save(out)
-            row["cam_png"] = str(out)
+    rows = []
+    for row in (score_on_ray(files, args, options, cam_dir) if args.ray else score_here(files, args, options, cam_dir)):
         rows.append(row)
         if not quiet:
-            if not r["is_xray"]:
-                prob = "" if r["probability"] is None else f" (withheld p {prob_text(r['probability'])})"
-                print(f"{name}: {r['decision']}: {r['xray_reason']}{prob}")
-                continue
-            where = f", peak at {r['cam_peak']}" if r.get("cam_peak") else ""
-            note = f"; {r['inverted_note']}" if r.get("inverted") else ""
-            print(f"{name}: {r['decision_text']} (p {prob_text(r['probability'])}, "
-                  f"threshold {prob_text(r['threshold'])}, region {r['region']}{where}){note}")
+            print(line(row))
+    n_err = sum(1 for r in rows if r.get("error"))
     if args.csv:
         write_csv(args.csv, rows)
         n_flag = sum(1 for r in rows if r.get("is_fracture"))
@@ -181,8 +236,36 @@ def main(argv=None) -> int:
               file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
-    p.close()
     return 1 if n_err == len(files) else 0
+
+
+def score_here(files, args, options: dict, cam_dir: Path | None):
+    """The rows of `files`, scored in this process (a progress bar on stderr with --csv)."""
+    from tqdm import tqdm
+
+    from model.common import setup_cpu_threads
+    from model.inference import Predictor
+
+    setup_cpu_threads(args.threads or THREADS)
+    with Predictor(args.model, args.calibration, args.xray_check) as p:
+        for f, name in tqdm(files, desc="scoring", unit="image", file=sys.stderr, disable=not args.csv,
+                            mininterval=1):
+            yield score(p, f, name, cam_png=str(cam_path(cam_dir, f, name)) if cam_dir else None, **options)
+
+
+def score_on_ray(files, args, options: dict, cam_dir: Path | None):
+    """The rows of `files`, scored by a Ray Data actor pool (model/cluster.py), in the same order and with
+    the same values as score_here."""
+    from model.cluster import RaySession, absolute, read_file, run_pool
+
+    items = [{"path": absolute(f), "name": name,
+              "cam_png": absolute(str(cam_path(cam_dir, f, name))) if cam_dir else ""} for f, name in files]
+    kwargs = {"model": absolute(args.model), "calibration": absolute(args.calibration),
+              "xray_check": absolute(args.xray_check), "threads": args.threads or ACTOR_THREADS, "options": options}
+    with RaySession(args.ray) as session:
+        n = session.actors(args.actors)
+        log.info("scoring %d file(s) on Ray with %d actor(s)", len(items), n)
+        yield from run_pool(items, ScoreActor, kwargs, n, read=read_file, progress="scoring" if args.csv else None)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,25 @@ def on_black(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
 
 
+def read_source(path: str | os.PathLike) -> bytes:
+    """A file's bytes, as every command reads an upload (ImageError when there is no such file, OSError
+    when it cannot be read; source_error words either)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"no such file: {path.name}")
+    return path.read_bytes()
+
+
+def source_error(exc: BaseException) -> str | None:
+    """The user-facing reason a file could not be used (ImageError's message, or the OSError's kind; no
+    path), None for any other exception."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"could not read the file ({type(exc).__name__})"
+    return None
+
+
 def decode_image(source: Source) -> Image.Image:
     """Decode a file path, raw bytes, a PIL image or an array into an 8-bit grayscale PIL image.
 
@@ -318,13 +337,7 @@ def decode_image(source: Source) -> Image.Image:
             raise ImageError(f"expected a 2-D image array, got shape {source.shape}")
         _check_size(arr.shape[1], arr.shape[0])
         return Image.fromarray(arr if arr.dtype == np.uint8 else _to_uint8(arr))
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"no such file: {path.name}")
-        data = path.read_bytes()
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else read_source(source)
     if not data:
         raise ImageError("the file is empty")
     if _is_dicom(data[:132]):

@@ -12,6 +12,12 @@ USE"): one series of each per study. A second run writes nothing new;
 a killed run resumes where it stopped. Other modalities are skipped and counted; an instance that cannot be
 read is counted as failed with its reason and the run goes on.
 
+--ray [local|auto|ADDRESS] [--actors N]: the same scan on a Ray Data actor pool (pacs/cluster.py; needs
+`pip install -r requirements-scale.txt`): this command lists the new instances, each actor fetches, scores
+and stores them with one Predictor (one torch thread each: --threads) and its own DICOMweb client, which
+reads the credentials as below (on a cluster: a --credentials file every node can read, or the variables set
+on every node). The same objects and UIDs as without --ray; a second run writes nothing.
+
 Credentials (never on the command line): the environment variables DICOMWEB_USER and DICOMWEB_PASSWORD, or
 --credentials FILE holding either two lines (user, then password) or JSON {"user": ..., "password": ...}.
 No credentials: no authentication.
@@ -28,6 +34,7 @@ import logging
 import sys
 
 from calibration import DEFAULT_TARGET
+from model.cluster import ACTOR_THREADS, THREADS, add_ray_args
 from model.common import add_bundle_args, resolve_bundle
 from model.drawing import DEFAULT_OPACITY
 
@@ -43,14 +50,25 @@ def cmd_scan(args) -> int:
             client = connect(args.url, args.credentials)
         except BridgeError as exc:  # the server given by --url refused or is absent: say which flag
             raise BridgeError(f"--url: {exc}", exc.code) from None
-        setup_cpu_threads(args.threads)
+        setup_cpu_threads(args.threads or THREADS)
         try:
             predictor = Predictor(args.model, args.calibration, args.xray_check)
         except (OSError, ValueError) as exc:
             raise BridgeError(f"could not load the model ({type(exc).__name__}: {exc})") from None
         target = predictor.default_target if args.target_recall is None else args.target_recall
-        summary = scan(client, predictor, target, progress=not args.no_progress, alpha=args.alpha,
-                       limit=args.limit, retry_failed=args.retry_failed)
+        if args.ray:  # the driver lists the work; the actors fetch, score and store (pacs/cluster.py)
+            from pacs.bridge import log_failures, plan
+            from pacs.cluster import scan_on_ray
+
+            sha = predictor.model_sha256
+            predictor.close()
+            del predictor  # each actor loads its own
+            todo, summary = plan(client, sha, args.limit, args.retry_failed)
+            summary = scan_on_ray(todo, summary, args, target)
+            log_failures(summary)
+        else:
+            summary = scan(client, predictor, target, progress=not args.no_progress, alpha=args.alpha,
+                           limit=args.limit, retry_failed=args.retry_failed)
     except BridgeError as exc:
         log.error("%s", exc)
         return exc.code
@@ -114,7 +132,9 @@ def main(argv=None) -> int:
                    help="also try again the instances this model file failed on before (recorded on the PACS as "
                    "a failure report; skipped otherwise)")
     add_bundle_args(s)
-    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads (default {THREADS}; with --ray: per actor, default {ACTOR_THREADS})")
+    add_ray_args(s)
     s.set_defaults(func=cmd_scan)
     o = sub.add_parser("orthanc", help="start a demo Orthanc on loopback with pacs/orthanc.json")
     o.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
@@ -122,6 +142,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.command == "scan":
         resolve_bundle(args)
+    if args.command == "scan" and args.actors is not None and (args.ray is None or args.actors < 1):
+        ap.error("--actors needs --ray and at least 1")
     if args.command == "scan" and args.target_recall is not None and not 0.0 < args.target_recall < 1.0:
         ap.error("--target-recall must lie strictly between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -57,6 +57,15 @@ class Summary:
                 "failed": dict(self.failed), "failures_recorded": self.recorded, "decisions": dict(self.decisions),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
+    def add(self, d: dict) -> None:
+        """Add the counts of another run's as_dict() (a Ray actor's, pacs/cluster.py)."""
+        self.scanned += d.get("scanned", 0)
+        self.scored += d.get("scored", 0)
+        self.recorded += d.get("failures_recorded", 0)
+        for mine, key in ((self.skipped, "skipped"), (self.failed, "failed"), (self.decisions, "decisions"),
+                          (self.seconds, "seconds")):
+            mine.update(d.get(key, {}))
+
     def text(self) -> str:
         def part(c: Counter) -> str:
             return ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) or "none"
@@ -300,17 +309,14 @@ def record_failure(client, predictor, item: Todo, ds, reason: str, summary: Summ
         summary.recorded += 1
 
 
-def scan(client, predictor, target_recall: float, progress: bool = True, alpha: float = DEFAULT_OPACITY,
-         limit: int | None = None, retry_failed: bool = False) -> Summary:
-    """One pass over the server: find the work, then process it with a tqdm progress bar (stderr).
-    retry_failed: also the instances whose failure this model file recorded."""
+def plan(client, model_sha256: str, limit: int | None = None, retry_failed: bool = False) -> tuple[list[Todo], Summary]:
+    """The work of one pass (find_work, at most `limit` instances) and the summary counting the rest."""
     import requests
-    from tqdm import tqdm
 
     summary = Summary()
     t = time.perf_counter()
     try:
-        todo = find_work(client, summary, predictor.model_sha256, retry_failed)
+        todo = find_work(client, summary, model_sha256, retry_failed)
     except requests.RequestException as exc:
         raise http_error(exc, "the search (QIDO-RS)") from None
     summary.seconds["search"] += time.perf_counter() - t
@@ -319,8 +325,22 @@ def scan(client, predictor, target_recall: float, progress: bool = True, alpha: 
     log.info("%d instance(s) to score, %d already scored, %d skipped for their modality", len(todo),
              summary.skipped.get("already scored", 0),
              sum(v for k, v in summary.skipped.items() if k.startswith("modality")))
-    for item in tqdm(todo, desc="FractureLens", unit="image", disable=not progress):
-        process(client, predictor, item, target_recall, summary, alpha)
+    return todo, summary
+
+
+def log_failures(summary: Summary) -> None:
     for reason, n in sorted(summary.failed.items()):
         log.warning("%d instance(s) failed: %s", n, reason)
+
+
+def scan(client, predictor, target_recall: float, progress: bool = True, alpha: float = DEFAULT_OPACITY,
+         limit: int | None = None, retry_failed: bool = False) -> Summary:
+    """One pass over the server: find the work (plan), then process it here with a tqdm progress bar
+    (stderr). retry_failed: also the instances whose failure this model file recorded."""
+    from tqdm import tqdm
+
+    todo, summary = plan(client, predictor.model_sha256, limit, retry_failed)
+    for item in tqdm(todo, desc="FractureLens", unit="image", disable=not progress):
+        process(client, predictor, item, target_recall, summary, alpha)
+    log_failures(summary)
     return summary
