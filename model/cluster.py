@@ -82,9 +82,9 @@ class RaySession:
                     # short path: Ray's unix sockets live under it (108 characters at most)
                     self.temp_dir = tempfile.mkdtemp(prefix="fl-ray-")
                     ray.init(num_cpus=self.num_cpus or usable_cpus(), include_dashboard=False,
-                             _temp_dir=self.temp_dir, log_to_driver=False, logging_level=logging.WARNING)
+                             _temp_dir=self.temp_dir, log_to_driver=False, logging_level=logging.ERROR)
                 else:
-                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
+                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR,
                              runtime_env={"py_modules": [str(REPO_ROOT / p) for p in PACKAGES]})
                 self.started = True
             except BaseException:
