@@ -109,10 +109,10 @@ def cam_path(cam_dir: Path, path: str, name: str) -> Path:
 
 
 def score(p, source, name: str, target_recall: float | None, cam_method: str | None, reveal: bool,
-          cam_png: str | None = None, alpha: float = DEFAULT_OPACITY) -> dict:
+          cam_png: str | None = None, alpha: float = DEFAULT_OPACITY, cam_shown: str | None = None) -> dict:
     """One file's row (JSON_KEYS; "error" and nothing else for a file that cannot be read or decoded).
     cam_png: also write the Grad-CAM overlay there (as the app draws it, with its colour bar, and the boxes
-    when a fracture is suspected)."""
+    when a fracture is suspected); the row's cam_png is cam_shown (default: that path)."""
     from model.preprocess import source_error
 
     try:
@@ -131,7 +131,7 @@ def score(p, source, name: str, target_recall: float | None, cam_method: str | N
         boxes = [[b[0] * k[0], b[1] * k[1], b[2] * k[0], b[3] * k[1], *b[4:]] for b in r["boxes"]]
         boxes = boxes if r.get("is_fracture") else []
         render(r["gray"], r["cam"], RELATIVE, opacity=alpha, boxes=boxes, outline=True).save(cam_png)
-        row["cam_png"] = cam_png
+        row["cam_png"] = cam_shown or cam_png
     return row
 
 
@@ -165,11 +165,12 @@ class ScoreActor:
 
     def __call__(self, batch: dict) -> dict:
         out = []
-        for name, data, error, cam_png in zip(batch["name"], batch["data"], batch["error"], batch["cam_png"]):
+        for name, data, error, cam_png, cam_shown in zip(batch["name"], batch["data"], batch["error"],
+                                                         batch["cam_png"], batch["cam_shown"]):
             # (a column of Nones may arrive as NaNs: only a string is a read error or an overlay path)
             row = {"file": str(name), "error": error} if isinstance(error, str) else \
                 score(self.p, bytes(data), str(name), cam_png=cam_png if isinstance(cam_png, str) and cam_png
-                      else None, **self.options)
+                      else None, cam_shown=str(cam_shown), **self.options)
             out.append(json.dumps(row))
         return {"json": out}
 
@@ -258,8 +259,10 @@ def score_on_ray(files, args, options: dict, cam_dir: Path | None):
     the same values as score_here."""
     from model.cluster import RaySession, absolute, read_file, run_pool
 
-    items = [{"path": absolute(f), "name": name,
-              "cam_png": absolute(str(cam_path(cam_dir, f, name))) if cam_dir else ""} for f, name in files]
+    # the actors write the overlays at absolute paths (their working folder is not ours); rows name them as here
+    cams = [str(cam_path(cam_dir, f, name)) if cam_dir else "" for f, name in files]
+    items = [{"path": absolute(f), "name": name, "cam_png": absolute(cam) if cam else "", "cam_shown": cam}
+             for (f, name), cam in zip(files, cams)]
     kwargs = {"model": absolute(args.model), "calibration": absolute(args.calibration),
               "xray_check": absolute(args.xray_check), "threads": args.threads or ACTOR_THREADS, "options": options}
     with RaySession(args.ray) as session:

@@ -67,7 +67,7 @@ def text_under(folder: Path) -> str:
     return "\n".join(parts)
 
 
-def test_predict_on_ray_writes_the_same_worklist(local_ray, tmp_path, capsys):
+def test_predict_on_ray_writes_the_same_worklist(local_ray, tmp_path, capsys, monkeypatch):
     from model.predict import main
 
     ward = image_tree(tmp_path / "in")
@@ -83,11 +83,17 @@ def test_predict_on_ray_writes_the_same_worklist(local_ray, tmp_path, capsys):
     assert any("empty.dcm" in ln and "empty" in ln for ln in lines)
     assert any("holiday.jpg" in ln and "Not assessed" in ln for ln in lines)
     capsys.readouterr()
-    # --json: the same objects too (boxes, peaks, notes)
-    assert main([str(ward), "--json", "--no-cam", "--threads", "1"]) == 0
+    # --json: the same objects too (boxes, peaks, notes), and the Grad-CAM overlays of --cam-dir, written by the
+    # actors where the single process writes them (a folder relative to the working folder) and named alike
+    monkeypatch.chdir(tmp_path)
+    assert main([str(ward), "--json", "--cam-dir", "cams", "--threads", "1"]) == 0
     here = json.loads(capsys.readouterr().out)
-    assert main([str(ward), "--json", "--no-cam", "--ray"]) == 0
+    written = {p: (tmp_path / p).read_bytes() for p in (r.get("cam_png") for r in here) if p}
+    assert len(written) == 4 and all(p.startswith("cams/") for p in written)
+    shutil.rmtree(tmp_path / "cams")
+    assert main([str(ward), "--json", "--cam-dir", "cams", "--ray"]) == 0
     assert json.loads(capsys.readouterr().out) == here
+    assert {p: (tmp_path / p).read_bytes() for p in written} == written
     # Ray's logs (workers, raylet, Ray Data) name no file and no folder of ours
     logs = text_under(local_ray)
     assert "ray-data" in logs or any(local_ray.rglob("*.log"))  # the logs exist and were read
