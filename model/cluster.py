@@ -7,8 +7,9 @@ bar. Needs the optional `requirements-scale.txt` (ray[data]); nothing here is im
 
 Where Ray runs (`--ray [local|auto|ADDRESS]`):
 - `--ray` (or `--ray local`): a private Ray on this machine, started for this command and stopped at its end:
-  no dashboard, no usage statistics, its temp folder (logs, sockets, spilled objects) a fresh private folder
-  that the command removes when it ends, also on SIGTERM, SIGHUP or Ctrl-C.
+  no dashboard, no usage statistics, token authentication with a token held only in the command's
+  processes (not Ray's ~/.ray/auth_token file), its temp folder (logs, sockets, spilled objects) a fresh
+  private folder that the command removes when it ends, also on SIGTERM, SIGHUP or Ctrl-C.
 - `--ray auto` or `--ray ADDRESS` (`host:6379`, `ray://host:10001`): an existing cluster (`ray start --head`,
   `RAY_ADDRESS`); its dashboard and temp folders are that cluster's configuration (start it with
   `--include-dashboard=false`). The project's code goes to the workers as Ray `py_modules`; the Python packages
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -67,9 +69,13 @@ class RaySession:
         self.temp_dir: str | None = None
         self.started = False
         self._old_handlers: dict = {}
+        self._env: dict[str, str] = {}  # environment variables this session set (removed at its end)
 
     def __enter__(self) -> "RaySession":
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report, even when online
+        running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        if self.address == LOCAL and not running:
+            self._private_token()  # before Ray reads its authentication settings
         try:
             import ray
         except ImportError:
@@ -97,6 +103,20 @@ class RaySession:
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         return self
 
+    def _private_token(self) -> None:
+        """Ray's token authentication for the private Ray with a token that lives only in this command's
+        processes: left to itself Ray would write one to ~/.ray/auth_token, which would outlive the command.
+        A token or mode the user set (RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) is left alone."""
+        if any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+            return
+        self._env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        os.environ.update(self._env)
+        if "ray" in sys.modules:  # imported earlier: make it read the settings again, as ray.init itself does
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+
     def _trap_signals(self) -> None:
         """SIGTERM and SIGHUP end the command like Ctrl-C, so that the cleanup below runs."""
         def _end(signum, _frame):
@@ -120,6 +140,9 @@ class RaySession:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
+        for key in self._env:
+            os.environ.pop(key, None)
+        self._env = {}
 
     def actors(self, wanted: int | None) -> int:
         """The pool's size: `wanted` (default: one per CPU), at most as many as the CPUs hold beside the
