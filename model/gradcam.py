@@ -75,6 +75,13 @@ class FractureLogit(nn.Module):
         return out[:, :1]
 
 
+def _cut_graph(_module: nn.Module, _inputs, output):
+    """Forward hook of the CAM layer: under grad mode its output becomes a fresh leaf that requires grad."""
+    if torch.is_grad_enabled() and isinstance(output, torch.Tensor):
+        return output.detach().requires_grad_(True)
+    return None
+
+
 @dataclass
 class CamOutput:
     logits: np.ndarray  # (N, 1 + R) float32, column 0 = fracture logit
@@ -101,13 +108,17 @@ class CamEngine:
         self._lock = threading.RLock()
         self._closed = False
         self._frozen: list[nn.Parameter] = []
-        if short_backward and any(True for _ in self.target_layer.parameters()):
-            # CAMs need gradients at the target layer only: with the parameters below it frozen the
-            # backward pass stops there (no parameter gradients for the rest of the network).
-            keep = {id(q) for q in self.target_layer.parameters()}
-            self._frozen = [q for q in model.parameters() if q.requires_grad and id(q) not in keep]
+        self._cut = None
+        if short_backward:
+            # A CAM needs the gradient of the fracture logit at the target layer's output only. That output
+            # is made a leaf of the autograd graph (a forward hook, run before the library's, returns it
+            # detached with requires_grad; only while gradients are on, i.e. during a CAM call) and every
+            # parameter is frozen: the backward pass runs from the heads down to that output and stops,
+            # computing no parameter gradient at all. The map is the same as with a full backward pass.
+            self._frozen = [q for q in model.parameters() if q.requires_grad]
             for q in self._frozen:
                 q.requires_grad_(False)
+            self._cut = self.target_layer.register_forward_hook(_cut_graph, prepend=True)
 
     @staticmethod
     def methods() -> list[str]:
@@ -141,6 +152,9 @@ class CamEngine:
             for q in self._frozen:
                 q.requires_grad_(True)
             self._frozen = []
+            if self._cut is not None:
+                self._cut.remove()
+                self._cut = None
             self._closed = True
 
     def __enter__(self) -> "CamEngine":
