@@ -167,10 +167,14 @@ def test_short_backward_gives_the_same_cam_and_restores_gradients():
     ref = full.run(x).cam_square
     full.close()
     short = CamEngine(net, layer)
-    assert not net.backbone.features[0][0].weight.requires_grad  # frozen below the CAM layer
+    assert not any(q.requires_grad for q in net.parameters())  # no parameter gradient is computed
     np.testing.assert_allclose(short.run(x).cam_square, ref, atol=1e-5)
+    assert all(q.grad is None for q in net.parameters())
     short.close()
     assert all(q.requires_grad for q in net.parameters())
+    with torch.enable_grad():  # the hook that cut the graph is gone: training sees the full graph again
+        net(x[None]).sum().backward()
+    assert net.backbone.features[0][0].weight.grad is not None
 
 
 @pytest.fixture(scope="module")
