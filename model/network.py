@@ -361,8 +361,9 @@ def save_model(path: str | Path, model: FractureNet, meta: ModelMeta | dict, hal
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureNet, ModelMeta]:
-    """Load a model file (fp16 or fp32 state dict) as a float32 network in eval mode, with its checked
-    metadata. ValueError (MetaError for the metadata) for anything that is not a usable model file."""
+    """Load a model file (fp16 or fp32 state dict) as a float32 network in eval mode for inference
+    (BatchNorm folded into the convolutions, see fold_batchnorm), with its checked metadata. ValueError
+    (MetaError for the metadata) for anything that is not a usable model file."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -376,4 +377,43 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fr
     model = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=meta.loc_head,
                         polarity_head=meta.polarity_head)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
-    return model.to(device).eval(), meta
+    return fold_batchnorm(model.to(device).eval(), meta.img_size), meta
+
+
+def fold_batchnorm(model: FractureNet, size: int = 64) -> FractureNet:
+    """The eval-mode network with every BatchNorm that directly follows a convolution folded into that
+    convolution's weights (torch's fuse_conv_bn_eval; the norm's activation, if it has one, stays): the
+    same function with ~20 fewer passes over the feature maps (about 10-15% of a forward pass on this CPU).
+    A folded network is for inference only (no BatchNorm left to train). Modules with forward hooks (the
+    CAM, localisation and X-ray-check layers are whole blocks) are never replaced. Checked on a fixed
+    input: if the outputs differ by more than float rounding the unfolded network is returned."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a network in eval mode")
+    folded = copy.deepcopy(model)
+    n = 0
+    for parent in folded.modules():
+        kids = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(kids, kids[1:]):
+            if not (type(conv) is nn.Conv2d or type(conv).__name__ == "Conv2dSame") or \
+                    not isinstance(bn, nn.BatchNorm2d) or conv._forward_hooks or bn._forward_hooks or \
+                    bn.num_features != conv.out_channels or not bn.track_running_stats:
+                continue
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+                    if m is not None and not isinstance(m, nn.Identity)]  # timm's BatchNormAct2d
+            setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+            setattr(parent, bn_name, nn.Sequential(*rest) if rest else nn.Identity())
+            n += 1
+    if not n:
+        return model
+    x = torch.linspace(-2, 2, 3 * size * size, device=next(model.parameters()).device).reshape(1, 3, size, size)
+    with torch.inference_mode():
+        (fa, ha), (fb, hb) = model.forward_maps(x), folded.forward_maps(x)
+        pairs = [(model.heads(fa), folded.heads(fb)), (fa, fb)] + ([] if ha is None else [(ha, hb)])
+    for a, b in pairs:
+        if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()) + 1e-5):
+            return model
+    return folded.eval()

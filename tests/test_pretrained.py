@@ -177,6 +177,35 @@ def test_short_backward_gives_the_same_cam_and_restores_gradients():
     assert net.backbone.features[0][0].weight.grad is not None
 
 
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "mobilenet_v3_small", "seedcnn"])
+def test_folded_batchnorm_gives_the_same_outputs_and_keeps_the_hooked_layers(arch):
+    from model.gradcam import CamEngine
+    from model.network import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = FractureNet(arch, n_regions=4, loc_head=True, polarity_head=True)
+    for m in net.modules():  # running statistics that are not the identity, so folding has work to do
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    with pytest.raises(ValueError):
+        fold_batchnorm(net.train())
+    net.eval()
+    folded = fold_batchnorm(net, 64)
+    assert folded is not net and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        (fa, ha), (fb, hb) = net.forward_maps(x), folded.forward_maps(x)
+        np.testing.assert_allclose(folded.heads(fb), net.heads(fa), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(hb, ha, rtol=1e-4, atol=1e-4)
+    layer = arch_spec(arch).cam_layer
+    ref, got = CamEngine(net, layer).run(x[0]), CamEngine(folded, layer).run(x[0])
+    np.testing.assert_allclose(got.cam_square, ref.cam_square, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def loc_model_file(tmp_path_factory):
     """A small network with a localisation head whose output is high everywhere (bias +2)."""
