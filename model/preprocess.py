@@ -107,17 +107,23 @@ def _dicom_to_uint8(data: bytes) -> tuple[np.ndarray, str | None]:
         return np.asarray(v, dtype=np.float64)
 
     if _lut_sized(arr):
-        return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, int(arr.min()), int(arr.max()), transform, invert,
-                             _display_span(ds, transform)), modality
+        lo, hi = int(arr.min()), int(arr.max())
+        span, table = _display_span(ds, transform)
+        if table is not None and table[0] <= lo and hi < table[0] + len(table[1]):  # the LUTs evaluated once
+            base, values = table
+            transform = lambda v: values[v - base]  # noqa: E731 - a lookup in the table computed above
+        return _lut_to_uint8(lambda a, b: arr[a:b], arr.shape, lo, hi, transform, invert, span), modality
     a = transform(arr)
     return _to_uint8(a.max() - a if invert else a), modality
 
 
-def _display_span(ds, transform) -> tuple[float, float] | None:
-    """The range of (modality- and VOI-transformed) values that a DICOM itself says is black to white,
-    or None to stretch the image's own minimum to its maximum.
+def _display_span(ds, transform) -> tuple[tuple[float, float] | None, tuple[int, np.ndarray] | None]:
+    """(span, table): span is the range of (modality- and VOI-transformed) values that a DICOM itself says
+    is black to white, or None to stretch the image's own minimum to its maximum; table is (lowest stored
+    value, transform of every stored value from there) when it was computed, so the caller's lookup table
+    reuses it instead of evaluating the LUTs a second time.
 
-    With a VOI window or LUT, it is what the window maps the whole stored range to, so the image is
+    With a VOI window or LUT, the span is what the window maps the whole stored range to, so the image is
     shown as a viewer shows it; without one, an 8-bit file's full stored range (its values are display
     values already: the same pixels as an 8-bit PNG decode to the same grey levels). Other data without
     a window (12 or 16 bits stored, often using a fraction of their range) are stretched."""
@@ -125,16 +131,16 @@ def _display_span(ds, transform) -> tuple[float, float] | None:
         bits = int(ds.get("BitsStored") or 0)
         signed = int(ds.get("PixelRepresentation") or 0) == 1
     except (TypeError, ValueError):
-        return None
+        return None, None
     has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
     if not 1 <= bits <= 16 or not (has_voi or bits <= 8):
-        return None
+        return None, None
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    t = transform(np.arange(lo, hi + 1, dtype=np.int64))
-    t = t[np.isfinite(t)]
+    table = transform(np.arange(lo, hi + 1, dtype=np.int64))
+    t = table[np.isfinite(table)]
     if not t.size or float(t.max()) <= float(t.min()):
-        return None
-    return float(t.min()), float(t.max())
+        return None, (lo, table)
+    return (float(t.min()), float(t.max())), (lo, table)
 
 
 DEFLATED_HEAD = 1 << 20  # bytes of a deflated data set inflated to read its header

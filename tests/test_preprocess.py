@@ -173,3 +173,25 @@ def test_the_same_pixels_as_png_and_as_dicom_decode_alike():
     assert np.abs(inverted.astype(int) - a).max() <= 1  # stored as max - a, shown as a
     windowed = np.asarray(decode_image(dicom_bytes(a.astype(np.uint16) * 16)))  # window 2048 / 4096: all 12 bits
     assert np.abs(windowed.astype(int) - a).max() <= 1, np.abs(windowed.astype(int) - a).max()
+
+
+def test_a_windowed_dicom_evaluates_its_luts_once(monkeypatch):
+    """The window's display range and the lookup table come from one evaluation of the modality and VOI
+    LUTs over the stored range (before, the LUTs were evaluated twice per upload), with the same pixels."""
+    import pydicom.pixels
+
+    from model.synthetic import dicom_bytes, radiograph_like
+
+    a = np.asarray(radiograph_like(4, (64, 80)), np.uint8).astype(np.uint16) * 16
+    data = dicom_bytes(a)
+    calls = []
+    real = pydicom.pixels.apply_voi_lut
+
+    def counting(arr, ds, *args, **kw):
+        calls.append(np.asarray(arr).size)
+        return real(arr, ds, *args, **kw)
+
+    monkeypatch.setattr(pydicom.pixels, "apply_voi_lut", counting)
+    out = np.asarray(decode_image(data))
+    assert len(calls) == 1, calls
+    assert np.abs(out.astype(int) - a // 16).max() <= 1
