@@ -16,9 +16,10 @@ calibration and the X-ray check of the bundle), batched. Per variant and per dat
   negative                                      share analysed as a negative (polarity head)
 
     python -m scripts.eval_robustness --split val     # choose with this
-    python -m scripts.eval_robustness --split test    # report this (assets/report/robustness/test/)
+    python -m scripts.eval_robustness --split test    # report this (assets/report/robustness/)
 
-Writes OUT/metrics.json, OUT/table.md and OUT/robustness.png (OUT: assets/report/robustness/SPLIT).
+Writes OUT/metrics.json, OUT/table.md and OUT/robustness.png (OUT: assets/report/robustness/ for test,
+assets/report/robustness/val/ for validation).
 """
 
 from __future__ import annotations
@@ -280,7 +281,8 @@ def main(argv=None) -> dict:
                     help="at most this many images per data set, evenly spread (a quick look)")
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="default assets/report/robustness/SPLIT")
+    ap.add_argument("--out", default=None, help="default assets/report/robustness/ for the test split "
+                    "(the reported one), assets/report/robustness/val/ for validation")
     ap.add_argument("--summarise", nargs="+", metavar="METRICS_JSON", default=None,
                     help="print a README table of one run (or previous -> new: PREVIOUS NEW) and exit")
     ap.add_argument("--source", default="fracatlas", help="the data set --summarise tabulates")
@@ -295,7 +297,7 @@ def main(argv=None) -> dict:
         return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     setup_cpu_threads(args.threads)
-    out = Path(args.out or REPORT_DIR / "robustness" / args.split)
+    out = Path(args.out or (REPORT_DIR / "robustness" / ("" if args.split == "test" else args.split)))
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.model, args.calibration or None, args.xray_check or None)
     scorer = BatchScorer(bundle)
