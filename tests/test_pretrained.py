@@ -206,6 +206,22 @@ def test_folded_batchnorm_gives_the_same_outputs_and_keeps_the_hooked_layers(arc
     np.testing.assert_allclose(got.cam_square, ref.cam_square, atol=1e-4)
 
 
+def test_a_loaded_model_file_is_the_saved_network_folded_and_channels_last(tmp_path):
+    from model.network import load_model, save_model
+
+    torch.manual_seed(1)
+    net = FractureNet("mobilenet_v3_small", n_regions=4, loc_head=True).eval()
+    meta = {"arch": "mobilenet_v3_small", "img_size": 64, "mean": 0.45, "std": 0.22, "class_names": ["nf", "f"],
+            "region_names": ["hand", "leg", "hip", "shoulder"], "cam_layer": arch_spec("mobilenet_v3_small").cam_layer,
+            "threshold": 0.5, "loc_head": True}
+    save_model(tmp_path / "m.pt", net, meta, half=False)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.channels_last and not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded(x), net(x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def loc_model_file(tmp_path_factory):
     """A small network with a localisation head whose output is high everywhere (bias +2)."""
