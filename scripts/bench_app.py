@@ -1,5 +1,6 @@
-"""Benchmark the app end to end: start `python -m app`, time /predict through gradio_client, and time
-the target-recall slider's re-decision (handler alone, server round trip, and in the browser).
+"""Benchmark the app end to end: start `python -m app`, time /predict through gradio_client and through
+plain HTTP (the README's curl flow), and time the target-recall slider's re-decision (handler alone, server
+round trip, and in the browser).
 
     python -m scripts.bench_app            # writes assets/report/app_benchmark.json
 
@@ -83,6 +84,36 @@ def bench_handler(model: str, calibration: str, xray_check: str, image: Path, n:
     return stats_ms(times)
 
 
+def bench_http(url: str, image: Path, n: int) -> dict:
+    """/predict as the README's curl example makes it, with plain HTTP (httpx, which Gradio installs): upload,
+    call, read the event stream to the result. gradio_client waits for each message of a job in steps of 50 ms
+    (its utils polls its message queue with time.sleep(0.05)), which this path does not."""
+    import httpx
+
+    def once(h: httpx.Client) -> None:
+        with open(image, "rb") as fh:
+            path = h.post(url + "/gradio_api/upload", files={"files": (image.name, fh)}).json()[0]
+        event = h.post(url + "/gradio_api/call/predict",
+                       json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 0.95]}).json()["event_id"]
+        with h.stream("GET", f"{url}/gradio_api/call/predict/{event}") as r:
+            for line in r.iter_lines():
+                if line.startswith("event: error"):
+                    raise RuntimeError("the /predict call failed")
+                if line.startswith("data:") and "probability" in line:
+                    return
+        raise RuntimeError("no result in the event stream")
+
+    with httpx.Client(timeout=60) as h:
+        for _ in range(3):
+            once(h)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            once(h)
+            times.append((time.perf_counter() - t0) * 1000)
+    return stats_ms(times)
+
+
 def bench_browser(url: str, image: Path, moves: int) -> dict | None:
     """User-visible slider latency: key press on the slider -> new threshold text on the page."""
     if not Path(CHROMIUM).exists():
@@ -142,6 +173,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 out = client.predict(handle_file(str(image)), 0.95, api_name="/predict")
                 times.append((time.perf_counter() - t0) * 1000)
+            http = bench_http(url, image, args.n)
             redecide_rt = []
             for i in range(20):
                 t0 = time.perf_counter()
@@ -153,14 +185,16 @@ def main() -> None:
 
     predict = stats_ms(times)
     report = {
-        "what": "End-to-end /predict through gradio_client on a local server (upload + queue + decode + "
-                "network + calibration + JSON), and the target-recall slider's re-decision",
+        "what": "End-to-end /predict through gradio_client and through plain HTTP on a local server (upload + "
+                "queue + decode + network + Grad-CAM + calibration + JSON), and the target-recall slider's re-decision",
         "command": "python -m scripts.bench_app",
         "model": {"file": shown(args.model), "sha256": file_sha256(args.model)},
         "image": {"source": image_desc, "size": size},
         "server_startup_s": round(startup_s, 1),
         "predict_endpoint": predict,
         "predict_median_under_300ms": predict["median_ms"] < 300,
+        "predict_endpoint_plain_http": http,
+        "predict_plain_http_median_under_300ms": http["median_ms"] < 300,
         "last_result": {k: out[k] for k in ("decision", "probability", "threshold", "is_xray")},
         "slider_redecide": {
             "handler_only": handler,
@@ -175,8 +209,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     slider = report["slider_redecide"]
-    print(json.dumps({"predict": predict, "slider": {k: v for k, v in slider.items() if k != "note"}}, indent=1))
-    rows = [("`/predict` via gradio_client", predict),
+    print(json.dumps({"predict": predict, "predict_plain_http": http,
+                      "slider": {k: v for k, v in slider.items() if k != "note"}}, indent=1))
+    rows = [("`/predict` via gradio_client", predict), ("`/predict` via plain HTTP (upload, call, event stream)", http),
             ("slider re-decision, handler only", handler),
             ("slider re-decision, server round trip (gradio_client)", slider["server_round_trip_gradio_client"])]
     if browser:
