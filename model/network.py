@@ -391,7 +391,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fr
 def fold_batchnorm(model: FractureNet, size: int = 64) -> FractureNet:
     """The eval-mode network with every BatchNorm that directly follows a convolution folded into that
     convolution's weights (torch's fuse_conv_bn_eval; the norm's activation, if it has one, stays): the
-    same function with ~20 fewer passes over the feature maps (about 10-15% of a forward pass on this CPU).
+    same function with ~50 fewer passes over the feature maps (15-20% of a forward pass on this CPU).
     A folded network is for inference only (no BatchNorm left to train). Modules with forward hooks (the
     CAM, localisation and X-ray-check layers are whole blocks) are never replaced. Checked on a fixed
     input: if the outputs differ by more than float rounding the unfolded network is returned."""
