@@ -219,8 +219,7 @@ def main(argv=None) -> int:
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
-    options = {"target_recall": args.target_recall, "reveal": args.reveal, "alpha": args.alpha,
-               "cam_method": None if (args.no_cam or args.csv) and not cam_dir else args.cam_method}
+    options = score_options(args, cam_dir)
     quiet = bool(args.json or args.csv)
     rows = []
     for row in (score_on_ray(files, args, options, cam_dir) if args.ray else score_here(files, args, options, cam_dir)):
@@ -238,6 +237,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     return 1 if n_err == len(files) else 0
+
+
+def score_options(args, cam_dir: Path | None) -> dict:
+    """score()'s keyword options from the command's flags: no Grad-CAM for --no-cam or a --csv worklist unless
+    --cam-dir asks for the overlays."""
+    return {"target_recall": args.target_recall, "reveal": args.reveal, "alpha": args.alpha,
+            "cam_method": None if (args.no_cam or args.csv) and not cam_dir else args.cam_method}
 
 
 def score_here(files, args, options: dict, cam_dir: Path | None):

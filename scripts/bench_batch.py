@@ -24,6 +24,7 @@ from pathlib import Path
 
 from model.common import REPORT_DIR, SHARED_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 from model.drawing import DEFAULT_OPACITY
+from scripts.bench_load import rss_mb
 
 
 def sample_files(root: Path, n: int) -> list[tuple[str, str]]:
@@ -50,11 +51,10 @@ class ActorMemory:
                 try:
                     if self.marker not in (d / "cmdline").read_bytes():
                         continue
-                    rss = next(int(ln.split()[1]) for ln in (d / "status").read_text().splitlines()
-                               if ln.startswith("VmRSS:"))
-                except (OSError, StopIteration, ValueError):
+                    rss = rss_mb(int(d.name))
+                except (OSError, IndexError, ValueError):
                     continue
-                self.peak[d.name] = max(self.peak.get(d.name, 0), rss / 1024)
+                self.peak[d.name] = max(self.peak.get(d.name, 0), rss)
 
     def __enter__(self):
         self._thread.start()
@@ -83,7 +83,7 @@ def summarise(name: str, stamps: list[float], total: float, n: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from model.predict import score_here, score_on_ray
+    from model.predict import score_here, score_on_ray, score_options
 
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("--data", default=str(SHARED_DIR / "data" / "fracatlas"))
@@ -93,13 +93,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPORT_DIR / "batch_benchmark.json"))
     args = resolve_bundle(ap.parse_args(argv))
     files = sample_files(Path(args.data), args.n)
-    # as model.predict --csv builds them: no Grad-CAM
-    options = {"target_recall": None, "reveal": False, "alpha": DEFAULT_OPACITY, "cam_method": None}
     res = {"command": " ".join(["python -m scripts.bench_batch", *(argv or [])]), "data": shown(args.data),
            "model": shown(args.model), "n": args.n, "cpu": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "runs": []}
+    # model.predict's defaults, without Grad-CAM as in a --csv worklist (csv=None: no progress bar while timing)
     base_args = Namespace(model=args.model, calibration=args.calibration, xray_check=args.xray_check, csv=None,
-                          ray=None, actors=None, threads=1)
+                          ray=None, actors=None, threads=1, target_recall=None, reveal=False, alpha=DEFAULT_OPACITY,
+                          no_cam=True, cam_method=None)
+    options = score_options(base_args, None)
     reference = None
     for threads in (1, 2):
         base_args.threads = threads
