@@ -21,7 +21,7 @@ import numpy as np
 
 from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 from model.xray.check import COLOUR_LIMIT, XrayCheck
-from model.xray.fit import fit_features, negative_inputs
+from model.xray.fit import DEFAULT_UPLOAD_VARIANTS, fit_features, negative_inputs
 from model.xray.kinds import KIND_GROUP
 from model.xray.negatives import all_negatives, split_sets
 
@@ -43,6 +43,8 @@ def main(argv=None) -> dict:
     add_bundle_args(ap, ("model",))
     ap.add_argument("--data", action="append", required=True)
     ap.add_argument("--max-train", type=int, default=1500)
+    ap.add_argument("--upload-variants", type=int, default=DEFAULT_UPLOAD_VARIANTS,
+                    help="changed copies of each X-ray, as model.xray.fit takes them")
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--threads", type=int, default=2)
@@ -54,7 +56,7 @@ def main(argv=None) -> dict:
     setup_cpu_threads(args.threads)
     model, meta = load_model(args.model)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir)
+                                         args.cache_dir, args.upload_variants)
     layout, taps = per_source_val["_layout"]["layout"], per_source_val["_layout"]["tap_layers"]
     (trf, trs, _), (vaf, vas, vac) = parts["train"], parts["val"]
     dev, _ = split_sets(all_negatives())
@@ -102,7 +104,7 @@ def main(argv=None) -> dict:
               f"named {rows[key]['group_named_when_caught']}", flush=True)
     out = {"model": shown(args.model), "n_train_xrays": int(len(trs)), "n_val_xrays": int(len(vas)),
            "n_dev_negatives": len(dev), "n_dev_sources": int(len(set(groups))), "folds": args.folds,
-           "signal_sets": rows}
+           "upload_variants": args.upload_variants, "signal_sets": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     return out

@@ -315,3 +315,33 @@ def test_negative_sets_are_disjoint_by_source_and_cover_every_modality():
     for m in ("CT", "MR", "US", "NM"):
         assert f"{m} DICOM" in cats and f"{m} PNG" in cats, m
     assert {n.kind for n in dev} >= {"cross-sectional", "ultrasound", "nuclear", "photo", "graphic"}
+
+
+def test_fit_features_count_each_xray_as_stored_and_in_its_changed_copies(tmp_path):
+    """The fit's positives: every X-ray as stored plus `upload_variants` upload-like copies (train_augment
+    draws), the same draws on every call (seeded), different draws for each copy."""
+    from types import SimpleNamespace
+
+    from model.splits import samples_by_split
+    from model.xray.fit import fit_features
+    from tests.helpers import fracatlas_tree
+
+    root = fracatlas_tree(tmp_path / "fracatlas", n=14, size=(64, 48))
+    by_split, _ = samples_by_split([root], tmp_path / "splits", create=True)
+    torch.manual_seed(0)
+    net = FractureNet("seedcnn", n_regions=4).eval()
+    meta = SimpleNamespace(img_size=SIZE, mean=MEAN, std=STD, pose="as-is")
+    runs = {k: fit_features(None, net, meta, [str(root)], 1500, tmp_path / "splits", None, k)[0] for k in (1, 3)}
+    again = fit_features(None, net, meta, [str(root)], 1500, tmp_path / "splits", None, 3)[0]
+    for split in ("train", "val"):
+        n = len(by_split[split])
+        assert n > 0
+        for k, parts in runs.items():
+            feats, stats, chromas = parts[split]
+            assert len(feats) == len(stats) == len(chromas) == n * (1 + k)
+        one, three = runs[1][split][1], runs[3][split][1]
+        assert np.array_equal(one[: 2 * n], three[: 2 * n])  # as stored, then the first copy: the same draws
+        assert np.array_equal(three, again[split][1])  # seeded
+        copies = three.reshape(4, n, -1)
+        assert not np.allclose(copies[0], copies[1]) and not np.allclose(copies[1], copies[2])
+        assert not np.allclose(copies[2], copies[3])

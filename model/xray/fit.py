@@ -4,11 +4,12 @@
         --data ../shared/data/multiregion --out assets/xray_check.npz
 
 Training-split X-rays fit the densities and, with the DEVELOPMENT half of model.xray.negatives, the
-learned signal; validation X-rays set the threshold (at most 1% of them flagged). Each X-ray counts twice:
-as stored and changed the way uploads change films (one random draw of model.preprocess.train_augment:
-poses, rotation, border, crop, grey levels, labels, resampling, blur, noise, JPEG), so that a rotated,
-compressed or relabelled radiograph of either data set still passes. Features are cached
-per model file in the cache folder. Writes the gate file and assets/report/xray_check/fit.json.
+learned signal; validation X-rays set the threshold (at most 1% of them flagged). Each X-ray counts as
+stored and --upload-variants times changed the way uploads change films (random draws of
+model.preprocess.train_augment: poses, rotation, border, crop, grey levels, labels, resampling, blur,
+noise, JPEG), so that a rotated, low-contrast, compressed or relabelled radiograph of either data set
+still passes. Features are cached per model file in the cache folder. Writes the gate file and
+assets/report/xray_check/fit.json.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ from model.xray.negatives import all_negatives, split_sets
 from model.xray.signals import TAP_LAYERS, Taps, chroma, dicom_modality, image_stats, squares_stats
 
 log = logging.getLogger("model.xray.fit")
+
+# changed copies of each X-ray in the fit (1 until the 19-epoch model; assets/report/README.md says why 2)
+DEFAULT_UPLOAD_VARIANTS = 2
 
 
 def network_features(model, squares: np.ndarray, mean: float, std: float, batch_size: int = 32,
@@ -99,6 +103,8 @@ def main(argv=None) -> dict:
     add_feature_args(ap)
     ap.add_argument("--out", default=str(DEFAULT_PATH))
     ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
+    ap.add_argument("--upload-variants", type=int, default=DEFAULT_UPLOAD_VARIANTS,
+                    help="upload-like changed copies of each training and validation X-ray (train_augment draws)")
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
                     help="comma-separated: stats, learned, layers, features, neighbours")
     ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
@@ -109,7 +115,7 @@ def main(argv=None) -> dict:
     args, model, meta, sha = start_command(ap, argv)
     size = int(meta.img_size)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir)
+                                         args.cache_dir, args.upload_variants)
     lay = per_source_val.pop("_layout")
     signals = tuple(args.signals.split(","))
     negatives = None
@@ -128,6 +134,7 @@ def main(argv=None) -> dict:
                          info={"model": shown(args.model), "arch": meta.arch, "img_size": size,
                                "data": [Path(d).resolve().name for d in args.data],
                                "n_dev_negatives": 0 if negatives is None else len(negatives[2]),
+                               "upload_variants": args.upload_variants,
                                "learned_inputs": args.learned_inputs if negatives else None,
                                "learned_c": args.learned_c if negatives else None})
     val_feats, val_stats, val_chroma = parts["val"]
@@ -152,14 +159,17 @@ def main(argv=None) -> dict:
 
 
 def fit_features(model_path, model, meta: dict, data: list[str], max_train: int = 1500,
-                 splits_dir: str | Path = SPLITS_DIR, cache_dir: str | None = None):
+                 splits_dir: str | Path = SPLITS_DIR, cache_dir: str | None = None,
+                 upload_variants: int = DEFAULT_UPLOAD_VARIANTS):
     """(features, statistics, chroma) of the training X-rays (a random subset of max_train) and of all
-    validation X-rays of the data roots, cached per model file. Returns (parts, per_source_val):
+    validation X-rays of the data roots, each as stored and in `upload_variants` changed copies, cached
+    per model file. Returns (parts, per_source_val):
     parts = {"train": (...), "val": (...)}; per_source_val = {root name: (n, end row in val)} plus
     "_layout": {"layout": feature column layout, "tap_layers": [...]}."""
     cache = None
     if cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
         key = f"v4-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
+        key += f"-x{upload_variants}" if upload_variants != 1 else ""  # one copy: the key (and draws) of before
         cache = Path(cache_dir) / f"xray-fit-{key}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -167,7 +177,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
             per_source_val = json.loads(str(z["per_source_val"]))
         log.info("features loaded from %s", cache)
     else:
-        parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir)
+        parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, per_source_val=np.array(json.dumps(per_source_val)),
@@ -175,7 +185,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
     return parts, per_source_val
 
 
-def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
+def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants):
     size = int(meta.img_size)
     rng = np.random.default_rng(0)
     parts = {}
@@ -191,14 +201,15 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
             cap = int(round(max_train * len(samples) / max(n_all, 1)))
             if split == "train" and len(idx) > cap:
                 idx = np.sort(rng.choice(idx, cap, replace=False))
-            sq = np.concatenate([squares[idx], upload_variants(squares[idx], size, seed=len(parts))])
+            sq = np.concatenate([squares[idx]] + [changed_copies(squares[idx], size, seed=len(parts) + 2 * k)
+                                                  for k in range(upload_variants)])
             log.info("%s %s: %d X-rays (as stored and changed): features and statistics", Path(root).name, split,
                      len(sq))
             f, layout, taps = network_features(model, sq, meta.mean, meta.std, return_layout=True)
             feats.append(f)
             stats.append(np.stack([image_stats(s) for s in sq]))
             c = np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx))
-            chromas.append(np.concatenate([c, c]))
+            chromas.append(np.concatenate([c] * (1 + upload_variants)))
             if split == "val":
                 per_source_val[Path(root).resolve().name] = (len(chromas[-1]), int(sum(len(c) for c in chromas)))
             del squares
@@ -207,7 +218,7 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir):
     return parts, per_source_val
 
 
-def upload_variants(squares: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+def changed_copies(squares: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     """One random upload-like change of each uint8 square (model.preprocess.train_augment), seeded."""
     from torchvision import tv_tensors
 
