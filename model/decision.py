@@ -2,14 +2,14 @@
 SR and the Secondary Capture all use these).
 
 A decision is "borderline" when the calibrated probability lies within a factor BORDERLINE_ODDS of the
-threshold in odds (|logit(p) - logit(threshold)| < ln BORDERLINE_ODDS): with the shipped threshold of 4.4%
-at a 95% target, a probability between about 2.2% and 8.4%. Odds, not percentage points, because the
-thresholds are small: 11% and 96% are both "Fracture suspected" at a 4.4% threshold, but 11% is 2.7 times
-the threshold's odds and 96% more than 500 times. The factor is a choice, not fitted. On the FracAtlas
-validation split (the shipped calibration's data) 48% of the images fall in the band at the 95% target:
-12% of the fractures and 56% of the normals, which crowd just below the threshold (that is what a 42%
-expected specificity means); with a factor of 1.5 it would be 28% (9% and 32%). Moving the target-recall
-slider from 95% to 80% moves the threshold by a factor of 2.7 in odds, so a borderline decision is one the
+threshold in odds (|logit(p) - logit(threshold)| < ln BORDERLINE_ODDS): with the shipped threshold of 4.9%
+at a 95% target, a probability between about 2.5% and 9.4%. Odds, not percentage points, because the
+thresholds are small: 12% and 96% are both "Fracture suspected" at a 4.9% threshold, but 12% is 2.6 times
+the threshold's odds and 96% more than 450 times. The factor is a choice, not fitted. On the FracAtlas
+validation split (the shipped calibration's data) 37% of the images fall in the band at the 95% target:
+13% of the fractures and 42% of the normals, which crowd just below the threshold (that is what a 55%
+expected specificity means); with a factor of 1.5 it would be 24% (7% and 28%). Moving the target-recall
+slider from 95% to 80% moves the threshold by a factor of 3.1 in odds, so a borderline decision is one the
 slider's range can flip.
 """
 

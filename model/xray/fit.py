@@ -49,7 +49,7 @@ from model.xray.signals import TAP_LAYERS, Taps, chroma, dicom_modality, image_s
 
 log = logging.getLogger("model.xray.fit")
 
-# changed copies of each X-ray in the fit (1 until the 19-epoch model; assets/report/README.md says why 2)
+# changed copies of each X-ray in the fit (1 until the 19-epoch model; assets/report/README.md has the comparison)
 DEFAULT_UPLOAD_VARIANTS = 2
 
 
