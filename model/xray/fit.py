@@ -201,8 +201,10 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
             cap = int(round(max_train * len(samples) / max(n_all, 1)))
             if split == "train" and len(idx) > cap:
                 idx = np.sort(rng.choice(idx, cap, replace=False))
-            sq = np.concatenate([squares[idx]] + [changed_copies(squares[idx], size, seed=len(parts) + 2 * k)
-                                                  for k in range(upload_variants)])
+            kept = squares[idx]  # one copy of the selected squares, not one per changed copy
+            # seeds: train 0, 2, 4, ...; val 1, 3, 5, ... (the first copy's draws are those of a one-copy fit)
+            sq = np.concatenate([kept] + [changed_copies(kept, size, seed=len(parts) + 2 * k)
+                                          for k in range(upload_variants)])
             log.info("%s %s: %d X-rays (as stored and changed): features and statistics", Path(root).name, split,
                      len(sq))
             f, layout, taps = network_features(model, sq, meta.mean, meta.std, return_layout=True)
@@ -212,7 +214,7 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
             chromas.append(np.concatenate([c] * (1 + upload_variants)))
             if split == "val":
                 per_source_val[Path(root).resolve().name] = (len(chromas[-1]), int(sum(len(c) for c in chromas)))
-            del squares
+            del squares, kept
         parts[split] = (np.concatenate(feats), np.concatenate(stats), np.concatenate(chromas))
     per_source_val["_layout"] = {"layout": layout, "tap_layers": taps}
     return parts, per_source_val
