@@ -52,7 +52,8 @@ from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "val_auroc_tta", "val_point", "lr",
-               "seconds", "val_auroc_sources", "val_auroc_mean", "val_negatives_caught", "val_upright_flagged"]
+               "seconds", "val_auroc_sources", "val_auroc_mean", "val_negatives_caught", "val_upright_flagged",
+               "train_consistency"]
 
 
 class SquareDataset(Dataset):
@@ -61,8 +62,9 @@ class SquareDataset(Dataset):
     boxes are rasterised to a mask that the augmentation moves together with the image."""
 
     def __init__(self, squares, labels, regions, region_mask, augment=None, boxes=None, content=None,
-                 p_negative: float = 0.0, pos_weight=None):
+                 p_negative: float = 0.0, pos_weight=None, views: int = 1):
         self.squares, self.labels = squares, labels
+        self.views = views  # 2: two independently augmented views of each image (the consistency loss's pairs)
         self.regions, self.region_mask = regions, region_mask
         self.augment = augment
         self.boxes = boxes if boxes is not None else [None] * len(squares)
@@ -87,7 +89,12 @@ class SquareDataset(Dataset):
         x = tv_tensors.Image(torch.from_numpy(sq).unsqueeze(0))
         b = self.boxes[i]
         mask = tv_tensors.Mask(torch.from_numpy(rasterise(b if b is not None else np.zeros((0, 4)), size))[None])
-        if self.augment is not None:
+        if self.views > 1 and self.augment is not None:
+            # (views, 1, H, W) each: the same film (and polarity) through the augmentation again
+            pairs = [self.augment(x, mask) for _ in range(self.views)]
+            x = torch.stack([a.as_subclass(torch.Tensor) for a, _ in pairs])
+            mask = torch.stack([m.as_subclass(torch.Tensor) for _, m in pairs])
+        elif self.augment is not None:
             x, mask = self.augment(x, mask)
         return (x.as_subclass(torch.Tensor), self.labels[i], self.regions[i], self.region_mask[i],
                 mask.as_subclass(torch.Tensor), float(b is not None), float(negative), self.pos_weight[i])
@@ -201,6 +208,13 @@ def parse_args(argv=None):
                     help="what the saved model reads: each image in its canonical pose (model/pose.py) or as it is")
     ap.add_argument("--loc-weight", type=float, default=1.0,
                     help="weight of the box-supervised localisation head's loss (0: no head)")
+    ap.add_argument("--consistency", type=float, default=0.0,
+                    help="weight of a consistency loss: each batch holds batch-size/2 images in two augmented views "
+                         "and the squared difference of their fracture logits is penalised (0: off). An epoch "
+                         "then draws half as many images, so it costs the same forward passes")
+    ap.add_argument("--init-from", default=None,
+                    help="a run's last.ckpt: start from its network (all heads), with a new optimiser and schedule "
+                         "(a fine-tune; --weights is then only the lineage)")
     ap.add_argument("--out", required=True, help="run folder")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
     ap.add_argument("--seed", type=int, default=0)
@@ -333,20 +347,22 @@ def make_loader(args, data: TrainData, device: torch.device, start_epoch: int) -
     generator is seeded by the epoch it starts at, so a resumed run draws like an uninterrupted one would
     from that epoch on."""
     labels, regions, rmask = _targets(data.train)
+    views = 2 if getattr(args, "consistency", 0.0) > 0 else 1
     ds = SquareDataset(data.train_squares, labels, regions, rmask, augment=train_augment(args.img_size),
                        boxes=data.train_boxes, content=data.train_content,
-                       p_negative=getattr(args, "negatives", 0.0), pos_weight=data.train_pos_weight)
+                       p_negative=getattr(args, "negatives", 0.0), pos_weight=data.train_pos_weight, views=views)
     g = torch.Generator().manual_seed(args.seed + start_epoch)
     w = data.weights
-    # an epoch draws as many images as the training split has radiographs (near-duplicate groups)
-    n_draw = int(round(group_weights(data.train).sum()))
+    # an epoch draws as many images as the training split has radiographs (near-duplicate groups); in
+    # pairs of views, half as many, so that an epoch costs the same forward passes
+    n_draw = int(round(group_weights(data.train).sum())) // views
     if np.allclose(w, w[0]) and n_draw == len(w):
         sampler, shuffle = None, True
     else:  # grouped copies, several data sets: draw by source_balance's weights
         sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=n_draw, generator=g)
         shuffle = False
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 1)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+    return DataLoader(ds, batch_size=max(1, args.batch_size // views), shuffle=shuffle, sampler=sampler, generator=g,
                       num_workers=workers, drop_last=True, persistent_workers=workers > 0,
                       pin_memory=device.type == "cuda")
 
@@ -366,16 +382,21 @@ def make_optimiser(model: nn.Module, args, steps_per_epoch: int):
 
 
 def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: TrainData, device: torch.device,
-                epoch: int) -> float:
-    """One pass over the training loader; returns the mean training loss."""
+                epoch: int) -> tuple[float, float | None]:
+    """One pass over the training loader; returns the mean training loss and, with --consistency, the
+    mean squared difference between the fracture logits of the two views of an image."""
     bce = nn.functional.binary_cross_entropy_with_logits
     region_loss = nn.BCEWithLogitsLoss(reduction="none")
     use_loc = model.loc_head is not None
     model.train()
-    run_loss, n_seen = 0.0, 0
+    run_loss, n_seen, run_cons, n_pairs = 0.0, 0, 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
                dynamic_ncols=False, ncols=100)
     for x, y, r, rm, bm, bv, neg, pw in bar:
+        pairs = x.dim() == 5  # (B, 2, 1, H, W): two views per image, side by side in the batch
+        if pairs:
+            x, bm = x.flatten(0, 1), bm.flatten(0, 1)
+            y, r, rm, bv, neg, pw = (torch.as_tensor(t).repeat_interleave(2, dim=0) for t in (y, r, rm, bv, neg, pw))
         x = normalize(x, data.mean, data.std).to(device, non_blocking=True)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -392,6 +413,14 @@ def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: 
         if rm.sum() > 0:
             rl = region_loss(out_[:, 1:], r).mean(dim=1)
             loss = loss + args.region_loss_weight * (rl * rm).sum() / rm.sum()
+        if pairs:
+            # the same film must get the same fracture logit however it arrived (logits, not probabilities:
+            # the decision sits at a probability of a few per cent, where probabilities hardly differ)
+            d = out_[:, 0].view(-1, 2)
+            cons = (d[:, 0] - d[:, 1]).pow(2).mean()
+            loss = loss + args.consistency * cons
+            run_cons += cons.item() * len(d)
+            n_pairs += len(d)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -400,7 +429,7 @@ def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: 
         n_seen += len(x)
         bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
     bar.close()
-    return run_loss / max(1, n_seen)
+    return run_loss / max(1, n_seen), (run_cons / n_pairs if n_pairs else None)
 
 
 def validate(model: FractureNet, data: TrainData, args, device: torch.device) -> dict:
@@ -477,6 +506,9 @@ def train(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimiser(model, args, len(loader))
     progress = Progress()
+    if getattr(args, "init_from", None) and not state:
+        model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=True)["model"])
+        log.info("fine-tuning from the network in %s", args.init_from)
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -495,7 +527,7 @@ def train(args) -> dict:
                   "device": device.type, "torch": str(torch.__version__)})
     for epoch in range(progress.epoch + 1, args.epochs):
         t_ep = time.time()
-        train_loss = train_epoch(model, loader, opt, sched, args, data, device, epoch)
+        train_loss, train_cons = train_epoch(model, loader, opt, sched, args, data, device, epoch)
         v = validate(model, data, args, device)
         progress.elapsed += time.time() - t_ep
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(v["val_loss"], 5),
@@ -506,7 +538,8 @@ def train(args) -> dict:
                "val_auroc_sources": json.dumps({k: round(a, 5) for k, a in v["val_auroc_sources"].items()}),
                "val_auroc_mean": round(v["val_auroc_mean"], 5),
                "val_negatives_caught": "" if v["val_negatives_caught"] is None else round(v["val_negatives_caught"], 4),
-               "val_upright_flagged": "" if v["val_upright_flagged"] is None else round(v["val_upright_flagged"], 4)}
+               "val_upright_flagged": "" if v["val_upright_flagged"] is None else round(v["val_upright_flagged"], 4),
+               "train_consistency": "" if train_cons is None else round(train_cons, 5)}
         progress.rows.append(row)
         progress.epoch = epoch
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
