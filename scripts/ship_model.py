@@ -6,10 +6,11 @@ Reads the run's log.csv at its best epoch (by the validation AUROC the run chose
 data sets when it logged one, else the first data set's) and switches horizontal-flip test-time
 augmentation on in the model file's metadata (ModelMeta.tta) only if it raised the VALIDATION AUROC at
 that epoch (a run that trains with all eight poses and reads images in their canonical pose logs no
-flip TTA, so it stays off); records the run's training minutes. --cam-layer sets the Grad-CAM layer (choose it on
-validation: python -m scripts.eval_cam --split val --cam-layer NAME ...). The weights are copied
-unchanged (fp16). The test split is not read. Afterwards refit what depends on the model file's hash:
-scripts/make_reports.sh --refit.
+flip TTA, so it stays off); records the run's training minutes (for a fine-tune, model.train
+--init-from, its parent's too). --cam-layer sets the Grad-CAM layer (choose it on validation first:
+python -m scripts.choose_cam_layer --model RUN/best.pt). The weights are copied unchanged (fp16). The
+test split is not read. Afterwards refit what depends on the model file's hash: scripts/make_reports.sh
+--refit.
 """
 
 from __future__ import annotations
@@ -41,17 +42,26 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{run}/best.pt is from epoch {meta.val_metrics['epoch']}, "
                          f"log.csv's best is {best['epoch']}")
     plain, tta = float(best["val_auroc"]), float(best.get("val_auroc_tta") or 0.0)
+    minutes = round(sum(float(r["seconds"]) for r in rows) / 60, 1)
+    lineage = {}
+    args_file = run / "args.json"
+    init = json.loads(args_file.read_text()).get("init_from") if args_file.is_file() else None
+    if init:  # a fine-tune (model.train --init-from): the network's training includes its parent's
+        parent = torch.load(init, map_location="cpu", weights_only=True)
+        before = round(float(parent["elapsed"]) / 60, 1)
+        lineage = {"fine_tuned_from": {"checkpoint": str(init), "epochs": len(parent["rows"]), "train_minutes": before},
+                   "train_minutes_total": round(before + minutes, 1)}
     meta = meta.replace(
         tta=tta > plain,
         cam_layer=args.cam_layer or meta.cam_layer,  # the Predictor refuses to start if the layer does not exist
         val_metrics={**meta.val_metrics, "auroc_tta": tta,
                      "tta_rule": "flip TTA on iff it raised the validation AUROC at the best epoch"},
-        training={**meta.training, "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
-                  "epochs_run": len(rows)})
+        training={**meta.training, "train_minutes": minutes, "epochs_run": len(rows), **lineage})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({**blob, "meta": meta.to_dict()}, args.out)
     out = {"out": args.out, "epoch": int(best["epoch"]), "val_auroc": plain, "val_auroc_tta": tta,
-           "tta": meta.tta, "size_mb": round(Path(args.out).stat().st_size / 1e6, 2)}
+           "tta": meta.tta, "size_mb": round(Path(args.out).stat().st_size / 1e6, 2), "train_minutes": minutes,
+           **lineage}
     print(json.dumps(out, indent=2))
     return out
 

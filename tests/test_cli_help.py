@@ -10,7 +10,8 @@ import pytest
 COMMANDS = ["model.train", "model.evaluate", "model.predict", "model.calibrate", "model.splits", "model.xray.fit",
             "scripts.eval_robustness", "scripts.eval_cam", "scripts.eval_xray_check", "scripts.bench_app",
             "scripts.bench_infer", "scripts.bench_load", "scripts.bench_pacs", "scripts.ship_model",
-            "scripts.compare_calibrators", "scripts.compare_table", "scripts.dev_xray_check"]
+            "scripts.compare_calibrators", "scripts.compare_table", "scripts.dev_xray_check",
+            "scripts.choose_cam_layer"]
 
 
 @pytest.mark.parametrize("module", COMMANDS + ["app.__main__", "pacs.__main__"])

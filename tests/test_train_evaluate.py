@@ -164,3 +164,41 @@ def test_consistency_fine_tune_starts_from_the_given_network_and_logs_the_pair_g
     params = {n for n, _ in model.named_parameters()}
     assert params and all(torch.equal(start[n], end[n]) for n in params)
     assert float(rows[0]["train_loss"]) > 0
+    from scripts import ship_model
+
+    shipped = ship_model.main([str(out), "--out", str(tmp_path / "model.pt")])
+    training = load_model(tmp_path / "model.pt")[1].training
+    parent_rows = list(csv.DictReader(open(tmp / "run" / "log.csv")))
+    assert training["fine_tuned_from"]["epochs"] == len(parent_rows) == 6  # the lineage is on the model file
+    before = training["fine_tuned_from"]["train_minutes"]
+    assert before == pytest.approx(sum(float(r["seconds"]) for r in parent_rows) / 60, abs=0.1)
+    assert training["train_minutes_total"] == shipped["train_minutes_total"]
+    assert training["train_minutes_total"] == pytest.approx(before + training["train_minutes"], abs=0.11)
+
+
+def test_cam_layer_is_chosen_on_validation_boxes_and_written_down(tmp_path):
+    """scripts.choose_cam_layer measures each candidate layer's Grad-CAM on the validation split's boxed
+    fractures (never test), picks the best pointing game and writes the table and the choice."""
+    import pandas as pd
+
+    from scripts import choose_cam_layer
+
+    root = fracatlas_tree(tmp_path / "fracatlas", n=16, size=(64, 48))
+    run, splits = tmp_path / "run", tmp_path / "splits"
+    train(parse_args(["--data", str(root), "--arch", "seedcnn", "--weights", "none", "--img-size", "32",
+                      "--batch-size", "8", "--epochs", "1", "--workers", "0", "--loc-weight", "1",
+                      "--splits-dir", str(splits), "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]))
+    df = pd.read_csv(splits / "fracatlas.csv")
+    n_val = int(((df.split == "val") & (df.label == 1)).sum())
+    assert n_val > 0
+    layers = ["backbone.features.3", "backbone.features.1"]
+    out = tmp_path / "cam"
+    chosen = choose_cam_layer.main(["--model", str(run / "best.pt"), "--data", str(root), "--splits-dir", str(splits),
+                                    "--layers", *layers, "--threads", "1", "--out", str(out)])
+    res = json.loads((out / "val_layer_choice.json").read_text())
+    assert chosen == res["chosen"] and set(res["layers"]) == set(layers)
+    best = max(layers, key=lambda k: (res["layers"][k]["pointing_game"], res["layers"][k]["energy_in_boxes"]))
+    assert chosen == best
+    assert all(v["n"] == n_val for v in res["layers"].values())  # validation fractures, not test ones
+    md = (out / "val_layer_choice.md").read_text()
+    assert f"{chosen} (chosen)" in md and "VALIDATION" in md
