@@ -477,7 +477,8 @@ def train_augment(size: int):
     """Augmentations for the training split only, on uint8 (1, S, S) tv_tensors.Image: what uploads do to a
     film. Called with an image alone or with (tv_tensors.Image, tv_tensors.Mask): the geometric steps move
     both (nearest for the mask); grey levels, burnt-in labels, resampling, blur, noise and JPEG touch the
-    image only.
+    image only. Two stages, `transforms[0]` geometric and `transforms[1]` the rest (train_augment_stages),
+    so that two views of one film can differ in geometry alone (model.train --consistency).
 
     - all eight flips/quarter turns, equally often (the canonical pose of model/pose.py is any of them);
     - free rotation up to 30 degrees with black corners, shifts and scaling (both classes alike, so the
@@ -490,7 +491,7 @@ def train_augment(size: int):
     from torchvision.transforms import v2
 
     image_only = tv_tensors.Image
-    return v2.Compose(
+    geometric = v2.Compose(
         [
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
@@ -498,6 +499,10 @@ def train_augment(size: int):
             v2.RandomApply([v2.RandomAffine(degrees=30, translate=(0.06, 0.06), scale=(0.8, 1.15))], p=0.7),
             v2.RandomApply([v2.RandomZoomOut(fill=0, side_range=(1.0, 1.5)), v2.Resize((size, size))], p=0.15),
             v2.RandomApply([v2.RandomResizedCrop(size, scale=(0.64, 1.0), ratio=(0.8, 1.25))], p=0.15),
+        ]
+    )
+    film = v2.Compose(
+        [
             v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=(0.45, 1.4))], p=0.8),
             v2.RandomApply([v2.Lambda(_random_gamma, image_only)], p=0.5),
             v2.RandomApply([v2.Lambda(burn_in_label, image_only)], p=0.3),
@@ -507,6 +512,12 @@ def train_augment(size: int):
             v2.RandomApply([v2.JPEG((10, 95))], p=0.5),
         ]
     )
+    return v2.Compose([geometric, film])
+
+
+def train_augment_stages(augment) -> tuple:
+    """(geometric, the rest) of a train_augment(size)."""
+    return augment.transforms[0], augment.transforms[1]
 
 
 def _uniform(lo: float, hi: float) -> float:

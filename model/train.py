@@ -47,7 +47,7 @@ from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser, setup_cp
 from model.data import REGIONS, Sample
 from model.metrics import pointing_game
 from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
-from model.preprocess import normalize, train_augment
+from model.preprocess import normalize, train_augment, train_augment_stages
 from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")
@@ -62,9 +62,12 @@ class SquareDataset(Dataset):
     boxes are rasterised to a mask that the augmentation moves together with the image."""
 
     def __init__(self, squares, labels, regions, region_mask, augment=None, boxes=None, content=None,
-                 p_negative: float = 0.0, pos_weight=None, views: int = 1):
+                 p_negative: float = 0.0, pos_weight=None, views: int = 1, pair_views: str = "geometric"):
         self.squares, self.labels = squares, labels
-        self.views = views  # 2: two independently augmented views of each image (the consistency loss's pairs)
+        self.views = views  # 2: two augmented views of each image (the consistency loss's pairs)
+        # "geometric": the views differ in geometry alone (the same grey levels, labels, resampling, noise and
+        # JPEG draw on both); "all": two independent draws of the whole augmentation
+        self.pair_views = pair_views
         self.regions, self.region_mask = regions, region_mask
         self.augment = augment
         self.boxes = boxes if boxes is not None else [None] * len(squares)
@@ -91,7 +94,17 @@ class SquareDataset(Dataset):
         mask = tv_tensors.Mask(torch.from_numpy(rasterise(b if b is not None else np.zeros((0, 4)), size))[None])
         if self.views > 1 and self.augment is not None:
             # (views, 1, H, W) each: the same film (and polarity) through the augmentation again
-            pairs = [self.augment(x, mask) for _ in range(self.views)]
+            if self.pair_views == "geometric":
+                geometric, film = train_augment_stages(self.augment)
+                seed = int(torch.randint(2**31 - 1, (1,)))
+                pairs = []
+                for _ in range(self.views):
+                    xg, mg = geometric(x, mask)
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(seed)  # the same film-stage draw for every view
+                        pairs.append(film(xg, mg))
+            else:
+                pairs = [self.augment(x, mask) for _ in range(self.views)]
             x = torch.stack([a.as_subclass(torch.Tensor) for a, _ in pairs])
             mask = torch.stack([m.as_subclass(torch.Tensor) for _, m in pairs])
         elif self.augment is not None:
@@ -212,6 +225,10 @@ def parse_args(argv=None):
                     help="weight of a consistency loss: each batch holds batch-size/2 images in two augmented views "
                          "and the squared difference of their fracture logits is penalised (0: off). An epoch "
                          "then draws half as many images, so it costs the same forward passes")
+    ap.add_argument("--consistency-views", choices=["geometric", "all"], default="geometric",
+                    help="what differs between the two views: geometry alone (rotation, flips, border, crop; the same "
+                         "grey levels, resampling, noise and JPEG on both) or the whole augmentation, drawn twice "
+                         "(a view may lose the fracture to JPEG or blur that the other keeps)")
     ap.add_argument("--init-from", default=None,
                     help="a run's last.ckpt: start from its network (all heads), with a new optimiser and schedule "
                          "(a fine-tune; --weights is then only the lineage)")
@@ -350,7 +367,8 @@ def make_loader(args, data: TrainData, device: torch.device, start_epoch: int) -
     views = 2 if getattr(args, "consistency", 0.0) > 0 else 1
     ds = SquareDataset(data.train_squares, labels, regions, rmask, augment=train_augment(args.img_size),
                        boxes=data.train_boxes, content=data.train_content,
-                       p_negative=getattr(args, "negatives", 0.0), pos_weight=data.train_pos_weight, views=views)
+                       p_negative=getattr(args, "negatives", 0.0), pos_weight=data.train_pos_weight, views=views,
+                       pair_views=getattr(args, "consistency_views", "all"))  # runs from before the option: "all"
     g = torch.Generator().manual_seed(args.seed + start_epoch)
     w = data.weights
     # an epoch draws as many images as the training split has radiographs (near-duplicate groups); in

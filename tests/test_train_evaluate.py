@@ -145,6 +145,31 @@ def test_consistency_pairs_are_two_views_of_one_film_with_their_own_boxes():
     assert differ >= 6  # the views are drawn independently
 
 
+def test_geometric_pairs_share_the_film_stage_and_independent_pairs_do_not():
+    """--consistency-views geometric: with the geometric stage removed, the two views are the same pixels
+    (one draw of grey levels, labels, resampling, noise, JPEG); drawn independently ("all") they differ."""
+    from torchvision.transforms import v2
+
+    from model.preprocess import train_augment, train_augment_stages
+    from model.train import SquareDataset
+
+    size = 48
+    rng = np.random.default_rng(0)
+    sq = rng.integers(20, 230, (1, size, size)).astype(np.uint8)
+    _, film = train_augment_stages(train_augment(size))
+    no_geometry = v2.Compose([v2.Identity(), film])
+    args = (sq, torch.ones(1), torch.zeros(1, 2), torch.zeros(1))
+    torch.manual_seed(0)
+    shared = SquareDataset(*args, augment=no_geometry, views=2, pair_views="geometric")
+    independent = SquareDataset(*args, augment=no_geometry, views=2, pair_views="all")
+    for _ in range(6):
+        x = shared[0][0]
+        assert torch.equal(x[0], x[1])
+    assert sum(not torch.equal(*independent[0][0]) for _ in range(6)) >= 5
+    full = SquareDataset(*args, augment=train_augment(size), views=2, pair_views="geometric")
+    assert sum(not torch.equal(*full[0][0]) for _ in range(6)) >= 5  # geometry still differs
+
+
 def test_consistency_fine_tune_starts_from_the_given_network_and_logs_the_pair_gap(trained, tmp_path):
     """--init-from loads a run's network; --consistency trains on pairs and logs the mean squared gap between
     the two views' logits. With lr 0 the fine-tuned parameters are exactly the starting ones."""
