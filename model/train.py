@@ -416,10 +416,12 @@ def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: 
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stderr, mininterval=5,
                dynamic_ncols=False, ncols=100)
     for x, y, r, rm, bm, bv, neg, pw in bar:
-        pairs = x.dim() == 5  # (B, 2, 1, H, W): two views per image, side by side in the batch
+        pairs = x.dim() == 5  # (B, views, 1, H, W): the views of each image side by side in the batch
         if pairs:
+            views = x.shape[1]
             x, bm = x.flatten(0, 1), bm.flatten(0, 1)
-            y, r, rm, bv, neg, pw = (torch.as_tensor(t).repeat_interleave(2, dim=0) for t in (y, r, rm, bv, neg, pw))
+            y, r, rm, bv, neg, pw = (torch.as_tensor(t).repeat_interleave(views, dim=0)
+                                     for t in (y, r, rm, bv, neg, pw))
         x = normalize(x, data.mean, data.std).to(device, non_blocking=True)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -439,7 +441,7 @@ def train_epoch(model: FractureNet, loader: DataLoader, opt, sched, args, data: 
         if pairs:
             # the same film must get the same fracture logit however it arrived (logits, not probabilities:
             # the decision sits at a probability of a few per cent, where probabilities hardly differ)
-            d = out_[:, 0].view(-1, 2)
+            d = out_[:, 0].view(-1, views)
             cons = (d[:, 0] - d[:, 1]).pow(2).mean()
             loss = loss + args.consistency * cons
             run_cons += cons.item() * len(d)

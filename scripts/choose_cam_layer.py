@@ -66,10 +66,10 @@ def main(argv=None) -> str:
     ap.add_argument("--out", default=str(REPORT_DIR / "cam"))
     args = ap.parse_args(argv)
     results = {}
+    extra = (["--data", args.data] if args.data else []) + (
+        ["--splits-dir", args.splits_dir] if args.splits_dir else [])
     with tempfile.TemporaryDirectory() as tmp:
         for layer in args.layers:
-            extra = (["--data", args.data] if args.data else []) + (
-                ["--splits-dir", args.splits_dir] if args.splits_dir else [])
             results[layer] = eval_cam.main(["--model", args.model, "--split", "val", "--cam-layer", layer,
                                             "--methods", "gradcam", "--road-n", "0", "--memory-calls", "0",
                                             "--threads", str(args.threads), "--out", str(Path(tmp) / layer)]
