@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -51,11 +52,12 @@ from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
 from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser, setup_cpu_threads
 from model.data import REGIONS, Sample
 from model.metrics import pointing_game
-from model.network import CLASS_NAMES, FractureNet, ModelMeta, arch_spec, save_model
+from model.network import CLASS_NAMES, FORMAT, FractureNet, ModelMeta, arch_spec, save_model
 from model.preprocess import normalize, train_augment, train_augment_stages
 from model.splits import samples_by_split
 
 log = logging.getLogger("model.train")
+INIT_FILE = "init_from.json"  # a fine-tune's parent, recorded when it starts (scripts.ship_model reads it)
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "val_auroc_tta", "val_point", "lr",
                "seconds", "val_auroc_sources", "val_auroc_mean", "val_negatives_caught", "val_upright_flagged",
                "train_consistency"]
@@ -235,8 +237,8 @@ def parse_args(argv=None):
                          "grey levels, resampling, noise and JPEG on both) or the whole augmentation, drawn twice "
                          "(a view may lose the fracture to JPEG or blur that the other keeps)")
     ap.add_argument("--init-from", default=None,
-                    help="a run's last.ckpt: start from its network (all heads), with a new optimiser and schedule "
-                         "(a fine-tune; --weights is then only the lineage)")
+                    help="a run's last.ckpt or a shipped model file (assets/model.pt): start from its network (all "
+                         "heads), with a new optimiser and schedule (a fine-tune; --weights is then only the lineage)")
     ap.add_argument("--out", required=True, help="run folder")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
     ap.add_argument("--seed", type=int, default=0)
@@ -505,6 +507,45 @@ def write_log(out: Path, rows: list[dict]) -> None:
     _plot_curves(rows, out / "curves.png")
 
 
+def init_state(path: str | Path) -> dict:
+    """The network weights a fine-tune starts from, on the training scale: a run's checkpoint (last.ckpt, float32)
+    or a model file (model.network's format, fp16 as shipped, widened to float32, the fracture logit's
+    class-balance offset put back; its BatchNorm is stored unfolded)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a safe torch file
+        blob = None
+    if isinstance(blob, dict) and "model" in blob:
+        return blob["model"]
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+        # back on the training scale: _save_shippable took log(pos_weight) off the fracture logit
+        state["fracture_head.bias"] += float(blob["meta"]["training"].get("logit_offset_removed", 0.0))
+        return state
+    raise SystemExit(f"--init-from {path}: neither a training checkpoint nor a FractureLens model file")
+
+
+def init_lineage(path: str | Path) -> dict:
+    """What a fine-tune starts from, for the model file's lineage: the parent's file (and sha256), epochs and
+    training minutes (a parent that was itself a fine-tune counts its own parent's)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if "meta" in blob:  # a model file
+        trained = blob["meta"]["training"]
+        minutes = float(trained.get("train_minutes_total", trained.get("train_minutes", 0.0)))
+        epochs = int(trained.get("epochs_run", 0)) + int(trained.get("fine_tuned_from", {}).get("epochs", 0))
+        kind = "model_file"
+    else:  # a run's checkpoint
+        minutes, epochs, kind = float(blob["elapsed"]) / 60, len(blob["rows"]), "checkpoint"
+    return {kind: str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "epochs": epochs,
+            "train_minutes": round(minutes, 1)}
+
+
+def parent_lineage(run: str | Path) -> dict | None:
+    """The lineage a fine-tune's run recorded when it started (RUN/init_from.json), or None."""
+    path = Path(run) / INIT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def train(args) -> dict:
     args, state = resume_args(args)
     out = Path(args.out)
@@ -532,7 +573,8 @@ def train(args) -> dict:
     opt, sched = make_optimiser(model, args, len(loader))
     progress = Progress()
     if getattr(args, "init_from", None) and not state:
-        model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=True)["model"])
+        model.load_state_dict(init_state(args.init_from))
+        (out / INIT_FILE).write_text(json.dumps(init_lineage(args.init_from), indent=2))
         log.info("fine-tuning from the network in %s", args.init_from)
     if state:
         model.load_state_dict(state["model"])

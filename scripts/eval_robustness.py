@@ -10,6 +10,10 @@ calibration and the X-ray check of the bundle), batched. Per variant and per dat
   specificity                                   at the calibration's default-target threshold
   changed                                       share of images whose decision at that threshold differs
                                                 from the same image upright (as stored)
+  changed_matched                               the same at this data set's matched threshold: the one at
+                                                which the upright images reach the default target recall
+                                                (two models compared at one operating point, whatever
+                                                their calibrations' thresholds)
   median_abs_dp                                 median |probability - upright probability|
   xray_pass                                     share that pass the X-ray check
   region_agree                                  share whose top body region equals the upright one's
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from calibration import DEFAULT_TARGET
 from model.bundle import load_bundle
 from model.common import (
     REPORT_DIR,
@@ -177,7 +182,14 @@ class BatchScorer:
                 "region": regions}
 
 
-def variant_metrics(y, groups, res, base, threshold, n_boot) -> dict:
+def matched_threshold(y, p_upright, target: float) -> float:
+    """The highest threshold at which at least `target` of this split's upright fractures are flagged."""
+    pos = np.sort(p_upright[y == 1])
+    missed = int(np.floor(len(pos) * (1 - target) + 1e-9))  # fractures allowed below it (float-safe)
+    return float(pos[missed])
+
+
+def variant_metrics(y, groups, res, base, threshold, n_boot, matched=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from model.metrics import bootstrap_ci
@@ -191,6 +203,8 @@ def variant_metrics(y, groups, res, base, threshold, n_boot) -> dict:
     out["specificity"] = round(float((p[neg] < threshold).mean()), 4) if neg.any() else None
     out["recall"] = round(float((p[~neg] >= threshold).mean()), 4) if (~neg).any() else None
     out["changed"] = round(float(((p >= threshold) != (base["prob"] >= threshold)).mean()), 4)
+    if matched is not None:
+        out["changed_matched"] = round(float(((p >= matched) != (base["prob"] >= matched)).mean()), 4)
     out["median_abs_dp"] = round(float(np.median(np.abs(p - base["prob"]))), 4)
     out["xray_pass"] = round(float(res["is_xray"].mean()), 4)
     out["region_agree"] = round(float((res["region"] == base["region"]).mean()), 4)
@@ -203,14 +217,15 @@ def table(metrics: dict) -> str:
     for source, rows in metrics["sources"].items():
         lines += [f"\n### {source} ({metrics['split']} split, {rows['upright']['n']} X-rays, "
                   f"{rows['upright']['n_fractured']} fractured)\n",
-                  "| variant | AUROC (95% CI) | specificity | decisions changed | median abs. change in p "
-                  "| X-ray check passed | region agrees | analysed as negative |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| variant | AUROC (95% CI) | specificity | decisions changed | at matched recall "
+                  "| median abs. change in p | X-ray check passed | region agrees | analysed as negative |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, m in rows.items():
             ci = m.get("auroc_ci95")
             auc = "n/a" if "auroc" not in m else f"{m['auroc']:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
             spec = "n/a" if m["specificity"] is None else f"{m['specificity']:.2f}"
-            lines.append(f"| {name} | {auc} | {spec} | {m['changed']:.1%} | {m['median_abs_dp']:.3f} | "
+            matched = "n/a" if m.get("changed_matched") is None else f"{m['changed_matched']:.1%}"
+            lines.append(f"| {name} | {auc} | {spec} | {m['changed']:.1%} | {matched} | {m['median_abs_dp']:.3f} | "
                          f"{m['xray_pass']:.1%} | {m['region_agree']:.1%} | {m['negative']:.1%} |")
     return "\n".join(lines) + "\n"
 
@@ -283,6 +298,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="default assets/report/robustness/ for the test split "
                     "(the reported one), assets/report/robustness/val/ for validation")
+    ap.add_argument("--save-scores", action="store_true",
+                    help="also write OUT/scores.npz: each variant's probabilities per image, and the labels")
     ap.add_argument("--summarise", nargs="+", metavar="METRICS_JSON", default=None,
                     help="print a README table of one run (or previous -> new: PREVIOUS NEW) and exit")
     ap.add_argument("--source", default="fracatlas", help="the data set --summarise tabulates")
@@ -313,6 +330,7 @@ def main(argv=None) -> dict:
                "threshold": round(threshold, 6),
                "target_recall": bundle.calibration.default_target if bundle.calibration is not None else None,
                "sources": {}}
+    scores = {}
     for root in args.data or DEFAULT_DATA:
         samples = select_samples([root], args.split, args.splits_dir)
         if args.limit and len(samples) > args.limit:  # evenly spread over the split (both classes)
@@ -327,15 +345,23 @@ def main(argv=None) -> dict:
         y = np.array([s.label for s in kept])
         groups = [s.group for s in kept]
         source = kept[0].source
-        rows, base = {}, None
+        rows, base, matched = {}, None, None
+        scores[f"{source}/label"] = y
         for name in variants:
             t = time.time()
             res = scorer.score([VARIANTS[name](g, i) for i, g in enumerate(grays)])
-            base = res if name == "upright" else base
-            rows[name] = variant_metrics(y, groups, res, base, threshold, args.bootstrap)
+            if name == "upright":
+                base = res
+                target = metrics["target_recall"] or DEFAULT_TARGET
+                matched = matched_threshold(y, res["prob"], target) if 0 < y.sum() else None
+                metrics.setdefault("matched_threshold", {})[source] = matched
+            rows[name] = variant_metrics(y, groups, res, base, threshold, args.bootstrap, matched)
+            scores[f"{source}/{name}"] = res["prob"]
             log.info("%s / %s: %s (%.0f s)", source, name, json.dumps(rows[name]), time.time() - t)
         metrics["sources"][source] = rows
     metrics["seconds"] = round(time.time() - t0, 1)
+    if args.save_scores:
+        np.savez_compressed(out / "scores.npz", **scores)
     (out / "metrics.json").write_text(json.dumps(plain(metrics), indent=2))
     (out / "table.md").write_text(
         f"# Robustness ({args.split} split)\n\nModel `{metrics['model']['file']}` (pose {bundle.meta.pose}, "

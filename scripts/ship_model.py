@@ -24,6 +24,7 @@ import torch
 
 from model.common import DEFAULT_MODEL, command_parser
 from model.network import ModelMeta
+from model.train import parent_lineage
 
 
 def main(argv=None) -> dict:
@@ -44,13 +45,9 @@ def main(argv=None) -> dict:
     plain, tta = float(best["val_auroc"]), float(best.get("val_auroc_tta") or 0.0)
     minutes = round(sum(float(r["seconds"]) for r in rows) / 60, 1)
     lineage = {}
-    args_file = run / "args.json"
-    init = json.loads(args_file.read_text()).get("init_from") if args_file.is_file() else None
-    if init:  # a fine-tune (model.train --init-from): the network's training includes its parent's
-        parent = torch.load(init, map_location="cpu", weights_only=True)
-        before = round(float(parent["elapsed"]) / 60, 1)
-        lineage = {"fine_tuned_from": {"checkpoint": str(init), "epochs": len(parent["rows"]), "train_minutes": before},
-                   "train_minutes_total": round(before + minutes, 1)}
+    parent = parent_lineage(run)
+    if parent:  # a fine-tune (model.train --init-from): the network's training includes its parent's
+        lineage = {"fine_tuned_from": parent, "train_minutes_total": round(parent["train_minutes"] + minutes, 1)}
     meta = meta.replace(
         tta=tta > plain,
         cam_layer=args.cam_layer or meta.cam_layer,  # the Predictor refuses to start if the layer does not exist

@@ -229,7 +229,8 @@ def test_the_robustness_benchmark_measures_the_serving_path(canonical_model, tmp
     m = eval_robustness.main(["--split", "val", "--data", str(root), "--splits-dir", str(tmp_path / "splits"),
                               "--model", str(canonical_model / "model.pt"), "--calibration", "",
                               "--xray-check", "", "--bootstrap", "20", "--threads", "1", "--out", str(tmp_path / "r"),
-                              "--variants", "rotate 90", "rotate 180", "transpose", "flip top-bottom", "JPEG q10"])
+                              "--variants", "rotate 90", "rotate 180", "transpose", "flip top-bottom", "JPEG q10",
+                              "--save-scores"])
     rows = m["sources"]["tree"]
     assert rows["upright"]["n"] > 0
     for name in ("rotate 90", "rotate 180", "transpose", "flip top-bottom"):
@@ -238,3 +239,23 @@ def test_the_robustness_benchmark_measures_the_serving_path(canonical_model, tmp
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["model"]["pose"] == "canonical" and (tmp_path / "r" / "robustness.png").stat().st_size > 0
     assert "| rotate 90 |" in (tmp_path / "r" / "table.md").read_text()
+    # the saved scores reproduce the metrics, the matched-recall ones included
+    scores = np.load(tmp_path / "r" / "scores.npz")
+    y, up, jpeg = scores["tree/label"], scores["tree/upright"], scores["tree/JPEG q10"]
+    matched = saved["matched_threshold"]["tree"]
+    assert (up[y == 1] >= matched).mean() >= 0.95
+    assert rows["JPEG q10"]["changed_matched"] == pytest.approx(((jpeg >= matched) != (up >= matched)).mean(), abs=1e-3)
+    assert rows["rotate 90"]["changed_matched"] == 0.0
+
+
+def test_the_matched_threshold_reaches_the_target_recall_and_no_higher_one_does():
+    from scripts.eval_robustness import matched_threshold
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = rng.random(400)
+    for target in (0.8, 0.9, 0.95, 0.99):
+        t = matched_threshold(y, p, target)
+        assert (p[y == 1] >= t).mean() >= target
+        above = np.sort(p[y == 1])[np.sort(p[y == 1]) > t]
+        assert not above.size or (p[y == 1] >= above[0]).mean() < target

@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -199,6 +200,34 @@ def test_consistency_fine_tune_starts_from_the_given_network_and_logs_the_pair_g
     assert before == pytest.approx(sum(float(r["seconds"]) for r in parent_rows) / 60, abs=0.1)
     assert training["train_minutes_total"] == shipped["train_minutes_total"]
     assert training["train_minutes_total"] == pytest.approx(before + training["train_minutes"], abs=0.11)
+
+    # a fine-tune of a shipped (fp16) model file, e.g. assets/model.pt: it starts from those weights exactly, back
+    # on the training scale (a model file's fracture logit has the class-balance offset log(pos_weight) taken off:
+    # this tiny tree is balanced, so a file with an offset of 0.5 is made here), and its lineage counts the file's
+    # own epochs and its parent's, with the file's hash
+    blob = torch.load(tmp_path / "model.pt", weights_only=True)
+    blob["state_dict"]["fracture_head.bias"] -= 0.5
+    blob["meta"]["training"]["logit_offset_removed"] += 0.5
+    torch.save(blob, tmp_path / "offset.pt")
+    again = tmp_path / "ft2"
+    train(parse_args(["--data", str(root), "--arch", "seedcnn", "--img-size", "32", "--batch-size", "8",
+                      "--lr", "0", "--workers", "0", "--splits-dir", str(tmp / "splits"),
+                      "--cache-dir", str(tmp / "cache"), "--out", str(again), "--weights", "none",
+                      "--loc-weight", "0", "--epochs", "1", "--init-from", str(tmp_path / "offset.pt")]))
+    half = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    end2 = torch.load(again / "last.ckpt", weights_only=True)["model"]
+    assert all(torch.equal(half[n].float(), end2[n]) for n in params - {"fracture_head.bias"})
+    assert torch.allclose(end2["fracture_head.bias"], half["fracture_head.bias"].float(), atol=2e-3)  # fp16 steps
+    ship_model.main([str(again), "--out", str(tmp_path / "model2.pt")])
+    lineage = load_model(tmp_path / "model2.pt")[1].training["fine_tuned_from"]
+    assert lineage["model_file"] == str(tmp_path / "offset.pt") and lineage["epochs"] == 6 + 1
+    assert lineage["sha256"] == hashlib.sha256((tmp_path / "offset.pt").read_bytes()).hexdigest()
+    assert lineage["train_minutes"] == training["train_minutes_total"]
+    with pytest.raises(SystemExit, match="neither a training checkpoint"):
+        train(parse_args(["--data", str(root), "--arch", "seedcnn", "--img-size", "32", "--workers", "0",
+                          "--splits-dir", str(tmp / "splits"), "--cache-dir", str(tmp / "cache"),
+                          "--out", str(tmp_path / "ft3"), "--weights", "none", "--epochs", "1",
+                          "--init-from", str(tmp / "run" / "log.csv")]))
 
 
 def test_cam_layer_is_chosen_on_validation_boxes_and_written_down(tmp_path):
