@@ -41,7 +41,7 @@ API_KEYS = (
     "probability", "decision", "is_fracture", "threshold", "target_recall", "expected_specificity",
     "expected_precision", "recall_lower_bound", "achievable", "operating_note", "is_xray", "xray_score",
     "reason", "region", "regions", "raw_probability", "image_size", "cam_peak", "loc_peak", "boxes",
-    "strength", "decision_text", "inverted", "inverted_note",
+    "strength", "decision_text", "inverted", "inverted_note", "straightened", "straightened_note",
 )
 MAP_LOCALISATION = "Fracture map (localisation head)"
 MAP_GRADCAM = "Grad-CAM (what raised the score)"
@@ -230,6 +230,8 @@ class Handlers:
                 lines.append(f"⚠️ **The target cannot be guaranteed.** {note}")
         if result and result.get("inverted"):
             lines.insert(1, f"ℹ️ The film {result.get('inverted_note') or 'looked inverted'}.")
+        if result and result.get("straightened"):
+            lines.insert(1, f"ℹ️ The film {result.get('straightened_note') or 'was straightened'}.")
         summary = getattr(self.p, "calibration_summary", None)
         if summary:
             lines.append(f"Calibration in force: {summary}.")

@@ -182,6 +182,7 @@ class Predictor:
         # it in its canonical pose: model/pose.py)
         shown_size = reduced_size(gray.size, max_side)
         posed_shown = reduced_size(prep.posed.size, max_side)
+        straight = prep.straight  # a film straightened off a black canvas: maps and boxes go back onto the upload
         cam = None if out.cam_square is None else pose.undo_array(
             to_original(out.cam_square[0], lb, out_size=posed_shown))
         loc_map = None if out.heat is None else heat_square(out.heat[0], lb.size)
@@ -189,6 +190,9 @@ class Predictor:
             heat_to_boxes(loc_map, lb, min_score=BOX_MIN_SCORE), prep.posed.size)
         loc_original = None if loc_map is None else pose.undo_array(
             to_original(loc_map, lb, normalise=False, out_size=posed_shown))
+        if straight is not None:
+            cam, loc_original = (straight.undo_array(m, shown_size) for m in (cam, loc_original))
+            boxes = straight.undo_boxes(boxes)
         to_orig = (gray.size[0] / shown_size[0], gray.size[1] / shown_size[1])
         res = {
             "probability": prob,
@@ -202,6 +206,8 @@ class Predictor:
             "xray_reason": check["xray_reason"],
             "inverted": prep.negative,  # the film looked like a negative and was analysed as its negative
             "inverted_note": INVERTED_NOTE if prep.negative else None,
+            "straightened": straight is not None,  # analysed as the film alone, upright, off a black canvas
+            "straightened_note": straight.note if straight is not None else None,
             "image_size": [int(gray.size[0]), int(gray.size[1])],
             "cam": cam,
             "cam_method": cam_method,

@@ -106,6 +106,7 @@ class ModelMeta:
     tta: bool = False  # average the logits of the image and its mirror (chosen on validation)
     pose: str = "as-is"  # "canonical": the network reads each image in its canonical pose (model/pose.py)
     polarity_head: bool = False  # a head that tells a negative film (analysed then as its negative)
+    straighten: bool = False  # a film on a black canvas is straightened and cropped first (model/pose.py)
     preprocess_version: str = PREPROCESS_VERSION
     threshold: float = DEFAULT_THRESHOLD  # decision threshold without a calibration
     init: str = "unknown"
@@ -151,7 +152,7 @@ class ModelMeta:
                     kw[k] = tuple(str(x) for x in kw[k])
             for k, conv in (("img_size", int), ("mean", float), ("std", float), ("threshold", float),
                             ("loc_head", bool), ("tta", bool), ("polarity_head", bool), ("pose", str),
-                            ("preprocess_version", str), ("init", str)):
+                            ("straighten", bool), ("preprocess_version", str), ("init", str)):
                 if k in kw:
                     kw[k] = conv(kw[k])
         except (TypeError, ValueError) as exc:

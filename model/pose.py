@@ -165,3 +165,166 @@ def canonical_pose(img: Image.Image | np.ndarray) -> Pose:
     if transpose:
         skew_x, skew_y = skew_y, skew_x
     return Pose(transpose, skew_x < 0, skew_y < 0)
+
+
+# Straightening. A film rotated by some angle on a black canvas (a viewer's rotate-and-export, a screen
+# capture), or set in a black border, is analysed as the film alone: the upright rectangle the canvas holds.
+# `straighten()` finds the film as the minimum-area rectangle around the not-black pixels (a few grey levels
+# of tolerance) and accepts it only when the film fills that rectangle (nothing black reaches its edges) and
+# the canvas around it is more than a sliver; otherwise the image is left as it is. Together with the
+# canonical pose, a film on a black canvas gets one answer at any angle. The rotation back resamples once
+# (bilinear), so the answer is stable, not bit-exact.
+STRAIGHTEN_BLACK = 4  # grey levels at or below this are canvas
+STRAIGHTEN_FILL = 0.96  # share of the rectangle the not-black pixels must fill
+STRAIGHTEN_MIN_CANVAS = 0.03  # share of the image the canvas must cover
+STRAIGHTEN_MIN_FILM = 0.25  # share of the image the film must cover
+STRAIGHTEN_MIN_DEGREES = 0.5  # below this the film is only cropped, not rotated
+_DETECT_SIDE = 384  # the canvas is found on a copy this size (every k-th pixel)
+
+
+@dataclass(frozen=True)
+class Straightening:
+    """Rotate the image by `degrees` (counter-clockwise, expanding the canvas), then crop `box` (x0, y0, x1, y1)
+    of the rotated canvas: the film upright. `size` is the image's (w, h) before, `canvas` the rotated one's."""
+
+    degrees: float
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+
+    @property
+    def note(self) -> str:
+        if self.degrees:
+            return (f"looked rotated by {abs(self.degrees):.0f} degrees on a black background; straightened and "
+                    "cropped to the film before analysis")
+        return "had a black border; cropped to the film before analysis"
+
+    def apply(self, img: Image.Image) -> Image.Image:
+        info = dict(img.info)
+        if self.degrees:
+            img = img.rotate(self.degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=0)
+        out = img.crop(self.box)
+        out.info.update(info)
+        return out
+
+    def _matrix(self) -> np.ndarray:
+        """(2, 3): a point (x, y) of the image before -> the same point on the straightened film."""
+        t = np.deg2rad(self.degrees)
+        c, s = np.cos(t), np.sin(t)
+        rot = np.array([[c, s], [-s, c]])  # PIL's counter-clockwise rotation in y-down pixel coordinates
+        c0 = np.array(self.size, dtype=np.float64) / 2
+        c1 = np.array(self.canvas, dtype=np.float64) / 2
+        return np.hstack([rot, (c1 - rot @ c0 - np.array(self.box[:2], dtype=np.float64))[:, None]])
+
+    def undo_xy(self, x: float, y: float) -> tuple[float, float]:
+        """A point on the straightened film -> on the image before."""
+        m = self._matrix()
+        p = np.linalg.solve(m[:, :2], np.array([x, y], dtype=np.float64) - m[:, 2])
+        return float(p[0]), float(p[1])
+
+    def undo_boxes(self, boxes: list) -> list:
+        """[[x0, y0, x1, y1, *rest], ...] on the straightened film -> the boxes around them on the image
+        before (clipped to it)."""
+        w, h = self.size
+        out = []
+        for b in boxes:
+            pts = np.array([self.undo_xy(x, y) for x in (b[0], b[2]) for y in (b[1], b[3])])
+            lo, hi = np.clip(pts.min(0), 0, [w, h]), np.clip(pts.max(0), 0, [w, h])
+            cast = (lambda v: int(round(float(v)))) if isinstance(b[0], (int, np.integer)) else float
+            out.append([cast(lo[0]), cast(lo[1]), cast(hi[0]), cast(hi[1]), *b[4:]])
+        return out
+
+    def undo_array(self, a: np.ndarray | None, out_size: tuple[int, int]) -> np.ndarray | None:
+        """A map over the straightened film (any resolution) -> the same map over the image before, at
+        out_size (w, h); 0 outside the film."""
+        if a is None:
+            return None
+        fw, fh = self.box[2] - self.box[0], self.box[3] - self.box[1]
+        ow, oh = out_size
+        m = self._matrix()
+        # output pixel (u, v) -> image point (u * w / ow, v * h / oh) -> film point -> map pixel
+        scale_in = np.diag([self.size[0] / ow, self.size[1] / oh])
+        scale_out = np.diag([a.shape[1] / fw, a.shape[0] / fh])
+        lin = scale_out @ m[:, :2] @ scale_in
+        off = scale_out @ m[:, 2]
+        src = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+        warped = src.transform((ow, oh), Image.Transform.AFFINE, (*lin[0], off[0], *lin[1], off[1]),
+                               Image.Resampling.BILINEAR, fillcolor=0)
+        return np.asarray(warped, dtype=a.dtype if a.dtype.kind == "f" else np.float32)
+
+
+def _min_area_rectangle(points: np.ndarray) -> np.ndarray:
+    """The four corners (4, 2) of the smallest-area rectangle around points (N, 2) (rotating calipers over
+    the convex hull's edges)."""
+    from scipy.spatial import ConvexHull
+
+    hull = points[ConvexHull(points).vertices]
+    edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
+    best = None
+    for a in np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2)):
+        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        q = hull @ rot.T
+        lo, hi = q.min(0), q.max(0)
+        area = float(np.prod(hi - lo))
+        if best is None or area < best[0]:
+            corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+            best = (area, corners @ rot)
+    return best[1]
+
+
+def _rotated_canvas(w: int, h: int, degrees: float) -> tuple[int, int]:
+    """The size of Image.rotate(degrees, expand=True) of a (w, h) image, computed as Pillow does."""
+    import math
+
+    a = -math.radians(degrees)
+    ca, sa = round(math.cos(a), 15), round(math.sin(a), 15)
+    c, f = ca * (-w / 2) + sa * (-h / 2) + w / 2, -sa * (-w / 2) + ca * (-h / 2) + h / 2
+    xs = [ca * x + sa * y + c for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
+    ys = [-sa * x + ca * y + f for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
+    return math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
+
+
+def straighten(img: Image.Image) -> Straightening | None:
+    """How to bring a film on a black canvas upright and alone (see above), or None to leave the image be."""
+    w, h = img.size
+    k = max(1, int(np.ceil(max(w, h) / _DETECT_SIDE)))
+    gray = img if img.mode == "L" else img.convert("L")
+    film = np.asarray(gray.reduce(k) if k > 1 else gray) > STRAIGHTEN_BLACK
+    share = float(film.mean()) if film.size else 1.0
+    if share > 1 - STRAIGHTEN_MIN_CANVAS or share < STRAIGHTEN_MIN_FILM:
+        return None
+    # the film's outline: the first and last not-black pixel of every row and column (pixel corners)
+    pts = []
+    for axis in (0, 1):
+        lines = film if axis == 0 else film.T
+        idx = np.flatnonzero(lines.any(axis=1))
+        first = lines[idx].argmax(axis=1)
+        last = lines.shape[1] - 1 - lines[idx][:, ::-1].argmax(axis=1)
+        for pos, lo_hi in ((first, 0.0), (last, 1.0)):
+            xy = np.stack([pos + lo_hi, idx + 0.5], axis=1)
+            pts.append(xy if axis == 0 else xy[:, ::-1])
+    pts = np.concatenate(pts)
+    if len(pts) < 8:
+        return None
+    corners = _min_area_rectangle(pts)
+    side_a, side_b = np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[3] - corners[0])
+    if side_a * side_b <= 0 or film.sum() / (side_a * side_b) < STRAIGHTEN_FILL:
+        return None
+    corners = corners * (np.array([w, h], dtype=np.float64) / np.array(film.shape[::-1]))  # full-size pixels
+    d = corners[1] - corners[0]
+    degrees = float(np.degrees(np.arctan2(d[1], d[0])))
+    degrees = (degrees + 45.0) % 90.0 - 45.0  # the film's nearest quarter turn: the canonical pose does the rest
+    if abs(degrees) < STRAIGHTEN_MIN_DEGREES:
+        degrees = 0.0
+    t = np.deg2rad(degrees)
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    canvas = _rotated_canvas(w, h, degrees) if degrees else (w, h)
+    # PIL's expand=True canvas has the image's centre at its centre
+    moved = (corners - np.array([w, h]) / 2) @ rot.T + np.array(canvas) / 2
+    margin = max(2.0, 1.5 * k)  # drop the resampled edge (and the detection's k-pixel steps)
+    x0, y0 = np.floor(moved.min(0) + margin).astype(int)
+    x1, y1 = np.ceil(moved.max(0) - margin).astype(int)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(canvas[0], x1), min(canvas[1], y1)
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    return Straightening(round(degrees, 2), (int(x0), int(y0), int(x1), int(y1)), (w, h), canvas)

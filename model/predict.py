@@ -48,7 +48,7 @@ CSV_COLUMNS = ("rank", "file", "probability", "decision", "threshold", "target_r
 JSON_KEYS = ("file", "probability", "raw_probability", "decision", "is_fracture", "threshold", "target_recall",
              "expected_specificity", "expected_precision", "achievable", "is_xray", "xray_score", "xray_reason",
              "region", "operating_note", "cam_peak", "loc_peak", "boxes", "strength", "decision_text", "inverted",
-             "inverted_note")
+             "inverted_note", "straightened", "straightened_note")
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -145,6 +145,7 @@ def line(row: dict) -> str:
         return f"{name}: {row['decision']}: {row['xray_reason']}{prob}"
     where = f", peak at {row['cam_peak']}" if row.get("cam_peak") else ""
     note = f"; {row['inverted_note']}" if row.get("inverted") else ""
+    note += f"; {row['straightened_note']}" if row.get("straightened") else ""
     return (f"{name}: {row['decision_text']} (p {prob_text(row['probability'])}, "
             f"threshold {prob_text(row['threshold'])}, region {row['region']}{where}){note}")
 

@@ -438,8 +438,10 @@ class Prepared:
 
     tensor: (3, S, S) normalised input; square: the (S, S) uint8 letterboxed image; lb: where the posed
     image sits in the square; gray: the image as it arrived (after `negative`, in its own orientation);
-    posed: gray in the canonical pose the network reads (gray itself for a model without it);
-    pose: the flip/quarter turn from gray to posed; negative: analysed as its negative."""
+    film: gray straightened and cropped to the film when it lay on a black canvas (model/pose.straighten; a
+    model file with `straighten`), else gray; straight: that Straightening, or None;
+    posed: film in the canonical pose the network reads (film itself for a model without it);
+    pose: the flip/quarter turn from film to posed; negative: analysed as its negative."""
 
     tensor: torch.Tensor | None  # None when prepared without it (the square cache)
     square: np.ndarray
@@ -448,24 +450,30 @@ class Prepared:
     posed: Image.Image
     pose: object
     negative: bool = False
+    film: Image.Image | None = None
+    straight: object = None
 
 
 def prepare(gray: Image.Image, spec, negative: bool = False, tensor: bool = True) -> Prepared:
     """A decoded grey image -> the network's input, driven by the model file's spec (ModelMeta: img_size,
-    mean, std, pose): optionally as its negative, then in the canonical pose (model/pose.py) when the
-    model was trained for it, letterboxed and normalised (tensor=False: no torch call, for worker processes
-    forked from a parent whose torch threads are running)."""
-    from model.pose import IDENTITY, canonical_pose
+    mean, std, pose, straighten): straightened and cropped to the film when it lies on a black canvas and the
+    model file says so (found before any inversion: the canvas is black as it arrived), optionally as its
+    negative, then in the canonical pose (model/pose.py) when the model was trained for it, letterboxed and
+    normalised (tensor=False: no torch call, for worker processes forked from a parent whose torch threads
+    are running)."""
+    from model.pose import IDENTITY, canonical_pose, straighten
 
+    straight = straighten(gray) if getattr(spec, "straighten", False) else None
     if negative:
         info = dict(gray.info)
         gray = ImageOps.invert(gray)
         gray.info.update(info)
-    pose = canonical_pose(gray) if getattr(spec, "pose", "as-is") == "canonical" else IDENTITY
-    posed = pose.apply(gray)
+    film = straight.apply(gray) if straight is not None else gray
+    pose = canonical_pose(film) if getattr(spec, "pose", "as-is") == "canonical" else IDENTITY
+    posed = pose.apply(film)
     square, lb = letterbox(posed, int(spec.img_size))
     x = normalize(square, float(spec.mean), float(spec.std)) if tensor else None
-    return Prepared(x, square, lb, gray, posed, pose, negative)
+    return Prepared(x, square, lb, gray, posed, pose, negative, film, straight)
 
 
 def preprocess(source: Source, spec, negative: bool = False) -> Prepared:

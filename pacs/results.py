@@ -51,6 +51,10 @@ BODY_REGION = hd.sr.CodedConcept("body-region", SCHEME, "Body region (model)")
 POLARITY = hd.sr.CodedConcept("polarity", SCHEME, "Film polarity")
 POLARITY_CODES = {False: hd.sr.CodedConcept("polarity-stored", SCHEME, "Analysed as stored"),
                   True: hd.sr.CodedConcept("polarity-negative", SCHEME, "Looked inverted; analysed as its negative")}
+GEOMETRY = hd.sr.CodedConcept("film-geometry", SCHEME, "Film geometry")
+GEOMETRY_CODES = {False: hd.sr.CodedConcept("geom-stored", SCHEME, "Analysed as stored"),
+                  True: hd.sr.CodedConcept("geom-straight", SCHEME,
+                                           "Straightened and cropped to the film off a black background")}
 DECISION_CODES = {
     FRACTURE_SUSPECTED: hd.sr.CodedConcept("fx-suspected", SCHEME, FRACTURE_SUSPECTED),
     NO_FRACTURE: hd.sr.CodedConcept("no-fx-detected", SCHEME, NO_FRACTURE),
@@ -145,6 +149,8 @@ def overlay_image(res: dict, alpha: float = DEFAULT_OPACITY) -> np.ndarray:
         top += f"  p {prob_text(prob)} (threshold {prob_text(res['threshold'])})"
     if res.get("inverted"):
         top += "  - looked inverted, analysed as its negative"
+    if res.get("straightened"):
+        top += "  - straightened off a black background"
     pad = max(2, size // 4)
 
     def strip(text: str) -> Image.Image:  # a black strip with the text: nothing of the X-ray is covered
@@ -280,6 +286,7 @@ def structured_report(src: Dataset, res: dict, meta: ModelMeta, model_sha256: st
     evaluations = [hd.sr.QualitativeEvaluation(DECISION, DECISION_CODES[res["decision"]]),
                    hd.sr.QualitativeEvaluation(XRAY_CHECK, xray_value)]
     evaluations.append(hd.sr.QualitativeEvaluation(POLARITY, POLARITY_CODES[bool(res.get("inverted"))]))
+    evaluations.append(hd.sr.QualitativeEvaluation(GEOMETRY, GEOMETRY_CODES[bool(res.get("straightened"))]))
     if res.get("region"):
         evaluations.append(hd.sr.QualitativeEvaluation(BODY_REGION, hd.sr.CodedConcept(
             f"region-{res['region']}"[:16], SCHEME, str(res["region"]))))

@@ -298,6 +298,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="default assets/report/robustness/ for the test split "
                     "(the reported one), assets/report/robustness/val/ for validation")
+    ap.add_argument("--straighten", action="store_true",
+                    help="score as if the model file had `straighten` on (films on a black canvas straightened and "
+                         "cropped first, model/pose.py): to choose it on validation (scripts.ship_model --straighten)")
     ap.add_argument("--save-scores", action="store_true",
                     help="also write OUT/scores.npz: each variant's probabilities per image, and the labels")
     ap.add_argument("--summarise", nargs="+", metavar="METRICS_JSON", default=None,
@@ -317,6 +320,8 @@ def main(argv=None) -> dict:
     out = Path(args.out or (REPORT_DIR / "robustness" / ("" if args.split == "test" else args.split)))
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.model, args.calibration or None, args.xray_check or None)
+    if args.straighten:
+        bundle.meta = bundle.meta.replace(straighten=True)
     scorer = BatchScorer(bundle)
     variants = ["upright"] + [v for v in args.variants if v != "upright"]
     threshold = (float(bundle.calibration.operating_point(bundle.calibration.default_target)["threshold"])
@@ -325,7 +330,8 @@ def main(argv=None) -> dict:
     metrics = {"what": "the same X-rays changed the way uploads change them, scored on the serving path",
                "command": "python -m scripts.eval_robustness " + " ".join(argv),
                "split": args.split, "model": {"file": shown(args.model), "sha256": bundle.model_sha256,
-                                              "pose": bundle.meta.pose, "polarity_head": bundle.meta.polarity_head},
+                                              "pose": bundle.meta.pose, "polarity_head": bundle.meta.polarity_head,
+                                              "straighten": bundle.meta.straighten},
                "calibration": shown(args.calibration) if bundle.calibration is not None else None,
                "threshold": round(threshold, 6),
                "target_recall": bundle.calibration.default_target if bundle.calibration is not None else None,
@@ -365,7 +371,8 @@ def main(argv=None) -> dict:
     (out / "metrics.json").write_text(json.dumps(plain(metrics), indent=2))
     (out / "table.md").write_text(
         f"# Robustness ({args.split} split)\n\nModel `{metrics['model']['file']}` (pose {bundle.meta.pose}, "
-        f"polarity head {'yes' if bundle.meta.polarity_head else 'no'}); decisions at threshold {threshold:.4f} "
+        f"polarity head {'yes' if bundle.meta.polarity_head else 'no'}, "
+        f"straightening {'on' if bundle.meta.straighten else 'off'}); decisions at threshold {threshold:.4f} "
         f"(the calibration's default target recall {metrics['target_recall']}).\n"
         f"Command: `{metrics['command']}`\n" + table(metrics))
     plot(metrics, out / "robustness.png")

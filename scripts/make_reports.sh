@@ -24,7 +24,7 @@ python -m model.calibrate report --model $m --data "$mr" --split test \
   --calibration assets/report/site_calibration/multiregion_calibration.json --out assets/report/site_calibration/multiregion_test
 python -m model.calibrate report --model $m --data "$mr" --split test \
   --out assets/report/site_calibration/multiregion_test_fracatlas_calibration
-python -m scripts.eval_robustness --split test --data "$fa" --data "$mr"
+python -m scripts.eval_robustness --split test --data "$fa" --data "$mr" --limit 200 --bootstrap 300
 python -m scripts.compare_calibrators --model $m --data "$fa"
 python -m scripts.dev_xray_check --model $m --data "$fa" --data "$mr"
 python -m scripts.eval_xray_check --model $m --xray-check assets/xray_check.npz --data "$fa" --data "$mr" \

@@ -31,6 +31,9 @@ def main(argv=None) -> dict:
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("run", help="training run folder (best.pt, log.csv)")
     ap.add_argument("--out", default=str(DEFAULT_MODEL))
+    ap.add_argument("--straighten", action="store_true",
+                    help="record that films on a black canvas are straightened and cropped before analysis "
+                         "(model/pose.py; choose it on validation: scripts.eval_robustness --split val --straighten)")
     ap.add_argument("--cam-layer", default=None, help="Grad-CAM layer to record (default: the run's)")
     args = ap.parse_args(argv)
     run = Path(args.run)
@@ -50,6 +53,7 @@ def main(argv=None) -> dict:
         lineage = {"fine_tuned_from": parent, "train_minutes_total": round(parent["train_minutes"] + minutes, 1)}
     meta = meta.replace(
         tta=tta > plain,
+        straighten=args.straighten or meta.straighten,
         cam_layer=args.cam_layer or meta.cam_layer,  # the Predictor refuses to start if the layer does not exist
         val_metrics={**meta.val_metrics, "auroc_tta": tta,
                      "tta_rule": "flip TTA on iff it raised the validation AUROC at the best epoch"},

@@ -238,7 +238,7 @@ def test_result_objects_offline(assessed, tmp_path):
            "is_fracture": True if assessed else None, "threshold": 0.3, "target_recall": 0.95,
            "expected_specificity": 0.5, "is_xray": assessed, "xray_reason": "looks like a photograph",
            "image_size": [200, 300], "gray": gray, "cam": np.zeros((150, 100), np.float32),
-           "boxes": [[20, 40, 120, 160, 0.7]] if assessed else []}
+           "boxes": [[20, 40, 120, 160, 0.7]] if assessed else [], "straightened": assessed}
     sc = results.secondary_capture(src, res, "ab" * 32)
     meta = ModelMeta(arch="seedcnn", img_size=64, mean=0.5, std=0.5, created="2024-01-01T00:00:00")
     sr = results.structured_report(src, res, meta, "ab" * 32)
@@ -261,6 +261,7 @@ def test_result_objects_offline(assessed, tmp_path):
     nums = {i.ConceptNameCodeSequence[0].CodeValue for i in items if i.ValueType == "NUM"}
     scoords = [i for i in items if i.ValueType == "SCOORD"]
     assert codes["decision"] == res["decision"]
+    assert codes["film-geometry"] == results.GEOMETRY_CODES[assessed].meaning  # straightened off a black canvas
     if assessed:
         assert codes["xray-check"] == "Passed" and codes["125605004"] == "Present"
         assert "probability" in nums and "box-score" in nums
