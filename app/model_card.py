@@ -206,6 +206,10 @@ def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sh
         *(["- Polarity: a head trained on negatives of the training images tells a negative film (air white, "
            "bone dark); such a film is analysed as its negative and the result says so"]
           if meta.polarity_head else []),
+        *(["- Straightening: a film rotated on a black canvas (or set in a black border) is straightened and "
+           "cropped to the film before analysis, the maps drawn back on the image as it arrived, and the result "
+           "says so (chosen on validation)"]
+          if meta.straighten else []),
         "### Training data",
         f"- Data sets: {names} (FracAtlas: public musculoskeletal radiographs labelled fractured / not "
         "fractured, with body-region tags)" if "fracatlas" in names.lower() else f"- Data sets: {names}",

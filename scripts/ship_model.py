@@ -1,6 +1,7 @@
 """Turn a training run's best.pt into the shipped model file.
 
     python -m scripts.ship_model runs/screen/lite0-320-box --out assets/model.pt
+    python -m scripts.ship_model assets/model.pt --straighten --out assets/model.pt   # a serving choice only
 
 Reads the run's log.csv at its best epoch (by the validation AUROC the run chose on: the mean over its
 data sets when it logged one, else the first data set's) and switches horizontal-flip test-time
@@ -29,7 +30,8 @@ from model.train import parent_lineage
 
 def main(argv=None) -> dict:
     ap = command_parser(__spec__, __doc__)
-    ap.add_argument("run", help="training run folder (best.pt, log.csv)")
+    ap.add_argument("run", help="training run folder (best.pt, log.csv), or a model file (e.g. assets/model.pt) "
+                                "whose serving choices alone (--straighten, --cam-layer) are to change")
     ap.add_argument("--out", default=str(DEFAULT_MODEL))
     ap.add_argument("--straighten", action="store_true",
                     help="record that films on a black canvas are straightened and cropped before analysis "
@@ -37,6 +39,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--cam-layer", default=None, help="Grad-CAM layer to record (default: the run's)")
     args = ap.parse_args(argv)
     run = Path(args.run)
+    if run.is_file():  # the same weights, other serving choices
+        blob = torch.load(run, map_location="cpu", weights_only=True)
+        meta = ModelMeta.from_dict(blob["meta"])
+        meta = meta.replace(straighten=args.straighten or meta.straighten, cam_layer=args.cam_layer or meta.cam_layer)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**blob, "meta": meta.to_dict()}, args.out)
+        out = {"out": args.out, "from": str(run), "straighten": meta.straighten, "cam_layer": meta.cam_layer}
+        print(json.dumps(out, indent=2))
+        return out
     rows = list(csv.DictReader(open(run / "log.csv")))
     key = "val_auroc_mean" if rows and rows[0].get("val_auroc_mean") else "val_auroc"
     best = max(rows, key=lambda r: float(r[key]))

@@ -116,3 +116,24 @@ def test_the_predictor_straightens_when_the_model_file_says_so(models, tmp_path)
     assert float(corner.max()) == 0.0  # nothing is mapped onto the canvas's black corner
     for b in turned["boxes"]:
         assert 0 <= b[0] <= b[2] <= rotated.size[0] and 0 <= b[1] <= b[3] <= rotated.size[1]
+
+
+def test_the_model_card_says_when_films_are_straightened():
+    from app.model_card import model_card_markdown
+    from model.network import ModelMeta
+
+    meta = ModelMeta(arch="seedcnn", img_size=64, mean=0.45, std=0.22)
+    assert "Straightening" not in model_card_markdown(meta)
+    assert "Straightening: a film rotated on a black canvas" in model_card_markdown(meta.replace(straighten=True))
+
+
+def test_ship_model_switches_straightening_on_in_a_model_file_and_keeps_the_weights(models, tmp_path):
+    from model.network import load_model
+    from scripts import ship_model
+
+    out = ship_model.main([str(models / "plain.pt"), "--straighten", "--out", str(tmp_path / "m.pt")])
+    assert out["straighten"] is True
+    before = torch.load(models / "plain.pt", weights_only=True)
+    after = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+    assert load_model(tmp_path / "m.pt")[1].straighten and not load_model(models / "plain.pt")[1].straighten
