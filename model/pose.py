@@ -207,6 +207,13 @@ class Straightening:
         out.info.update(info)
         return out
 
+    def apply_array(self, a: np.ndarray) -> np.ndarray:
+        """A map over the image before (any resolution) -> the same map over the straightened film (full size)."""
+        m = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+        if m.size != self.size:
+            m = m.resize(self.size, Image.Resampling.BILINEAR)
+        return np.asarray(self.apply(m), dtype=np.float32)
+
     def _matrix(self) -> np.ndarray:
         """(2, 3): a point (x, y) of the image before -> the same point on the straightened film."""
         t = np.deg2rad(self.degrees)

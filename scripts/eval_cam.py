@@ -117,7 +117,8 @@ def road_scores(model, meta, items, maps_by_name, percentiles) -> dict:
         prep = preprocess(path, meta)
         x = prep.tensor.unsqueeze(0)
         for name, maps in maps_by_name.items():  # the maps are in the image's orientation; x is in its pose
-            sq = to_square(prep.pose.apply_array(maps[i]), size)[None]
+            film = maps[i] if prep.straight is None else prep.straight.apply_array(maps[i])  # onto the film read
+            sq = to_square(prep.pose.apply_array(film), size)[None]
             out[name].append(float(np.ravel(metric(x, sq, [BinaryClassifierOutputTarget(1)], wrapped))[0]))
     return {k: {"n": len(v), "road_combined": round(float(np.mean(v)), 4),
                 "road_combined_sd": round(float(np.std(v)), 4)} for k, v in out.items()}

@@ -78,6 +78,14 @@ def test_points_maps_and_boxes_go_back_onto_the_image_as_it_arrived():
     assert back.shape == (canvas.size[1] // 2, canvas.size[0] // 2)
     py, px = np.unravel_index(np.argmax(back), back.shape)
     assert abs(2 * px - ux) <= 4 and abs(2 * py - uy) <= 4
+    # and forward: a map over the upload onto the film (what eval_cam's ROAD needs)
+    upload_map = np.zeros((canvas.size[1], canvas.size[0]), np.float32)
+    upload_map[int(uy) - 3 : int(uy) + 3, int(ux) - 3 : int(ux) + 3] = 1.0
+    on_film = st.apply_array(upload_map)
+    assert on_film.shape == out.shape
+    yy, xx = np.mgrid[: on_film.shape[0], : on_film.shape[1]]
+    qx, qy = ((on_film * xx).sum() / on_film.sum() + 0.5, (on_film * yy).sum() / on_film.sum() + 0.5)  # its centre
+    assert abs(qx - fx) <= 2 and abs(qy - fy) <= 2
     (box,) = st.undo_boxes([[fx - 3, fy - 3, fx + 3, fy + 3, 0.9]])
     assert box[0] <= ux <= box[2] and box[1] <= uy <= box[3] and box[4] == 0.9
     assert 6 <= box[2] - box[0] <= 6 * 1.5 and 0 <= box[0] and box[2] <= canvas.size[0]
