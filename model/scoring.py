@@ -87,7 +87,7 @@ def score_samples(model: torch.nn.Module, meta, samples: list, cache_dir=None, b
     from model.preprocess import decode_image, prepare
 
     squares, ok = load_squares(samples, int(meta.img_size), cache_dir, skipped=skipped, pose=meta.pose,
-                               straighten=meta.straighten)
+                               straighten=getattr(meta, "straighten", False))
     samples = [s for s, k in zip(samples, ok) if k]
     squares = squares[ok]
     sc = score_batch(model, squares, meta.mean, meta.std, batch_size, tta=bool(meta.tta))

@@ -71,7 +71,8 @@ def main(argv=None) -> dict:
             samples = select_samples([root], args.split, args.splits_dir)
             if args.max_xrays:
                 samples = samples[: args.max_xrays]
-            squares, ok = load_squares(samples, size, args.cache_dir, pose=meta.pose, straighten=meta.straighten)
+            squares, ok = load_squares(samples, size, args.cache_dir, pose=meta.pose,
+                                       straighten=getattr(meta, "straighten", False))
             idx = np.flatnonzero(ok)
             feats.append(network_features(model, squares[idx], meta.mean, meta.std))
             stats += [image_stats(squares[i]) for i in idx]
