@@ -216,9 +216,7 @@ class Straightening:
 
     def _matrix(self) -> np.ndarray:
         """(2, 3): a point (x, y) of the image before -> the same point on the straightened film."""
-        t = np.deg2rad(self.degrees)
-        c, s = np.cos(t), np.sin(t)
-        rot = np.array([[c, s], [-s, c]])  # PIL's counter-clockwise rotation in y-down pixel coordinates
+        rot = _rotation(np.deg2rad(self.degrees))
         c0 = np.array(self.size, dtype=np.float64) / 2
         c1 = np.array(self.canvas, dtype=np.float64) / 2
         return np.hstack([rot, (c1 - rot @ c0 - np.array(self.box[:2], dtype=np.float64))[:, None]])
@@ -260,6 +258,13 @@ class Straightening:
         return np.asarray(warped, dtype=a.dtype if a.dtype.kind == "f" else np.float32)
 
 
+def _rotation(radians: float) -> np.ndarray:
+    """(2, 2): Image.rotate's counter-clockwise rotation by this angle, in y-down pixel coordinates (a row vector
+    p maps to p @ R.T); as seen from the rotated frame, a direction at this angle becomes horizontal."""
+    c, s = np.cos(radians), np.sin(radians)
+    return np.array([[c, s], [-s, c]])
+
+
 def _min_area_rectangle(points: np.ndarray) -> np.ndarray:
     """The four corners (4, 2) of the smallest-area rectangle around points (N, 2) (rotating calipers over
     the convex hull's edges)."""
@@ -269,7 +274,7 @@ def _min_area_rectangle(points: np.ndarray) -> np.ndarray:
     edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
     best = None
     for a in np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2)):
-        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        rot = _rotation(a)
         q = hull @ rot.T
         lo, hi = q.min(0), q.max(0)
         area = float(np.prod(hi - lo))
@@ -323,8 +328,7 @@ def straighten(img: Image.Image) -> Straightening | None:
     degrees = (degrees + 45.0) % 90.0 - 45.0  # the film's nearest quarter turn: the canonical pose does the rest
     if abs(degrees) < STRAIGHTEN_MIN_DEGREES:
         degrees = 0.0
-    t = np.deg2rad(degrees)
-    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    rot = _rotation(np.deg2rad(degrees))
     canvas = _rotated_canvas(w, h, degrees) if degrees else (w, h)
     # PIL's expand=True canvas has the image's centre at its centre
     moved = (corners - np.array([w, h]) / 2) @ rot.T + np.array(canvas) / 2

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ from tqdm import tqdm
 
 from model.boxes import boxes_to_square, mask_to_grid, rasterise, read_coco_boxes
 from model.cache import CACHE_HELP, DEFAULT_CACHE_DIR, load_squares
-from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser, setup_cpu_threads
+from model.common import DEFAULT_THRESHOLD, SPLITS_DIR, command_parser, file_sha256, setup_cpu_threads
 from model.data import REGIONS, Sample
 from model.metrics import pointing_game
 from model.network import CLASS_NAMES, FORMAT, FractureNet, ModelMeta, arch_spec, save_model
@@ -507,37 +506,30 @@ def write_log(out: Path, rows: list[dict]) -> None:
     _plot_curves(rows, out / "curves.png")
 
 
-def init_state(path: str | Path) -> dict:
-    """The network weights a fine-tune starts from, on the training scale: a run's checkpoint (last.ckpt, float32)
-    or a model file (model.network's format, fp16 as shipped, widened to float32, the fracture logit's
-    class-balance offset put back; its BatchNorm is stored unfolded)."""
+def init_from(path: str | Path) -> tuple[dict, dict]:
+    """What a fine-tune starts from, read once: (the network weights on the training scale, the lineage for the
+    model file). The weights: a run's checkpoint (last.ckpt, float32) or a model file (model.network's format,
+    fp16 as shipped, widened to float32, the fracture logit's class-balance offset put back; its BatchNorm is
+    stored unfolded). The lineage: the parent's file and sha256, epochs and training minutes (a parent that was
+    itself a fine-tune counts its own parent's)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a safe torch file
         blob = None
-    if isinstance(blob, dict) and "model" in blob:
-        return blob["model"]
-    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+    if isinstance(blob, dict) and "model" in blob:  # a run's checkpoint
+        state, kind = blob["model"], "checkpoint"
+        minutes, epochs = float(blob["elapsed"]) / 60, len(blob["rows"])
+    elif isinstance(blob, dict) and blob.get("format") == FORMAT:  # a model file
+        trained = blob["meta"]["training"]
         state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
         # back on the training scale: _save_shippable took log(pos_weight) off the fracture logit
-        state["fracture_head.bias"] += float(blob["meta"]["training"].get("logit_offset_removed", 0.0))
-        return state
-    raise SystemExit(f"--init-from {path}: neither a training checkpoint nor a FractureLens model file")
-
-
-def init_lineage(path: str | Path) -> dict:
-    """What a fine-tune starts from, for the model file's lineage: the parent's file (and sha256), epochs and
-    training minutes (a parent that was itself a fine-tune counts its own parent's)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if "meta" in blob:  # a model file
-        trained = blob["meta"]["training"]
+        state["fracture_head.bias"] += float(trained.get("logit_offset_removed", 0.0))
         minutes = float(trained.get("train_minutes_total", trained.get("train_minutes", 0.0)))
         epochs = int(trained.get("epochs_run", 0)) + int(trained.get("fine_tuned_from", {}).get("epochs", 0))
         kind = "model_file"
-    else:  # a run's checkpoint
-        minutes, epochs, kind = float(blob["elapsed"]) / 60, len(blob["rows"]), "checkpoint"
-    return {kind: str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "epochs": epochs,
-            "train_minutes": round(minutes, 1)}
+    else:
+        raise SystemExit(f"--init-from {path}: neither a training checkpoint nor a FractureLens model file")
+    return state, {kind: str(path), "sha256": file_sha256(path), "epochs": epochs, "train_minutes": round(minutes, 1)}
 
 
 def parent_lineage(run: str | Path) -> dict | None:
@@ -573,8 +565,9 @@ def train(args) -> dict:
     opt, sched = make_optimiser(model, args, len(loader))
     progress = Progress()
     if getattr(args, "init_from", None) and not state:
-        model.load_state_dict(init_state(args.init_from))
-        (out / INIT_FILE).write_text(json.dumps(init_lineage(args.init_from), indent=2))
+        weights, lineage = init_from(args.init_from)
+        model.load_state_dict(weights)
+        (out / INIT_FILE).write_text(json.dumps(lineage, indent=2))
         log.info("fine-tuning from the network in %s", args.init_from)
     if state:
         model.load_state_dict(state["model"])

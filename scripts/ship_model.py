@@ -28,6 +28,12 @@ from model.network import ModelMeta
 from model.train import parent_lineage
 
 
+def serving_choices(meta: ModelMeta, args) -> ModelMeta:
+    """The choices made on validation that --straighten and --cam-layer record (the Predictor refuses to start if
+    the layer does not exist); what the flags leave out stays as the file had it."""
+    return meta.replace(straighten=args.straighten or meta.straighten, cam_layer=args.cam_layer or meta.cam_layer)
+
+
 def main(argv=None) -> dict:
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("run", help="training run folder (best.pt, log.csv), or a model file (e.g. assets/model.pt) "
@@ -42,7 +48,7 @@ def main(argv=None) -> dict:
     if run.is_file():  # the same weights, other serving choices
         blob = torch.load(run, map_location="cpu", weights_only=True)
         meta = ModelMeta.from_dict(blob["meta"])
-        meta = meta.replace(straighten=args.straighten or meta.straighten, cam_layer=args.cam_layer or meta.cam_layer)
+        meta = serving_choices(meta, args)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save({**blob, "meta": meta.to_dict()}, args.out)
         out = {"out": args.out, "from": str(run), "straighten": meta.straighten, "cam_layer": meta.cam_layer}
@@ -62,10 +68,8 @@ def main(argv=None) -> dict:
     parent = parent_lineage(run)
     if parent:  # a fine-tune (model.train --init-from): the network's training includes its parent's
         lineage = {"fine_tuned_from": parent, "train_minutes_total": round(parent["train_minutes"] + minutes, 1)}
-    meta = meta.replace(
+    meta = serving_choices(meta, args).replace(
         tta=tta > plain,
-        straighten=args.straighten or meta.straighten,
-        cam_layer=args.cam_layer or meta.cam_layer,  # the Predictor refuses to start if the layer does not exist
         val_metrics={**meta.val_metrics, "auroc_tta": tta,
                      "tta_rule": "flip TTA on iff it raised the validation AUROC at the best epoch"},
         training={**meta.training, "train_minutes": minutes, "epochs_run": len(rows), **lineage})
