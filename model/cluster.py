@@ -9,7 +9,8 @@ Where Ray runs (`--ray [local|auto|ADDRESS]`):
 - `--ray` (or `--ray local`): a private Ray on this machine, started for this command and stopped at its end:
   no dashboard, no usage statistics, token authentication with a token held only in the command's
   processes (not Ray's ~/.ray/auth_token file), its temp folder (logs, sockets, spilled objects) a fresh
-  private folder that the command removes when it ends, also on SIGTERM, SIGHUP or Ctrl-C.
+  private folder that the command removes when it ends, also on SIGTERM, SIGHUP or Ctrl-C; a small cleaner
+  process (model.reaper) ends Ray's processes and removes the folder even when the command is killed.
 - `--ray auto` or `--ray ADDRESS` (`host:6379`, `ray://host:10001`): an existing cluster (`ray start --head`,
   `RAY_ADDRESS`); its dashboard and temp folders are that cluster's configuration (start it with
   `--include-dashboard=false`). The project's code goes to the workers as Ray `py_modules`; the Python packages
@@ -30,12 +31,14 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from model import reaper
 from model.common import REPO_ROOT
 
 log = logging.getLogger("model.cluster")
@@ -51,6 +54,7 @@ THREADS, ACTOR_THREADS = 2, 1  # torch threads: a command in one process; an act
 BATCH_SIZE = 4  # items per actor call: small, so that the work spreads and the progress bar moves
 PACKAGES = ("calibration", "model", "pacs")  # shipped to the workers of a remote cluster (py_modules)
 QUIET_RAY_LOGGERS = ("ray", "ray.data")
+REAPER_WAIT_S = reaper.DEADLINE_S + 30  # the most a command waits at its end for model.reaper's sweep
 
 
 def add_ray_args(ap) -> None:
@@ -69,6 +73,7 @@ class RaySession:
         self.temp_dir: str | None = None
         self.started = False
         self._old_handlers: dict = {}
+        self._reaper: subprocess.Popen | None = None
         self._env: dict[str, str] = {}  # environment variables this session set (removed at its end)
 
     def __enter__(self) -> "RaySession":
@@ -87,6 +92,7 @@ class RaySession:
                 if self.address == LOCAL:
                     # short path: Ray's unix sockets live under it (108 characters at most)
                     self.temp_dir = tempfile.mkdtemp(prefix="fl-ray-")
+                    self._start_reaper()
                     ray.init(num_cpus=self.num_cpus or usable_cpus(), include_dashboard=False,
                              _temp_dir=self.temp_dir, log_to_driver=False, logging_level=logging.ERROR)
                 else:
@@ -117,6 +123,15 @@ class RaySession:
             Config.initialize("")
             AuthenticationTokenLoader.instance().reset_cache()
 
+    def _start_reaper(self) -> None:
+        """model.reaper for the temp folder: it ends the private Ray's processes and removes the folder once
+        this process closes the pipe or is gone, however it ended (Ray's fatal-signal handler can abort this
+        process on SIGTERM before any Python cleanup, and a closing raylet can write session files again after
+        the removal in __exit__)."""
+        self._reaper = subprocess.Popen([sys.executable, "-m", "model.reaper", self.temp_dir], cwd=REPO_ROOT,
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+
     def _trap_signals(self) -> None:
         """SIGTERM and SIGHUP end the command like Ctrl-C, so that the cleanup below runs."""
         def _end(signum, _frame):
@@ -134,7 +149,14 @@ class RaySession:
 
             ray.shutdown()
             self.started = False
-        if self.temp_dir:
+        if self._reaper is not None:  # its sweep: Ray's last processes ended, then the folder removed for good
+            self._reaper.stdin.close()
+            try:
+                self._reaper.wait(timeout=REAPER_WAIT_S)
+            except subprocess.TimeoutExpired:  # it ends by itself (model.reaper.DEADLINE_S)
+                pass
+            self._reaper = None
+        if self.temp_dir:  # already gone after the sweep; here for a reaper that could not start
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
         for sig, handler in self._old_handlers.items():

@@ -185,10 +185,10 @@ def _processes_under(folder: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sig", [None, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [None, signal.SIGTERM, signal.SIGKILL])
 def test_a_command_that_starts_ray_leaves_nothing_behind(tmp_path, sig):
-    """`--ray` alone starts a private Ray; when the command ends (done, or SIGTERM half way), its temp folder
-    and its processes are gone."""
+    """`--ray` alone starts a private Ray; when the command ends (done, SIGTERM half way, or killed outright
+    with no cleanup of its own), its temp folder and its processes are gone (model.reaper)."""
     ward = image_tree(tmp_path / "in")
     tmpdir = tempfile.mkdtemp(prefix="flc-", dir="/tmp")  # where the command makes its Ray temp folder
     home = tmp_path / "home"  # where Ray would keep an auth token file
