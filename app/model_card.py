@@ -16,6 +16,7 @@ from pathlib import Path
 
 from model.common import REPORT_DIR, pct, prob_text
 from model.network import ModelMeta
+from model.preprocess import WINDOW_CUTOFF
 
 NOT_A_DEVICE = (
     "**FractureLens is a research demo, not a medical device.** It is not cleared or approved for "
@@ -210,6 +211,10 @@ def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sh
            "cropped to the film before analysis, the maps drawn back on the image as it arrived, and the result "
            "says so (chosen on validation)"]
           if meta.straighten else []),
+        *(["- Grey levels: each film is windowed before analysis, its darkest and brightest "
+           f"{WINDOW_CUTOFF:g}% clipped and the rest stretched over the full range, so that a washed-out or "
+           "low-contrast export is read like a film of full contrast (chosen on validation)"]
+          if getattr(meta, "window", False) else []),
         "### Training data",
         f"- Data sets: {names} (FracAtlas: public musculoskeletal radiographs labelled fractured / not "
         "fractured, with body-region tags)" if "fracatlas" in names.lower() else f"- Data sets: {names}",

@@ -30,22 +30,30 @@ CACHE_HELP = (f"folder for decoded copies of the images (default {DEFAULT_CACHE_
 class _Spec:
     """What prepare() reads of a model's spec, for the cache (no normalisation needed here)."""
 
-    def __init__(self, size: int, pose: str, straighten: bool = False):
-        self.img_size, self.pose, self.straighten, self.mean, self.std = size, pose, straighten, 0.0, 1.0
+    def __init__(self, size: int, pose: str, straighten: bool = False, window: bool = False):
+        self.img_size, self.pose, self.straighten, self.window = size, pose, straighten, window
+        self.mean, self.std = 0.0, 1.0
 
 
-def _load_one(args: tuple[str, int, str, bool]) -> tuple[np.ndarray, tuple[int, int, int, int]] | str:
-    path, size, pose, straighten = args
+def serving_steps(meta) -> dict:
+    """load_squares' keywords for the squares a model file reads when it serves (its pose, straightening and
+    windowing; getattr: a caller's spec may predate a step)."""
+    return {"pose": getattr(meta, "pose", "as-is"), "straighten": getattr(meta, "straighten", False),
+            "window": getattr(meta, "window", False)}
+
+
+def _load_one(args: tuple[str, int, str, bool, bool]) -> tuple[np.ndarray, tuple[int, int, int, int]] | str:
+    path, size, pose, straighten, window = args
     try:
-        p = prepare(decode_image(path), _Spec(size, pose, straighten), tensor=False)  # no torch in a forked worker
+        p = prepare(decode_image(path), _Spec(size, pose, straighten, window), tensor=False)  # no torch in a fork
         return p.square, (p.lb.pad_x, p.lb.pad_y, p.lb.new_w, p.lb.new_h)
     except ImageError as exc:
         return str(exc)
 
 
-def _key(samples: list[Sample], size: int, pose: str, straighten: bool = False) -> str:
+def _key(samples: list[Sample], size: int, pose: str, straighten: bool = False, window: bool = False) -> str:
     h = hashlib.sha1(f"v{PREPROCESS_VERSION}:{size}{'' if pose == 'as-is' else ':' + pose}"
-                     f"{':straighten' if straighten else ''}".encode())
+                     f"{':straighten' if straighten else ''}{':window' if window else ''}".encode())
     for s in samples:
         st = s.path.stat()
         h.update(f"{s.source}/{s.image_id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -55,17 +63,19 @@ def _key(samples: list[Sample], size: int, pose: str, straighten: bool = False) 
 def load_squares(
     samples: list[Sample], size: int, cache_dir: str | Path | None = DEFAULT_CACHE_DIR, workers: int = 2,
     skipped: list | None = None, pose: str = "as-is", with_content: bool = False, straighten: bool = False,
+    window: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Returns (N, size, size) uint8 squares and a boolean mask of the files that decoded, each image on
     the one preprocessing path (model.preprocess.prepare) in the given pose ("as-is" or "canonical", the
-    model file's ModelMeta.pose), straightened first when `straighten` (ModelMeta.straighten); with_content,
+    model file's ModelMeta.pose), straightened first when `straighten` (ModelMeta.straighten), grey levels
+    windowed when `window` (ModelMeta.window; serving_steps(meta) gives all three); with_content,
     also (N, 4) int32 pad_x, pad_y, new_w, new_h: where the image sits inside its square.
 
     Files that fail to decode are logged (name and reason only) and counted, never fatal; when a list
     is given as `skipped`, (image id, reason) of each is appended to it."""
     path = None
     if cache_dir is not None and samples:
-        path = Path(cache_dir) / f"squares-{size}-{_key(samples, size, pose, straighten)}.npz"
+        path = Path(cache_dir) / f"squares-{size}-{_key(samples, size, pose, straighten, window)}.npz"
         if path.is_file():
             with np.load(path) as z:
                 squares, ok = z["squares"], z["ok"]
@@ -82,7 +92,7 @@ def load_squares(
     content = np.zeros((len(samples), 4), dtype=np.int32)
     squares = np.zeros((len(samples), size, size), dtype=np.uint8)
     ok = np.ones(len(samples), dtype=bool)
-    jobs = [(str(s.path), size, pose, straighten) for s in samples]
+    jobs = [(str(s.path), size, pose, straighten, window) for s in samples]
     if workers > 1 and len(jobs) > 64:
         with ProcessPoolExecutor(workers) as ex:
             results = list(ex.map(_load_one, jobs, chunksize=32))

@@ -107,6 +107,7 @@ class ModelMeta:
     pose: str = "as-is"  # "canonical": the network reads each image in its canonical pose (model/pose.py)
     polarity_head: bool = False  # a head that tells a negative film (analysed then as its negative)
     straighten: bool = False  # a film on a black canvas is straightened and cropped first (model/pose.py)
+    window: bool = False  # the film's grey levels stretched over the full range (model.preprocess.window_levels)
     preprocess_version: str = PREPROCESS_VERSION
     threshold: float = DEFAULT_THRESHOLD  # decision threshold without a calibration
     init: str = "unknown"
@@ -152,7 +153,7 @@ class ModelMeta:
                     kw[k] = tuple(str(x) for x in kw[k])
             for k, conv in (("img_size", int), ("mean", float), ("std", float), ("threshold", float),
                             ("loc_head", bool), ("tta", bool), ("polarity_head", bool), ("pose", str),
-                            ("straighten", bool), ("preprocess_version", str), ("init", str)):
+                            ("straighten", bool), ("window", bool), ("preprocess_version", str), ("init", str)):
                 if k in kw:
                     kw[k] = conv(kw[k])
         except (TypeError, ValueError) as exc:

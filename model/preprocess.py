@@ -33,6 +33,11 @@ MAX_PIXELS = 40_000_000
 # before decoding, so PIL's warning would only add a second, traceback-like log line for the same upload.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 PREPROCESS_VERSION = "1"  # bump when decode/letterbox change, so caches rebuild
+# Grey-level windowing (a model file with `window`): the film's darkest and brightest WINDOW_CUTOFF percent
+# of pixels clipped and the rest stretched over 0..255 (PIL's ImageOps.autocontrast), so that a washed-out
+# or low-contrast export reaches the network (and the canonical pose, which weighs grey levels) as a film of
+# full contrast. A film that already spans the range is almost unchanged.
+WINDOW_CUTOFF = 0.5
 
 Source = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -439,7 +444,8 @@ class Prepared:
     tensor: (3, S, S) normalised input; square: the (S, S) uint8 letterboxed image; lb: where the posed
     image sits in the square; gray: the image as it arrived (after `negative`, in its own orientation);
     film: gray straightened and cropped to the film when it lay on a black canvas (model/pose.straighten; a
-    model file with `straighten`), else gray; straight: that Straightening, or None;
+    model file with `straighten`), else gray, then its grey levels windowed (window_levels; a model file
+    with `window`); straight: that Straightening, or None;
     posed: film in the canonical pose the network reads (film itself for a model without it);
     pose: the flip/quarter turn from film to posed; negative: analysed as its negative."""
 
@@ -456,9 +462,10 @@ class Prepared:
 
 def prepare(gray: Image.Image, spec, negative: bool = False, tensor: bool = True) -> Prepared:
     """A decoded grey image -> the network's input, driven by the model file's spec (ModelMeta: img_size,
-    mean, std, pose, straighten): straightened and cropped to the film when it lies on a black canvas and the
-    model file says so (found before any inversion: the canvas is black as it arrived), optionally as its
-    negative, then in the canonical pose (model/pose.py) when the model was trained for it, letterboxed and
+    mean, std, pose, straighten, window): straightened and cropped to the film when it lies on a black canvas
+    and the model file says so (found before any inversion: the canvas is black as it arrived), optionally as
+    its negative, its grey levels windowed when the model file says so (window_levels), then in the canonical
+    pose (model/pose.py) when the model was trained for it, letterboxed and
     normalised (tensor=False: no torch call, for worker processes forked from a parent whose torch threads
     are running)."""
     from model.pose import IDENTITY, canonical_pose, straighten
@@ -469,11 +476,21 @@ def prepare(gray: Image.Image, spec, negative: bool = False, tensor: bool = True
         gray = ImageOps.invert(gray)
         gray.info.update(info)
     film = straight.apply(gray) if straight is not None else gray
+    if getattr(spec, "window", False):
+        film = window_levels(film)
     pose = canonical_pose(film) if getattr(spec, "pose", "as-is") == "canonical" else IDENTITY
     posed = pose.apply(film)
     square, lb = letterbox(posed, int(spec.img_size))
     x = normalize(square, float(spec.mean), float(spec.std)) if tensor else None
     return Prepared(x, square, lb, gray, posed, pose, negative, film, straight)
+
+
+def window_levels(film: Image.Image) -> Image.Image:
+    """The film's grey levels stretched over 0..255, its darkest and brightest WINDOW_CUTOFF percent clipped
+    (see WINDOW_CUTOFF); a flat image is returned as it is. Keeps the image's info (its measured chroma)."""
+    out = ImageOps.autocontrast(film, cutoff=WINDOW_CUTOFF)
+    out.info.update(film.info)
+    return out
 
 
 def preprocess(source: Source, spec, negative: bool = False) -> Prepared:

@@ -82,12 +82,11 @@ def score_samples(model: torch.nn.Module, meta, samples: list, cache_dir=None, b
     negative (as model.inference.Predictor does for an upload). Returns (the samples that decoded, their
     Scores, a boolean array: analysed as a negative). Unreadable files are skipped (and appended to
     `skipped` as (image id, reason) when a list is given)."""
-    from model.cache import load_squares
+    from model.cache import load_squares, serving_steps
     from model.pose import read_as_negative
     from model.preprocess import decode_image, prepare
 
-    squares, ok = load_squares(samples, int(meta.img_size), cache_dir, skipped=skipped, pose=meta.pose,
-                               straighten=getattr(meta, "straighten", False))
+    squares, ok = load_squares(samples, int(meta.img_size), cache_dir, skipped=skipped, **serving_steps(meta))
     samples = [s for s, k in zip(samples, ok) if k]
     squares = squares[ok]
     sc = score_batch(model, squares, meta.mean, meta.std, batch_size, tta=bool(meta.tta))

@@ -301,6 +301,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--straighten", action="store_true",
                     help="score as if the model file had `straighten` on (films on a black canvas straightened and "
                          "cropped first, model/pose.py): to choose it on validation (scripts.ship_model --straighten)")
+    ap.add_argument("--window", action="store_true",
+                    help="score as if the model file had `window` on (each film's grey levels stretched over the "
+                         "full range, model.preprocess.window_levels): to choose it on validation "
+                         "(scripts.ship_model --window)")
     ap.add_argument("--save-scores", action="store_true",
                     help="also write OUT/scores.npz: each variant's probabilities per image, and the labels")
     ap.add_argument("--summarise", nargs="+", metavar="METRICS_JSON", default=None,
@@ -320,8 +324,9 @@ def main(argv=None) -> dict:
     out = Path(args.out or (REPORT_DIR / "robustness" / ("" if args.split == "test" else args.split)))
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.model, args.calibration or None, args.xray_check or None)
-    if args.straighten:
-        bundle.meta = bundle.meta.replace(straighten=True)
+    if args.straighten or args.window:
+        bundle.meta = bundle.meta.replace(straighten=args.straighten or bundle.meta.straighten,
+                                          window=args.window or bundle.meta.window)
     scorer = BatchScorer(bundle)
     variants = ["upright"] + [v for v in args.variants if v != "upright"]
     threshold = (float(bundle.calibration.operating_point(bundle.calibration.default_target)["threshold"])
@@ -331,7 +336,8 @@ def main(argv=None) -> dict:
                "command": "python -m scripts.eval_robustness " + " ".join(argv),
                "split": args.split, "model": {"file": shown(args.model), "sha256": bundle.model_sha256,
                                               "pose": bundle.meta.pose, "polarity_head": bundle.meta.polarity_head,
-                                              "straighten": bundle.meta.straighten},
+                                              "straighten": bundle.meta.straighten,
+                                              "window": bundle.meta.window},
                "calibration": shown(args.calibration) if bundle.calibration is not None else None,
                "threshold": round(threshold, 6),
                "target_recall": bundle.calibration.default_target if bundle.calibration is not None else None,
@@ -372,7 +378,8 @@ def main(argv=None) -> dict:
     (out / "table.md").write_text(
         f"# Robustness ({args.split} split)\n\nModel `{metrics['model']['file']}` (pose {bundle.meta.pose}, "
         f"polarity head {'yes' if bundle.meta.polarity_head else 'no'}, "
-        f"straightening {'on' if bundle.meta.straighten else 'off'}); decisions at threshold {threshold:.4f} "
+        f"straightening {'on' if bundle.meta.straighten else 'off'}, "
+        f"windowing {'on' if bundle.meta.window else 'off'}); decisions at threshold {threshold:.4f} "
         f"(the calibration's default target recall {metrics['target_recall']}).\n"
         f"Command: `{metrics['command']}`\n" + table(metrics))
     plot(metrics, out / "robustness.png")

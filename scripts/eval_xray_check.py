@@ -35,7 +35,7 @@ log = logging.getLogger("eval_xray_check")
 def main(argv=None) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from model.cache import load_squares
+    from model.cache import load_squares, serving_steps
     from model.inference import Predictor
     from model.splits import select_samples
 
@@ -71,8 +71,7 @@ def main(argv=None) -> dict:
             samples = select_samples([root], args.split, args.splits_dir)
             if args.max_xrays:
                 samples = samples[: args.max_xrays]
-            squares, ok = load_squares(samples, size, args.cache_dir, pose=meta.pose,
-                                       straighten=getattr(meta, "straighten", False))
+            squares, ok = load_squares(samples, size, args.cache_dir, **serving_steps(meta))
             idx = np.flatnonzero(ok)
             feats.append(network_features(model, squares[idx], meta.mean, meta.std))
             stats += [image_stats(squares[i]) for i in idx]

@@ -1,7 +1,7 @@
 """Turn a training run's best.pt into the shipped model file.
 
     python -m scripts.ship_model runs/screen/lite0-320-box --out assets/model.pt
-    python -m scripts.ship_model assets/model.pt --straighten --out assets/model.pt   # a serving choice only
+    python -m scripts.ship_model assets/model.pt --straighten --window --out assets/model.pt   # serving choices only
 
 Reads the run's log.csv at its best epoch (by the validation AUROC the run chose on: the mean over its
 data sets when it logged one, else the first data set's) and switches horizontal-flip test-time
@@ -29,19 +29,24 @@ from model.train import parent_lineage
 
 
 def serving_choices(meta: ModelMeta, args) -> ModelMeta:
-    """The choices made on validation that --straighten and --cam-layer record (the Predictor refuses to start if
-    the layer does not exist); what the flags leave out stays as the file had it."""
-    return meta.replace(straighten=args.straighten or meta.straighten, cam_layer=args.cam_layer or meta.cam_layer)
+    """The choices made on validation that --straighten, --window and --cam-layer record (the Predictor refuses
+    to start if the layer does not exist); what the flags leave out stays as the file had it."""
+    return meta.replace(straighten=args.straighten or meta.straighten, window=args.window or meta.window,
+                        cam_layer=args.cam_layer or meta.cam_layer)
 
 
 def main(argv=None) -> dict:
     ap = command_parser(__spec__, __doc__)
     ap.add_argument("run", help="training run folder (best.pt, log.csv), or a model file (e.g. assets/model.pt) "
-                                "whose serving choices alone (--straighten, --cam-layer) are to change")
+                                "whose serving choices alone (--straighten, --window, --cam-layer) are to change")
     ap.add_argument("--out", default=str(DEFAULT_MODEL))
     ap.add_argument("--straighten", action="store_true",
                     help="record that films on a black canvas are straightened and cropped before analysis "
                          "(model/pose.py; choose it on validation: scripts.eval_robustness --split val --straighten)")
+    ap.add_argument("--window", action="store_true",
+                    help="record that each film's grey levels are stretched over the full range before analysis "
+                         "(model.preprocess.window_levels; choose it on validation: scripts.eval_robustness "
+                         "--split val --window)")
     ap.add_argument("--cam-layer", default=None, help="Grad-CAM layer to record (default: the run's)")
     args = ap.parse_args(argv)
     run = Path(args.run)
@@ -51,7 +56,8 @@ def main(argv=None) -> dict:
         meta = serving_choices(meta, args)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save({**blob, "meta": meta.to_dict()}, args.out)
-        out = {"out": args.out, "from": str(run), "straighten": meta.straighten, "cam_layer": meta.cam_layer}
+        out = {"out": args.out, "from": str(run), "straighten": meta.straighten, "window": meta.window,
+               "cam_layer": meta.cam_layer}
         print(json.dumps(out, indent=2))
         return out
     rows = list(csv.DictReader(open(run / "log.csv")))

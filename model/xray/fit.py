@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.bundle import add_feature_args, start_command
-from model.cache import load_squares
+from model.cache import load_squares, serving_steps
 from model.common import (
     REPORT_DIR,
     SPLITS_DIR,
@@ -196,8 +196,7 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
         n_all = sum(len(s) for _, s in by_root)
         for root, samples in by_root:
             # one root at a time: the training run's per-data-set square caches are reused when present
-            squares, ok = load_squares(samples, size, cache_dir, pose=meta.pose,
-                                       straighten=getattr(meta, "straighten", False))
+            squares, ok = load_squares(samples, size, cache_dir, **serving_steps(meta))
             idx = np.flatnonzero(ok)
             cap = int(round(max_train * len(samples) / max(n_all, 1)))
             if split == "train" and len(idx) > cap:
