@@ -345,3 +345,21 @@ def test_fit_features_count_each_xray_as_stored_and_in_its_changed_copies(tmp_pa
         copies = three.reshape(4, n, -1)
         assert not np.allclose(copies[0], copies[1]) and not np.allclose(copies[1], copies[2])
         assert not np.allclose(copies[2], copies[3])
+
+
+def test_the_fits_changed_copies_change_the_film_and_leave_the_black_around_it_black():
+    """An upload's grey levels, noise and JPEG change the film; the serving path letterboxes it on black
+    afterwards. The fit's copies do the same when they know where the film lies in each square: a white film
+    on black keeps black around it under every draw (only its own pixels, and a thin resampled edge, take
+    grey values), where changing the whole square lifted the black to grey in a third of the pixels."""
+    from model.xray.fit import changed_copies
+
+    size = 160
+    squares = np.zeros((30, size, size), np.uint8)
+    squares[:, 20:140, 40:120] = 255  # a white film letterboxed on black
+    content = np.tile([40, 20, 80, 120], (30, 1))  # pad_x, pad_y, new_w, new_h
+    grey = lambda out: float(((out > 0) & (out < 100)).mean())  # noqa: E731 - pixels neither black nor film
+    assert grey(changed_copies(squares, size, seed=0, content=content)) < 0.05
+    assert grey(changed_copies(squares, size, seed=0)) > 0.15  # the whole square changed, padding and all
+    again = changed_copies(squares, size, seed=0, content=content)
+    assert np.array_equal(again, changed_copies(squares, size, seed=0, content=content))  # seeded

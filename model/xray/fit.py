@@ -168,7 +168,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
     "_layout": {"layout": feature column layout, "tap_layers": [...]}."""
     cache = None
     if cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
-        key = f"v4-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
+        key = f"v5-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
         key += f"-x{upload_variants}" if upload_variants != 1 else ""  # one copy: the key (and draws) of before
         cache = Path(cache_dir) / f"xray-fit-{key}.npz"
     if cache is not None and cache.is_file():
@@ -196,14 +196,14 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
         n_all = sum(len(s) for _, s in by_root)
         for root, samples in by_root:
             # one root at a time: the training run's per-data-set square caches are reused when present
-            squares, ok = load_squares(samples, size, cache_dir, **serving_steps(meta))
+            squares, ok, content = load_squares(samples, size, cache_dir, with_content=True, **serving_steps(meta))
             idx = np.flatnonzero(ok)
             cap = int(round(max_train * len(samples) / max(n_all, 1)))
             if split == "train" and len(idx) > cap:
                 idx = np.sort(rng.choice(idx, cap, replace=False))
             kept = squares[idx]  # one copy of the selected squares, not one per changed copy
             # seeds: train 0, 2, 4, ...; val 1, 3, 5, ... (the first copy's draws are those of a one-copy fit)
-            sq = np.concatenate([kept] + [changed_copies(kept, size, seed=len(parts) + 2 * k)
+            sq = np.concatenate([kept] + [changed_copies(kept, size, seed=len(parts) + 2 * k, content=content[idx])
                                           for k in range(upload_variants)])
             log.info("%s %s: %d X-rays (as stored and changed): features and statistics", Path(root).name, split,
                      len(sq))
@@ -220,13 +220,30 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
     return parts, per_source_val
 
 
-def changed_copies(squares: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """One random upload-like change of each uint8 square (model.preprocess.train_augment), seeded."""
+def changed_copies(squares: np.ndarray, size: int, seed: int = 0, content: np.ndarray | None = None) -> np.ndarray:
+    """One random upload-like change of each uint8 square (model.preprocess.train_augment), seeded.
+
+    content: (N, 4) pad_x, pad_y, new_w, new_h of the film in each square (load_squares(with_content=True)).
+    With it, what lies outside the film after the geometric changes (the letterbox padding, a rotation's
+    corners, a border) stays black: an upload's grey levels, noise and compression change the film, and the
+    serving path letterboxes it afterwards on black. (Changing the whole square lifted a faint copy's padding
+    to grey, so the check learned faint films in grey frames and refused the faint uploads it meets, black
+    frames and all.)"""
     from torchvision import tv_tensors
 
     aug = train_augment(size)
     torch.manual_seed(seed)
-    return np.stack([aug(tv_tensors.Image(torch.from_numpy(s)[None]))[0].numpy() for s in squares])
+    out = []
+    for i, s in enumerate(squares):
+        if content is None:
+            out.append(aug(tv_tensors.Image(torch.from_numpy(s)[None]))[0].numpy())
+            continue
+        x, y, w, h = (int(v) for v in content[i])
+        film = torch.zeros((1, *s.shape), dtype=torch.uint8)
+        film[:, y : y + h, x : x + w] = 1
+        img, mask = aug(tv_tensors.Image(torch.from_numpy(s)[None]), tv_tensors.Mask(film))
+        out.append(np.where(mask[0].numpy() > 0, img[0].numpy(), 0).astype(np.uint8))
+    return np.stack(out)
 
 
 def served_squares(model, meta, grays: list) -> np.ndarray:
