@@ -13,6 +13,7 @@ Writes assets/report/xray_check/development.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +22,13 @@ import numpy as np
 
 from model.common import REPORT_DIR, SPLITS_DIR, add_bundle_args, command_parser, resolve_bundle, shown
 from model.xray.check import COLOUR_LIMIT, XrayCheck
-from model.xray.fit import DEFAULT_UPLOAD_VARIANTS, fit_features, negative_inputs
+from model.xray.fit import (
+    DEFAULT_FILM_COPIES,
+    DEFAULT_UPLOAD_VARIANTS,
+    FILM_COPIES_HELP,
+    fit_features,
+    negative_inputs,
+)
 from model.xray.kinds import KIND_GROUP
 from model.xray.negatives import all_negatives, split_sets
 
@@ -45,6 +52,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-train", type=int, default=1500)
     ap.add_argument("--upload-variants", type=int, default=DEFAULT_UPLOAD_VARIANTS,
                     help="changed copies of each X-ray, as model.xray.fit takes them")
+    ap.add_argument("--film-copies", action=argparse.BooleanOptionalAction, default=DEFAULT_FILM_COPIES,
+                    help=FILM_COPIES_HELP)
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--threads", type=int, default=2)
@@ -56,7 +65,7 @@ def main(argv=None) -> dict:
     setup_cpu_threads(args.threads)
     model, meta = load_model(args.model)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir, args.upload_variants)
+                                         args.cache_dir, args.upload_variants, args.film_copies)
     layout, taps = per_source_val["_layout"]["layout"], per_source_val["_layout"]["tap_layers"]
     (trf, trs, _), (vaf, vas, vac) = parts["train"], parts["val"]
     dev, _ = split_sets(all_negatives())
@@ -104,7 +113,7 @@ def main(argv=None) -> dict:
               f"named {rows[key]['group_named_when_caught']}", flush=True)
     out = {"model": shown(args.model), "n_train_xrays": int(len(trs)), "n_val_xrays": int(len(vas)),
            "n_dev_negatives": len(dev), "n_dev_sources": int(len(set(groups))), "folds": args.folds,
-           "upload_variants": args.upload_variants, "signal_sets": rows}
+           "upload_variants": args.upload_variants, "film_copies": args.film_copies, "signal_sets": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     return out

@@ -333,6 +333,7 @@ def test_fit_features_count_each_xray_as_stored_and_in_its_changed_copies(tmp_pa
     meta = SimpleNamespace(img_size=SIZE, mean=MEAN, std=STD, pose="as-is")
     runs = {k: fit_features(None, net, meta, [str(root)], 1500, tmp_path / "splits", None, k)[0] for k in (1, 3)}
     again = fit_features(None, net, meta, [str(root)], 1500, tmp_path / "splits", None, 3)[0]
+    film = fit_features(None, net, meta, [str(root)], 1500, tmp_path / "splits", None, 1, film_copies=True)[0]
     for split in ("train", "val"):
         n = len(by_split[split])
         assert n > 0
@@ -343,6 +344,8 @@ def test_fit_features_count_each_xray_as_stored_and_in_its_changed_copies(tmp_pa
         assert np.array_equal(one[: 2 * n], three[: 2 * n])  # as stored, then the first copy: the same draws
         assert np.array_equal(three, again[split][1])  # seeded
         copies = three.reshape(4, n, -1)
+        stored, changed = np.split(film[split][1], 2)  # --film-copies: the same X-rays, their copies changed otherwise
+        assert np.array_equal(stored, one[:n]) and not np.allclose(changed, one[n:])
         assert not np.allclose(copies[0], copies[1]) and not np.allclose(copies[1], copies[2])
         assert not np.allclose(copies[2], copies[3])
 
@@ -359,7 +362,7 @@ def test_the_fits_changed_copies_change_the_film_and_leave_the_black_around_it_b
     squares[:, 20:140, 40:120] = 255  # a white film letterboxed on black
     content = np.tile([40, 20, 80, 120], (30, 1))  # pad_x, pad_y, new_w, new_h
     grey = lambda out: float(((out > 0) & (out < 100)).mean())  # noqa: E731 - pixels neither black nor film
-    assert grey(changed_copies(squares, size, seed=0, content=content)) < 0.05
+    assert grey(changed_copies(squares, size, seed=0, content=content)) < 0.05  # model.xray.fit --film-copies
     assert grey(changed_copies(squares, size, seed=0)) > 0.15  # the whole square changed, padding and all
     again = changed_copies(squares, size, seed=0, content=content)
     assert np.array_equal(again, changed_copies(squares, size, seed=0, content=content))  # seeded

@@ -14,6 +14,7 @@ assets/report/xray_check/fit.json.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -51,6 +52,11 @@ log = logging.getLogger("model.xray.fit")
 
 # changed copies of each X-ray in the fit (1 until the 19-epoch model; assets/report/README.md has the comparison)
 DEFAULT_UPLOAD_VARIANTS = 2
+# the copies change the film only, its black frame kept black (changed_copies; screened on validation and not
+# adopted by its rule yet: assets/report/comparison.md); False: the whole letterboxed square, as the shipped gate
+DEFAULT_FILM_COPIES = False
+FILM_COPIES_HELP = ("the changed copies change the film only and keep the black around it black, as uploads are "
+                    "letterboxed on black after they changed (default: the whole square, as the shipped gate)")
 
 
 def network_features(model, squares: np.ndarray, mean: float, std: float, batch_size: int = 32,
@@ -105,6 +111,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-train", type=int, default=1500, help="training X-rays used (random subset)")
     ap.add_argument("--upload-variants", type=int, default=DEFAULT_UPLOAD_VARIANTS,
                     help="upload-like changed copies of each training and validation X-ray (train_augment draws)")
+    ap.add_argument("--film-copies", action=argparse.BooleanOptionalAction, default=DEFAULT_FILM_COPIES,
+                    help=FILM_COPIES_HELP)
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
                     help="comma-separated: stats, learned, layers, features, neighbours")
     ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
@@ -115,7 +123,7 @@ def main(argv=None) -> dict:
     args, model, meta, sha = start_command(ap, argv)
     size = int(meta.img_size)
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir, args.upload_variants)
+                                         args.cache_dir, args.upload_variants, args.film_copies)
     lay = per_source_val.pop("_layout")
     signals = tuple(args.signals.split(","))
     negatives = None
@@ -134,7 +142,7 @@ def main(argv=None) -> dict:
                          info={"model": shown(args.model), "arch": meta.arch, "img_size": size,
                                "data": [Path(d).resolve().name for d in args.data],
                                "n_dev_negatives": 0 if negatives is None else len(negatives[2]),
-                               "upload_variants": args.upload_variants,
+                               "upload_variants": args.upload_variants, "film_copies": args.film_copies,
                                "learned_inputs": args.learned_inputs if negatives else None,
                                "learned_c": args.learned_c if negatives else None})
     val_feats, val_stats, val_chroma = parts["val"]
@@ -160,16 +168,19 @@ def main(argv=None) -> dict:
 
 def fit_features(model_path, model, meta: dict, data: list[str], max_train: int = 1500,
                  splits_dir: str | Path = SPLITS_DIR, cache_dir: str | None = None,
-                 upload_variants: int = DEFAULT_UPLOAD_VARIANTS):
+                 upload_variants: int = DEFAULT_UPLOAD_VARIANTS, film_copies: bool = DEFAULT_FILM_COPIES):
     """(features, statistics, chroma) of the training X-rays (a random subset of max_train) and of all
-    validation X-rays of the data roots, each as stored and in `upload_variants` changed copies, cached
+    validation X-rays of the data roots, each as stored and in `upload_variants` changed copies (of the film
+    alone with film_copies, see changed_copies), cached
     per model file. Returns (parts, per_source_val):
     parts = {"train": (...), "val": (...)}; per_source_val = {root name: (n, end row in val)} plus
     "_layout": {"layout": feature column layout, "tap_layers": [...]}."""
     cache = None
     if cache_dir:  # features of this model file on these splits: repeat fits (other settings) are fast
-        key = f"v5-{file_sha256(model_path)[:16]}-{max_train}-" + "-".join(Path(d).resolve().name for d in data)
+        key = (f"{'v5' if film_copies else 'v4'}-{file_sha256(model_path)[:16]}-{max_train}-"
+               + "-".join(Path(d).resolve().name for d in data))
         key += f"-x{upload_variants}" if upload_variants != 1 else ""  # one copy: the key (and draws) of before
+        key += "-film" if film_copies else ""
         cache = Path(cache_dir) / f"xray-fit-{key}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -177,7 +188,8 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
             per_source_val = json.loads(str(z["per_source_val"]))
         log.info("features loaded from %s", cache)
     else:
-        parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants)
+        parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants,
+                                              film_copies)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, per_source_val=np.array(json.dumps(per_source_val)),
@@ -185,7 +197,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
     return parts, per_source_val
 
 
-def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants):
+def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants, film_copies):
     size = int(meta.img_size)
     rng = np.random.default_rng(0)
     parts = {}
@@ -203,7 +215,8 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
                 idx = np.sort(rng.choice(idx, cap, replace=False))
             kept = squares[idx]  # one copy of the selected squares, not one per changed copy
             # seeds: train 0, 2, 4, ...; val 1, 3, 5, ... (the first copy's draws are those of a one-copy fit)
-            sq = np.concatenate([kept] + [changed_copies(kept, size, seed=len(parts) + 2 * k, content=content[idx])
+            films = content[idx] if film_copies else None
+            sq = np.concatenate([kept] + [changed_copies(kept, size, seed=len(parts) + 2 * k, content=films)
                                           for k in range(upload_variants)])
             log.info("%s %s: %d X-rays (as stored and changed): features and statistics", Path(root).name, split,
                      len(sq))
