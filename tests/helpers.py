@@ -111,6 +111,23 @@ SERVER_ARGS = ["--model", str(MODEL), "--calibration", str(CALIBRATION), "--xray
 DECISIONS = set(_DECISIONS)
 
 
+def serving_switch_models(folder: Path, *switches: str) -> Path:
+    """A tiny canonical-pose seedcnn (seeded, with a box head) saved as folder/plain.pt and, with the same weights,
+    as folder/SWITCH.pt with that ModelMeta serving switch on (e.g. "straighten", "window"); returns folder."""
+    import torch
+
+    from model.network import FractureNet, save_model
+
+    torch.manual_seed(0)
+    net = FractureNet("seedcnn", n_regions=4, loc_head=True).eval()
+    meta = {"arch": "seedcnn", "img_size": 64, "mean": 0.45, "std": 0.22, "cam_layer": "backbone.features.3",
+            "threshold": 0.5, "loc_head": True, "pose": "canonical"}
+    save_model(folder / "plain.pt", net, meta)
+    for switch in switches:
+        save_model(folder / f"{switch}.pt", net, {**meta, switch: True})
+    return folder
+
+
 def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
     """A radiograph at w x h that passes the shipped X-ray check: one of the committed FracAtlas test-split
     examples (assets/examples, CC BY 4.0), chosen by seed, resized. (The synthetic tests.helpers

@@ -9,9 +9,9 @@ import torch
 from PIL import Image, ImageOps
 
 from model.inference import Predictor
-from model.network import FractureNet, save_model
 from model.pose import straighten
 from model.synthetic import radiograph_like
+from tests.helpers import serving_switch_models
 
 FILM = radiograph_like(1, (300, 400))  # no pixel at or below the canvas level
 
@@ -93,14 +93,7 @@ def test_points_maps_and_boxes_go_back_onto_the_image_as_it_arrived():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    torch.manual_seed(0)
-    net = FractureNet("seedcnn", n_regions=4, loc_head=True).eval()
-    meta = {"arch": "seedcnn", "img_size": 64, "mean": 0.45, "std": 0.22, "cam_layer": "backbone.features.3",
-            "threshold": 0.5, "loc_head": True, "pose": "canonical"}
-    d = tmp_path_factory.mktemp("straighten")
-    save_model(d / "plain.pt", net, meta)
-    save_model(d / "straighten.pt", net, {**meta, "straighten": True})
-    return d
+    return serving_switch_models(tmp_path_factory.mktemp("straighten"), "straighten")
 
 
 def test_the_predictor_straightens_when_the_model_file_says_so(models, tmp_path):

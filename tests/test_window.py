@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from model.inference import Predictor
-from model.network import FractureNet, ModelMeta, save_model
+from model.network import ModelMeta
 from model.preprocess import prepare, window_levels
 from model.synthetic import radiograph_like
+from tests.helpers import serving_switch_models
 
 FILM = radiograph_like(3, (240, 300))
 
@@ -79,14 +80,7 @@ def test_the_square_cache_keeps_windowed_squares_apart(tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    torch.manual_seed(0)
-    net = FractureNet("seedcnn", n_regions=4, loc_head=True).eval()
-    meta = {"arch": "seedcnn", "img_size": 64, "mean": 0.45, "std": 0.22, "cam_layer": "backbone.features.3",
-            "threshold": 0.5, "loc_head": True, "pose": "canonical"}
-    d = tmp_path_factory.mktemp("window")
-    save_model(d / "plain.pt", net, meta)
-    save_model(d / "window.pt", net, {**meta, "window": True})
-    return d
+    return serving_switch_models(tmp_path_factory.mktemp("window"), "window")
 
 
 def test_the_predictor_reads_a_washed_out_film_like_the_film_when_the_model_file_windows(models, tmp_path):
