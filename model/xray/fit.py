@@ -8,8 +8,10 @@ learned signal; validation X-rays set the threshold (at most 1% of them flagged)
 stored and --upload-variants times changed the way uploads change films (random draws of
 model.preprocess.train_augment: poses, rotation, border, crop, grey levels, labels, resampling, blur,
 noise, JPEG), so that a rotated, low-contrast, compressed or relabelled radiograph of either data set
-still passes. Features are cached per model file in the cache folder. Writes the gate file and
-assets/report/xray_check/fit.json.
+still passes. The draws change the whole letterboxed square, its black frame included; --film-copies
+changes the film alone and keeps the frame black, as a served upload has it (screened, not adopted yet:
+assets/report/comparison.md). Features are cached per model file in the cache folder. Writes the gate
+file and assets/report/xray_check/fit.json.
 """
 
 from __future__ import annotations
