@@ -65,11 +65,18 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auroc", "val_ap", "val_au
 class SquareDataset(Dataset):
     """Letterboxed squares with their targets. boxes[i]: (K, 4) fracture boxes in square coordinates
     (K = 0 for an image known to have none) or None when unknown (no localisation loss for it); the
-    boxes are rasterised to a mask that the augmentation moves together with the image."""
+    boxes are rasterised to a mask that the augmentation moves together with the image.
+
+    black_frame (--black-frame): the film's rectangle (content) travels as a second mask channel through the
+    geometric draws, and what lies outside it afterwards (letterbox padding, a rotation's corners, a border)
+    is set back to black, so grey levels, noise and JPEG change the film alone, as a served upload is
+    letterboxed on black after it changed."""
 
     def __init__(self, squares, labels, regions, region_mask, augment=None, boxes=None, content=None,
-                 p_negative: float = 0.0, pos_weight=None, views: int = 1, pair_views: str = "geometric"):
+                 p_negative: float = 0.0, pos_weight=None, views: int = 1, pair_views: str = "geometric",
+                 black_frame: bool = False):
         self.squares, self.labels = squares, labels
+        self.black_frame = black_frame and content is not None
         self.views = views  # 2: two augmented views of each image (the consistency loss's pairs)
         # "geometric": the views differ in geometry alone (the same grey levels, labels, resampling, noise and
         # JPEG draw on both); "all": two independent draws of the whole augmentation
@@ -97,7 +104,13 @@ class SquareDataset(Dataset):
             sq[py : py + h, px : px + w] = 255 - sq[py : py + h, px : px + w]
         x = tv_tensors.Image(torch.from_numpy(sq).unsqueeze(0))
         b = self.boxes[i]
-        mask = tv_tensors.Mask(torch.from_numpy(rasterise(b if b is not None else np.zeros((0, 4)), size))[None])
+        mask = torch.from_numpy(rasterise(b if b is not None else np.zeros((0, 4)), size))[None]
+        if self.black_frame:  # channel 1: the film, moved by the geometric draws like the boxes
+            px, py, w, h = (int(v) for v in self.content[i])
+            film = torch.zeros_like(mask)
+            film[:, py : py + h, px : px + w] = 1
+            mask = torch.cat([mask, film])
+        mask = tv_tensors.Mask(mask)
         if self.views > 1 and self.augment is not None:
             # (views, 1, H, W) each: the same film (and polarity) through the augmentation again
             if self.pair_views == "geometric":
@@ -115,6 +128,9 @@ class SquareDataset(Dataset):
             mask = torch.stack([m.as_subclass(torch.Tensor) for _, m in pairs])
         elif self.augment is not None:
             x, mask = self.augment(x, mask)
+        if self.black_frame:
+            x = torch.where(mask[..., 1:2, :, :] > 0, x, torch.zeros_like(x))
+            mask = mask[..., 0:1, :, :]
         return (x.as_subclass(torch.Tensor), self.labels[i], self.regions[i], self.region_mask[i],
                 mask.as_subclass(torch.Tensor), float(b is not None), float(negative), self.pos_weight[i])
 
@@ -231,6 +247,10 @@ def parse_args(argv=None):
                     help="weight of a consistency loss: each batch holds batch-size/2 images in two augmented views "
                          "and the squared difference of their fracture logits is penalised (0: off). An epoch "
                          "then draws half as many images, so it costs the same forward passes")
+    ap.add_argument("--black-frame", action="store_true",
+                    help="grey levels, noise and JPEG change the film alone: what lies outside it after the geometric "
+                         "draws (letterbox padding, rotation corners) is set back to black, as a served upload has it "
+                         "(the shipped recipe changed the whole square; not screened yet)")
     ap.add_argument("--consistency-views", choices=["geometric", "all"], default="geometric",
                     help="what differs between the two views: geometry alone (rotation, flips, border, crop; the same "
                          "grey levels, resampling, noise and JPEG on both) or the whole augmentation, drawn twice "
@@ -374,7 +394,8 @@ def make_loader(args, data: TrainData, device: torch.device, start_epoch: int) -
     ds = SquareDataset(data.train_squares, labels, regions, rmask, augment=train_augment(args.img_size),
                        boxes=data.train_boxes, content=data.train_content,
                        p_negative=getattr(args, "negatives", 0.0), pos_weight=data.train_pos_weight, views=views,
-                       pair_views=getattr(args, "consistency_views", "all"))  # runs from before the option: "all"
+                       pair_views=getattr(args, "consistency_views", "all"),  # runs from before the option: "all"
+                       black_frame=getattr(args, "black_frame", False))
     g = torch.Generator().manual_seed(args.seed + start_epoch)
     w = data.weights
     # an epoch draws as many images as the training split has radiographs (near-duplicate groups); in

@@ -256,3 +256,39 @@ def test_cam_layer_is_chosen_on_validation_boxes_and_written_down(tmp_path):
     assert all(v["n"] == n_val for v in res["layers"].values())  # validation fractures, not test ones
     md = (out / "val_layer_choice.md").read_text()
     assert f"{chosen} (chosen)" in md and "VALIDATION" in md
+
+
+def test_black_frame_keeps_the_frame_black_and_the_boxes_on_the_film():
+    """--black-frame: grey levels, noise and JPEG change the film alone (what lies outside it after the geometric
+    draws goes back to black, as a served upload has it); the box mask still comes back as one channel that
+    lies on the film's bright box. Without it the whole square changes and its black frame turns grey."""
+    from model.preprocess import train_augment
+    from model.train import SquareDataset
+
+    size = 96
+    sq = np.zeros((1, size, size), np.uint8)
+    sq[0, 12:84, 24:72] = 255  # a white film letterboxed on black
+    sq[0, 30:44, 36:56] = 160  # a darker box on it
+    content = np.array([[24, 12, 48, 72]])
+    boxes = [np.array([[36.0, 30.0, 56.0, 44.0]])]
+    args = (sq, torch.ones(1), torch.zeros(1, 2), torch.zeros(1))
+
+    def grey_share(ds) -> float:  # pixels that are neither the frame's black nor the film's bright grey levels
+        torch.manual_seed(5)
+        shares = []
+        for _ in range(40):
+            x, *_, mask, valid, neg, pw = ds[0]
+            assert x.shape == (1, size, size) and mask.shape == (1, size, size)
+            img = x[0].numpy()
+            shares.append(float(((img > 0) & (img < 60)).mean()))
+        return float(np.mean(shares))
+
+    framed = SquareDataset(*args, augment=train_augment(size), boxes=boxes, content=content, black_frame=True)
+    whole = SquareDataset(*args, augment=train_augment(size), boxes=boxes, content=content)
+    assert grey_share(framed) < 0.03 < 0.10 < grey_share(whole)
+    torch.manual_seed(1)
+    for _ in range(10):
+        x, *_, mask, valid, neg, pw = framed[0]
+        m, img = mask[0].numpy() > 0, x[0].numpy().astype(float)
+        if m.sum() > 10:
+            assert img[m].mean() > 20  # the box lies on the film, not on the black frame
