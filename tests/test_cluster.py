@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from model.common import REPO_ROOT
+from model.reaper import processes_naming  # Ray's raylet, GCS and workers name their temp folder
 from tests.helpers import SECRET_ID, SECRET_NAME, synthetic_xray
 from tests.helpers import radiograph_instance as make_instance
 
@@ -172,19 +173,6 @@ def _items(ds):
         yield from _items(item)
 
 
-def _processes_under(folder: str) -> list[int]:
-    """Processes whose command line names `folder` (Ray's raylet, GCS and workers name their temp folder)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if folder in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.mark.parametrize("sig", [None, signal.SIGTERM, signal.SIGKILL])
 def test_a_command_that_starts_ray_leaves_nothing_behind(tmp_path, sig):
     """`--ray` alone starts a private Ray; when the command ends (done, SIGTERM half way, or killed outright
@@ -201,7 +189,7 @@ def test_a_command_that_starts_ray_leaves_nothing_behind(tmp_path, sig):
                                 stderr=subprocess.PIPE, text=True)
         if sig is not None:
             deadline = time.time() + 120
-            while time.time() < deadline and not _processes_under(tmpdir):
+            while time.time() < deadline and not processes_naming(tmpdir):
                 time.sleep(0.5)
             time.sleep(3)  # Ray is up and working
             assert proc.poll() is None, "the command ended before the signal"
@@ -214,9 +202,9 @@ def test_a_command_that_starts_ray_leaves_nothing_behind(tmp_path, sig):
             assert proc.returncode != 0
             assert "Traceback" not in err
         deadline = time.time() + 30  # Ray's processes stop within moments of the shutdown
-        while time.time() < deadline and _processes_under(tmpdir):
+        while time.time() < deadline and processes_naming(tmpdir):
             time.sleep(0.5)
-        assert _processes_under(tmpdir) == []
+        assert processes_naming(tmpdir) == []
         # the Ray temp folder (logs, sockets, spilled objects) removed (torch may leave its own compile cache here)
         assert [p.name for p in Path(tmpdir).iterdir() if not p.name.startswith("torchinductor")] == []
         assert not (home / ".ray").exists()  # no token file: the private Ray's token lived in its processes
