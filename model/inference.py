@@ -165,6 +165,7 @@ class Predictor:
                 mirrored = self.engine.logits(mirror(x)[None])
         gray, square, lb, pose = prep.gray, prep.square, prep.lb, prep.pose
         feats = np.concatenate([out.features, taps], axis=1) if taps.size else out.features
+        feats = self.xray.with_probe(feats, square[None])  # + the ImageNet probe's view, when the gate reads one
         logits = out.logits[0]
         if self.meta.tta:
             logits = 0.5 * (logits + mirrored[0])

@@ -31,11 +31,13 @@ from model.xray.fit import (
 )
 from model.xray.kinds import KIND_GROUP
 from model.xray.negatives import all_negatives, split_sets
+from model.xray.probe import ImageNetProbe, installed_spec
 
 # (signals, learned_inputs): the statistics are always part of a gate
 SIGNAL_SETS = [(("stats",), None), (("stats", "layers"), None), (("stats", "features"), None),
                (("stats", "learned"), "none"), (("stats", "learned"), "layers"), (("stats", "learned"), "features"),
                (("stats", "learned"), "all")]
+PROBE_SETS = [(("stats", "learned"), "probe"), (("stats", "learned"), "layers+probe")]  # with --probe
 
 
 def main(argv=None) -> dict:
@@ -54,6 +56,8 @@ def main(argv=None) -> dict:
                     help="changed copies of each X-ray, as model.xray.fit takes them")
     ap.add_argument("--film-copies", action=argparse.BooleanOptionalAction, default=DEFAULT_FILM_COPIES,
                     help=FILM_COPIES_HELP)
+    ap.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compare learned signals that read the ImageNet probe (model/xray/probe.py)")
     ap.add_argument("--splits-dir", default=str(SPLITS_DIR))
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--threads", type=int, default=2)
@@ -64,19 +68,21 @@ def main(argv=None) -> dict:
     args = resolve_bundle(ap.parse_args(argv))
     setup_cpu_threads(args.threads)
     model, meta = load_model(args.model)
+    probe = ImageNetProbe(installed_spec()) if args.probe else None
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir, args.upload_variants, args.film_copies)
+                                         args.cache_dir, args.upload_variants, args.film_copies, probe)
     layout, taps = per_source_val["_layout"]["layout"], per_source_val["_layout"]["tap_layers"]
     (trf, trs, _), (vaf, vas, vac) = parts["train"], parts["val"]
     dev, _ = split_sets(all_negatives())
-    nf, ns, nc, nm = negative_inputs(model, meta, dev, args.cache_dir, args.model)
+    nf, ns, nc, nm = negative_inputs(model, meta, dev, args.cache_dir, args.model, probe)
     kinds = np.array([n.kind for n in dev])
     groups = np.array([n.source for n in dev])
     cats = np.array([n.category for n in dev])
     folds = list(GroupKFold(n_splits=args.folds).split(nf, groups=groups))
     rows = {}
     c_values = [float(c) for c in args.c.split(",")]
-    runs = [(sig, inp, c) for sig, inp in SIGNAL_SETS for c in (c_values if "learned" in sig else [None])]
+    sets = SIGNAL_SETS + (PROBE_SETS if probe else [])
+    runs = [(sig, inp, c) for sig, inp in sets for c in (c_values if "learned" in sig else [None])]
     for signals, inputs, c in runs:
         caught = np.zeros(len(dev), bool)
         score = np.zeros(len(dev))
@@ -85,7 +91,7 @@ def main(argv=None) -> dict:
         for tr, te in folds if "learned" in signals else [(np.arange(len(dev)), np.arange(len(dev)))]:
             g = XrayCheck.fit(trf, trs, vaf, vas, layout=layout, tap_layers=taps, signals=signals,
                               negatives=(nf[tr], ns[tr], kinds[tr]), learned_inputs=inputs or "layers",
-                              learned_c=c or 1.0, quantile=0.99 + float((vac > COLOUR_LIMIT).mean()))
+                              learned_c=c or 1.0, probe=probe.spec if probe else None, quantile=0.99 + float((vac > COLOUR_LIMIT).mean()))
             pos = g.assess_batch(vaf, None, vac, stats=vas)
             res = g.assess_batch(nf[te], None, nc[te], stats=ns[te], modalities=[nm[i] for i in te])
             caught[te] = [not r["is_xray"] for r in res]
@@ -113,7 +119,8 @@ def main(argv=None) -> dict:
               f"named {rows[key]['group_named_when_caught']}", flush=True)
     out = {"model": shown(args.model), "n_train_xrays": int(len(trs)), "n_val_xrays": int(len(vas)),
            "n_dev_negatives": len(dev), "n_dev_sources": int(len(set(groups))), "folds": args.folds,
-           "upload_variants": args.upload_variants, "film_copies": args.film_copies, "signal_sets": rows}
+           "upload_variants": args.upload_variants, "film_copies": args.film_copies,
+           "probe": probe.spec.to_dict() if probe else None, "signal_sets": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     return out

@@ -173,6 +173,7 @@ class BatchScorer:
             again = np.stack([prepare(grays[i], self.meta, negative=True).square for i in idx])
             squares[idx] = again
             logits[idx], _, feats[idx] = self._forward(again)
+        feats = self.b.xray.with_probe(feats, squares)
         checks = self.b.xray.assess_batch(feats, squares, [float(g.info.get("chroma", 0.0)) for g in grays])
         cal = self.b.calibration
         prob = np.array([float(cal.probability(float(v))) if cal is not None else 1 / (1 + np.exp(-v))

@@ -25,7 +25,7 @@ import numpy as np
 
 from model.bundle import add_feature_args, load_xray_check, start_command
 from model.common import REPORT_DIR, add_bundle_args, command_parser, shown
-from model.xray.fit import negative_inputs, network_features
+from model.xray.fit import negative_inputs, network_features, probe_key
 from model.xray.kinds import KIND_GROUP, KINDS
 from model.xray.negatives import all_negatives, split_sets
 from model.xray.signals import chroma, dicom_modality, image_stats
@@ -52,7 +52,11 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    cache_name = f"xray-eval-v5-{sha[:16]}-{args.split}-{args.max_xrays}.npz"
+    if not Path(args.xray_check).is_file():
+        raise SystemExit(f"X-ray check file not found: {args.xray_check}")
+    gate = load_xray_check(args.xray_check, sha, meta)  # model/bundle.py's rule: this model file, this input size
+    probe = gate.probe_net  # the gate's ImageNet probe (None when it reads none)
+    cache_name = f"xray-eval-v5-{sha[:16]}-{args.split}-{args.max_xrays}{probe_key(probe)}.npz"
     cache = Path(args.cache_dir) / cache_name if args.cache_dir else None
     _, neg = split_sets(all_negatives())
     loaded = False
@@ -73,7 +77,7 @@ def main(argv=None) -> dict:
                 samples = samples[: args.max_xrays]
             squares, ok = load_squares(samples, size, args.cache_dir, **serving_steps(meta))
             idx = np.flatnonzero(ok)
-            feats.append(network_features(model, squares[idx], meta.mean, meta.std))
+            feats.append(network_features(model, squares[idx], meta.mean, meta.std, probe=probe))
             stats += [image_stats(squares[i]) for i in idx]
             chromas += [chroma(samples[i].path) for i in idx]
             modalities += [dicom_modality(samples[i].path) or "" for i in idx]
@@ -88,7 +92,7 @@ def main(argv=None) -> dict:
             np.savez(tmp, names=np.array(names), groups=np.array(groups), feats=feats, stats=stats,
                      chromas=chromas, modalities=np.array(modalities))
             tmp.replace(cache)
-    nf, ns, nc, nm = negative_inputs(model, meta, neg, args.cache_dir, args.model)
+    nf, ns, nc, nm = negative_inputs(model, meta, neg, args.cache_dir, args.model, probe)
     log.info("%d non-X-ray images scored", len(neg))
     if args.features_only:
         return {}
@@ -98,9 +102,6 @@ def main(argv=None) -> dict:
     truth = np.r_[np.ones(n_x, int), np.zeros(len(neg), int)]
     feats, stats, chromas = np.vstack([feats, nf]), np.vstack([stats, ns]), np.r_[chromas, nc]
     modalities = [m or None for m in modalities] + list(nm)
-    if not Path(args.xray_check).is_file():
-        raise SystemExit(f"X-ray check file not found: {args.xray_check}")
-    gate = load_xray_check(args.xray_check, sha, meta)  # model/bundle.py's rule: this model file, this input size
     results = gate.assess_batch(feats, None, chromas, stats=stats, modalities=modalities)
     rows = list(zip(names, groups, [int(t) for t in truth], results))
     res = results[n_x:]

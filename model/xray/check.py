@@ -44,6 +44,7 @@ import numpy as np
 
 from model.common import DEFAULT_XRAY_CHECK
 from model.xray.kinds import GROUP_REASONS, KIND_GROUP, MODALITY_NAMES
+from model.xray.probe import ImageNetProbe, ProbeSpec, installed_weights_sha256
 from model.xray.signals import FOREIGN_RATIO, foreign_modality, squares_stats
 
 log = logging.getLogger("model.xray.check")
@@ -157,6 +158,32 @@ DEFAULT_LEARNED_INPUTS = "layers"
 DEFAULT_LEARNED_C = 1.0
 
 
+# the learned signal's network columns besides the image statistics (XrayCheck.fit's learned_inputs)
+LEARNED_INPUTS = ("none", "layers", "features", "all", "probe", "layers+probe")
+
+
+def learned_columns(inputs: str, layout: dict, taps: list | None = None) -> list[list[int]]:
+    """The column ranges [[start, end), ...] of `inputs` (LEARNED_INPUTS) in a feature layout."""
+    if inputs not in LEARNED_INPUTS:
+        raise ValueError(f"learned inputs {inputs!r}: choose one of {', '.join(LEARNED_INPUTS)}")
+    taps = taps if taps is not None else [v for name, v in layout.items() if name.startswith("layer:")]
+    fa, fb = layout["features"]
+    layers = [min(v[0] for v in taps), max(v[1] for v in taps)] if taps else [fa, fb]
+    if "probe" in inputs and "probe" not in layout:
+        raise ValueError("these features have no ImageNet probe columns (fit with the probe)")
+    ranges = {"none": [], "features": [[fa, fb]], "all": [[fa, fb]] + ([layers] if taps else []), "layers": [layers],
+              "probe": [layout.get("probe")], "layers+probe": [layers, layout.get("probe")]}[inputs]
+    return [list(map(int, r)) for r in ranges]
+
+
+def columns(f: np.ndarray, spec) -> np.ndarray:
+    """The columns of a layout entry: [start, end) or a list of such ranges (in that order)."""
+    f = np.asarray(f)
+    if len(spec) and not isinstance(spec[0], (list, tuple)):
+        spec = [spec]
+    return np.concatenate([f[:, a:b] for a, b in spec], axis=1) if len(spec) else f[:, :0]
+
+
 class XrayCheck:
     """The fitted gate. `assess()` / `assess_batch()` give is_xray, xray_score and a short human reason.
 
@@ -167,10 +194,13 @@ class XrayCheck:
 
     def __init__(self, signals: dict | None, scales: dict, threshold: float, stats_threshold: float,
                  colour_limit: float = COLOUR_LIMIT, model_sha256: str | None = None, info: dict | None = None,
-                 layout: dict | None = None, tap_layers: list[str] | None = None):
-        self.signals = signals or {}  # name -> Gaussian | Neighbours
-        self.layout = layout or {}  # name -> [start, end) columns of the feature vector
+                 layout: dict | None = None, tap_layers: list[str] | None = None, probe: ProbeSpec | None = None):
+        self.signals = signals or {}  # name -> Gaussian | Neighbours | Learned
+        # name -> [start, end) columns of the feature vector, or a list of such ranges (the learned signal)
+        self.layout = layout or {}
         self.tap_layers = list(tap_layers or [])
+        self.probe = probe  # the ImageNet probe whose features the learned signal reads (model/xray/probe.py)
+        self.probe_net = None  # built by load() when the gate is used with its own model file
         self.scales = {k: float(v) for k, v in scales.items()}
         self.threshold, self.stats_threshold = float(threshold), float(stats_threshold)
         self.colour_limit = float(colour_limit)
@@ -204,8 +234,16 @@ class XrayCheck:
 
     def _inputs(self, name: str, f: np.ndarray, stats: np.ndarray) -> np.ndarray:
         """A signal's input columns: the learned signal reads [image statistics | its feature columns]."""
-        a, b = self.layout[name]
-        return np.hstack([stats, f[:, a:b]]) if name == "learned" else f[:, a:b]
+        cols = columns(f, self.layout[name])
+        return np.hstack([stats, cols]) if name == "learned" else cols
+
+    def with_probe(self, features: np.ndarray, squares: np.ndarray) -> np.ndarray:
+        """[network features | ImageNet probe features of `squares`] when this gate reads a probe (and its
+        network signals are on); the features unchanged otherwise."""
+        features = np.atleast_2d(np.asarray(features))
+        if self.probe_net is None or not self.use_features:
+            return features
+        return np.concatenate([features, self.probe_net.features(squares)], axis=1)
 
     def groups(self, features: np.ndarray | None, stats: np.ndarray) -> list[str] | None:
         """The learned signal's most likely group of non-X-ray kinds per image (None without it)."""
@@ -220,14 +258,16 @@ class XrayCheck:
             quantile: float = VAL_QUANTILE, info: dict | None = None, k: int = 10,
             layout: dict | None = None, tap_layers: list[str] | None = None,
             signals: tuple[str, ...] = ("stats",), negatives: tuple | None = None,
-            learned_inputs: str = DEFAULT_LEARNED_INPUTS, learned_c: float = DEFAULT_LEARNED_C) -> "XrayCheck":
+            learned_inputs: str = DEFAULT_LEARNED_INPUTS, learned_c: float = DEFAULT_LEARNED_C,
+            probe: ProbeSpec | None = None) -> "XrayCheck":
         """layout: {"features": [0, D], "layer:<name>": [a, b], ...} columns of the feature vectors
         (default: all columns are penultimate features). signals: which of stats, features
         (Mahalanobis of the penultimate features), neighbours (kNN cosine distance), layers (one
         Mahalanobis distance over the tap layers), learned (a classifier of X-rays against
         `negatives` = (features, statistics, kinds) of development non-X-rays) to use.
-        learned_inputs: the learned signal's columns besides the statistics: layers (the tap
-        layers), features (penultimate), all (both) or none."""
+        learned_inputs: the learned signal's columns besides the statistics (LEARNED_INPUTS): layers (the
+        tap layers), features (penultimate), all (both), none, probe (the ImageNet probe's columns,
+        layout["probe"]) or layers+probe. probe: the ProbeSpec of layout["probe"]'s columns."""
         train_feats, val_feats = np.asarray(train_feats, np.float64), np.asarray(val_feats, np.float64)
         layout = {k2: list(v) for k2, v in (layout or {"features": [0, train_feats.shape[1]]}).items()}
         sig: dict = {"stats": Gaussian.fit(train_stats)}
@@ -247,14 +287,16 @@ class XrayCheck:
             if negatives is None:
                 raise ValueError("the learned signal needs development negatives")
             nf, ns, nk = negatives
-            cols = {"none": [0, 0], "features": [fa, fb], "all": [0, train_feats.shape[1]],
-                    "layers": ([min(v[0] for v in taps), max(v[1] for v in taps)] if taps else [fa, fb])}
-            a, b = cols[learned_inputs]
-            x = np.vstack([np.hstack([train_stats, train_feats[:, a:b]]),
-                           np.hstack([ns, np.asarray(nf, np.float64)[:, a:b]])])
+            spec = learned_columns(learned_inputs, layout, taps)
+            if "probe" in learned_inputs and probe is None:
+                raise ValueError("the probe's columns need its ProbeSpec")
+            x = np.vstack([np.hstack([train_stats, columns(train_feats, spec)]),
+                           np.hstack([ns, columns(np.asarray(nf, np.float64), spec)])])
             sig["learned"] = Learned.fit(x, ["xray"] * len(train_stats) + list(nk), learned_c)
-            lay["learned"] = [a, b]
-        g = cls(sig, {}, 1.0, 1.0, COLOUR_LIMIT, model_sha256, layout=lay, tap_layers=tap_layers)
+            lay["learned"] = spec
+        uses_probe = "learned" in lay and "probe" in learned_inputs
+        g = cls(sig, {}, 1.0, 1.0, COLOUR_LIMIT, model_sha256, layout=lay, tap_layers=tap_layers,
+                probe=probe if uses_probe else None)
         d = g.distances(val_feats, val_stats)
         g.scales = {name: float(np.quantile(v, quantile, method="higher")) for name, v in d.items()}
         r = np.max(np.stack([d[n] / g.scales[n] for n in d], axis=1), axis=1)
@@ -286,7 +328,8 @@ class XrayCheck:
             else:
                 arrays[f"s{i}_mean"] = s.mean.astype(np.float32)
                 arrays[f"s{i}_precision"] = s.precision.astype(np.float32)
-        meta = {"signals": names, "layout": self.layout, "tap_layers": self.tap_layers, "scales": self.scales}
+        meta = {"signals": names, "layout": self.layout, "tap_layers": self.tap_layers, "scales": self.scales,
+                "probe": self.probe.to_dict() if self.probe else None}
         np.savez_compressed(
             path, format=np.array(FORMAT), model_sha256=np.array(self.model_sha256 or ""),
             scalars=np.array([self.threshold, self.stats_threshold, self.colour_limit], dtype=np.float64),
@@ -312,7 +355,7 @@ class XrayCheck:
                 else:
                     sig[n] = Gaussian(z[f"s{i}_mean"], z[f"s{i}_precision"])
             g = cls(sig, meta["scales"], thr, sthr, cl, str(z["model_sha256"]) or None, json.loads(str(z["info"])),
-                    meta["layout"], meta["tap_layers"])
+                    meta["layout"], meta["tap_layers"], ProbeSpec.from_dict(meta.get("probe")))
         fitted_size = g.info.get("img_size")
         if model_sha256 and g.model_sha256 and model_sha256 != g.model_sha256:
             g.use_features = False
@@ -324,7 +367,27 @@ class XrayCheck:
             g.note = (f"the X-ray check file {Path(path).name} was fitted at {fitted_size} px, the model reads "
                       f"{img_size} px: only colour and image statistics are checked")
             log.warning(g.note)
+        if g.use_features and g.probe is not None:
+            g._start_probe(path)
         return g
+
+    def _start_probe(self, path) -> None:
+        """Build the ImageNet probe, or switch the network signals off (and say why) when its installed
+        weights are missing or are not the ones the gate was fitted with."""
+        from model.weights import WeightsError
+
+        try:
+            same = installed_weights_sha256(self.probe.arch) == self.probe.weights_sha256
+            self.probe_net = ImageNetProbe(self.probe) if same else None
+        except WeightsError as exc:
+            same, why = False, str(exc)
+        else:
+            why = "its ImageNet weights are not the installed ones (sha256 mismatch)"
+        if not same:
+            self.use_features = False
+            self.note = (f"the X-ray check file {Path(path).name} reads an ImageNet probe that cannot be built here "
+                         f"({why}): only colour and image statistics are checked")
+            log.warning(self.note)
 
     # -- use ------------------------------------------------------------------------------------
     def ratios(self, features: np.ndarray | None, squares: np.ndarray | None, chromas,

@@ -45,9 +45,11 @@ from model.xray.check import (
     DEFAULT_PATH,
     DEFAULT_SIGNALS,
     VAL_QUANTILE,
+    LEARNED_INPUTS,
     XrayCheck,
 )
 from model.xray.negatives import all_negatives, split_sets
+from model.xray.probe import ImageNetProbe, installed_spec
 from model.xray.signals import TAP_LAYERS, Taps, chroma, dicom_modality, image_stats, squares_stats
 
 log = logging.getLogger("model.xray.fit")
@@ -62,8 +64,9 @@ FILM_COPIES_HELP = ("the changed copies change the film only and keep the black 
 
 
 def network_features(model, squares: np.ndarray, mean: float, std: float, batch_size: int = 32,
-                     tap_layers: list[str] | None = None, return_layout: bool = False):
-    """[penultimate features | pooled tap layers] of uint8 squares (batched, inference mode): (N, F).
+                     tap_layers: list[str] | None = None, return_layout: bool = False, probe=None):
+    """[penultimate features | pooled tap layers | ImageNet probe features] of uint8 squares (batched,
+    inference mode): (N, F); the probe's columns only with `probe` (an ImageNetProbe).
 
     tap_layers: default TAP_LAYERS[model.arch]. With return_layout, also the column layout."""
     if tap_layers is None:
@@ -79,6 +82,8 @@ def network_features(model, squares: np.ndarray, mean: float, std: float, batch_
     finally:
         taps.close()
     feats = np.concatenate(out) if out else np.zeros((0, getattr(model, "feature_dim", 1)), np.float32)
+    if probe is not None:
+        feats = np.concatenate([feats, probe.features(squares, batch_size)], axis=1)
     if not return_layout:
         return feats
     dim = int(getattr(model, "feature_dim", feats.shape[1]))
@@ -87,6 +92,8 @@ def network_features(model, squares: np.ndarray, mean: float, std: float, batch_
         ch = _channels(model, name)
         layout[f"layer:{name}"] = [pos, pos + 2 * ch]
         pos += 2 * ch
+    if probe is not None:
+        layout["probe"] = [pos, pos + int(probe.dim)]
     return feats, layout, list(tap_layers)
 
 
@@ -117,21 +124,23 @@ def main(argv=None) -> dict:
                     help=FILM_COPIES_HELP)
     ap.add_argument("--signals", default=",".join(DEFAULT_SIGNALS),
                     help="comma-separated: stats, learned, layers, features, neighbours")
-    ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=("none", "layers", "features", "all"),
-                    help="network columns the learned signal reads besides the image statistics")
+    ap.add_argument("--learned-inputs", default=DEFAULT_LEARNED_INPUTS, choices=LEARNED_INPUTS,
+                    help="network columns the learned signal reads besides the image statistics (probe: the "
+                         "ImageNet probe's, model/xray/probe.py)")
     ap.add_argument("--learned-c", type=float, default=DEFAULT_LEARNED_C, help="its inverse regularisation")
     ap.add_argument("--report", default=str(REPORT_DIR / "xray_check" / "fit.json"))
     t0 = time.time()
     args, model, meta, sha = start_command(ap, argv)
     size = int(meta.img_size)
+    probe = ImageNetProbe(installed_spec()) if "probe" in args.learned_inputs else None
     parts, per_source_val = fit_features(args.model, model, meta, args.data, args.max_train, args.splits_dir,
-                                         args.cache_dir, args.upload_variants, args.film_copies)
+                                         args.cache_dir, args.upload_variants, args.film_copies, probe)
     lay = per_source_val.pop("_layout")
     signals = tuple(args.signals.split(","))
     negatives = None
     if "learned" in signals:  # the development half of the negatives (the evaluation half is never read)
         dev, _ = split_sets(all_negatives())
-        nf, ns, _, _ = negative_inputs(model, meta, dev, args.cache_dir, args.model)
+        nf, ns, _, _ = negative_inputs(model, meta, dev, args.cache_dir, args.model, probe)
         negatives = (nf, ns, [n.kind for n in dev])
     # the 1% false-alarm budget on validation X-rays covers colour too: the (few) tinted X-rays that
     # the colour rule flags are taken out of the statistics' share
@@ -140,7 +149,7 @@ def main(argv=None) -> dict:
                          model_sha256=sha, layout=lay["layout"], tap_layers=lay["tap_layers"],
                          quantile=min(VAL_QUANTILE + colour_fa, 0.9999),
                          signals=signals, negatives=negatives, learned_inputs=args.learned_inputs,
-                         learned_c=args.learned_c,
+                         learned_c=args.learned_c, probe=probe.spec if probe else None,
                          info={"model": shown(args.model), "arch": meta.arch, "img_size": size,
                                "data": [Path(d).resolve().name for d in args.data],
                                "n_dev_negatives": 0 if negatives is None else len(negatives[2]),
@@ -170,7 +179,8 @@ def main(argv=None) -> dict:
 
 def fit_features(model_path, model, meta: dict, data: list[str], max_train: int = 1500,
                  splits_dir: str | Path = SPLITS_DIR, cache_dir: str | None = None,
-                 upload_variants: int = DEFAULT_UPLOAD_VARIANTS, film_copies: bool = DEFAULT_FILM_COPIES):
+                 upload_variants: int = DEFAULT_UPLOAD_VARIANTS, film_copies: bool = DEFAULT_FILM_COPIES,
+                 probe=None):
     """(features, statistics, chroma) of the training X-rays (a random subset of max_train) and of all
     validation X-rays of the data roots, each as stored and in `upload_variants` changed copies (of the film
     alone with film_copies, see changed_copies), cached
@@ -183,6 +193,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
                + "-".join(Path(d).resolve().name for d in data))
         key += f"-x{upload_variants}" if upload_variants != 1 else ""  # one copy: the key (and draws) of before
         key += "-film" if film_copies else ""
+        key += probe_key(probe)
         cache = Path(cache_dir) / f"xray-fit-{key}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -191,7 +202,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
         log.info("features loaded from %s", cache)
     else:
         parts, per_source_val = _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants,
-                                              film_copies)
+                                              film_copies, probe)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, per_source_val=np.array(json.dumps(per_source_val)),
@@ -199,7 +210,7 @@ def fit_features(model_path, model, meta: dict, data: list[str], max_train: int 
     return parts, per_source_val
 
 
-def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants, film_copies):
+def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_variants, film_copies, probe=None):
     size = int(meta.img_size)
     rng = np.random.default_rng(0)
     parts = {}
@@ -222,7 +233,7 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
                                           for k in range(upload_variants)])
             log.info("%s %s: %d X-rays (as stored and changed): features and statistics", Path(root).name, split,
                      len(sq))
-            f, layout, taps = network_features(model, sq, meta.mean, meta.std, return_layout=True)
+            f, layout, taps = network_features(model, sq, meta.mean, meta.std, return_layout=True, probe=probe)
             feats.append(f)
             stats.append(np.stack([image_stats(s) for s in sq]))
             c = np.array([chroma(samples[i].path) for i in idx]) if split == "val" else np.zeros(len(idx))
@@ -233,6 +244,13 @@ def _fit_features(model, meta, data, max_train, splits_dir, cache_dir, upload_va
         parts[split] = (np.concatenate(feats), np.concatenate(stats), np.concatenate(chromas))
     per_source_val["_layout"] = {"layout": layout, "tap_layers": taps}
     return parts, per_source_val
+
+
+def probe_key(probe) -> str:
+    """The part of a feature cache's name that says which ImageNet probe's columns it holds ('' for none)."""
+    if probe is None:
+        return ""
+    return f"-probe-{probe.spec.arch}-{probe.spec.size}-{probe.spec.weights_sha256[:8]}"
 
 
 def changed_copies(squares: np.ndarray, size: int, seed: int = 0, content: np.ndarray | None = None) -> np.ndarray:
@@ -277,13 +295,13 @@ def served_squares(model, meta, grays: list) -> np.ndarray:
     return sq
 
 
-def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, model_path=None):
+def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, model_path=None, probe=None):
     """(features, statistics, chroma, DICOM modality) of model.xray.negatives images, through the same
     decode -> prepare -> network path as Predictor.predict; cached per model file and image set."""
     cache = None
     if cache_dir and model_path:
         names = hashlib.sha256("\n".join(n.name for n in negatives).encode()).hexdigest()[:12]
-        cache = Path(cache_dir) / f"xray-neg-v2-{file_sha256(model_path)[:16]}-{names}.npz"
+        cache = Path(cache_dir) / f"xray-neg-v2-{file_sha256(model_path)[:16]}-{names}{probe_key(probe)}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as z:
                 return z["feats"], z["stats"], z["chromas"], [str(m) or None for m in z["modalities"]]
@@ -292,7 +310,7 @@ def negative_inputs(model, meta: dict, negatives, cache_dir: str | None = None, 
         grays = [decode_image(n.image) for n in negatives[i : i + 16]]
         chromas += [g.info["chroma"] for g in grays]  # measured by the decode, as Predictor.predict reads it
         sq = served_squares(model, meta, grays)
-        feats.append(network_features(model, sq, meta.mean, meta.std))
+        feats.append(network_features(model, sq, meta.mean, meta.std, probe=probe))
         stats.append(squares_stats(sq))
     out = (np.concatenate(feats), np.concatenate(stats), np.array(chromas),
            [dicom_modality(n.image) for n in negatives])
