@@ -1,12 +1,16 @@
 """Synthetic images for the tests and the benchmarks (scripts/), so neither needs ../shared: never for
-training or evaluation. The DICOM carries a fake patient name and ID that must never be shown or logged."""
+training or evaluation. The DICOM carries a fake patient name and ID that must never be shown or logged.
+
+What must pass the shipped X-ray check (a DICOM instance the PACS bridge should score, an upload the app should
+give a verdict on) is built from the committed FracAtlas test-split examples (example_radiograph; CC BY 4.0,
+assets/examples/ATTRIBUTION.md): the check's ImageNet probe rightly calls the radiograph_like drawing a drawing."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def xray_like(seed: int, fractured: bool, size=(48, 40)) -> Image.Image:
@@ -62,7 +66,9 @@ def dicom_bytes(arr: np.ndarray, modality: str = "CR", monochrome1: bool = False
 def radiograph_like(seed: int = 0, size=(600, 760)) -> Image.Image:
     """A synthetic projection radiograph of a forearm-like limb: a smooth soft-tissue shadow on a dark
     background, two long bones with bright cortices and a darker medullary cavity, film-like blur and
-    quantum noise. Built to pass the X-ray check, not to look like any real patient."""
+    quantum noise; not any real patient. For preprocessing and geometry tests: the shipped X-ray check calls
+    it "a photograph or a drawing" (its ImageNet probe sees a drawing), so use example_radiograph where the
+    check must pass."""
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
@@ -89,13 +95,26 @@ def radiograph_like(seed: int = 0, size=(600, 760)) -> Image.Image:
     return Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), "L")
 
 
+def example_radiograph(seed: int = 0, size=(400, 520)) -> Image.Image:
+    """A real radiograph at size (w, h) that passes the shipped X-ray check: one of the committed FracAtlas
+    test-split examples (assets/examples, CC BY 4.0), chosen by seed, made grey, cropped about its centre to the
+    size's aspect ratio (anatomy keeps its proportions) and resized."""
+    from model.common import REPO_ROOT
+
+    paths = sorted((REPO_ROOT / "assets" / "examples").glob("*.png"))
+    if not paths:
+        raise FileNotFoundError("no example radiographs in assets/examples")
+    with Image.open(paths[seed % len(paths)]) as im:
+        return ImageOps.fit(im.convert("L"), tuple(size), Image.Resampling.BILINEAR)
+
+
 SECRET_NAME = "Quixotic^Zebulon^Secretname"
 SECRET_ID = "PID-SECRET-98765"
 
 
 def radiograph_instance(modality: str, study_uid: str, pixels: np.ndarray | None = None, corrupt: bool = False,
                         size=(256, 320), seed: int | None = None):
-    """(dataset, DICOM bytes) of a CR/DX (radiograph_like pixels, 12 bits in 16) or CT instance in the given
+    """(dataset, DICOM bytes) of a CR/DX (example_radiograph pixels, 12 bits in 16) or CT instance in the given
     study, with a distinctive patient name and ID (SECRET_NAME, SECRET_ID) that must never be logged; corrupt:
     the pixel data cut to 64 bytes (the header still says Rows x Columns)."""
     import pydicom
@@ -106,7 +125,7 @@ def radiograph_instance(modality: str, study_uid: str, pixels: np.ndarray | None
                  "CT": "1.2.840.10008.5.1.4.1.1.2"}[modality]
     if pixels is None:
         seed = len(study_uid) + ord(modality[0]) if seed is None else seed
-        pixels = np.asarray(radiograph_like(seed, size), np.uint16) * 16
+        pixels = np.asarray(example_radiograph(seed, size), np.uint16) * 16
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -1,7 +1,7 @@
 """End-to-end throughput of the PACS bridge on this machine: a local Orthanc (pacs/orthanc.py) holding N
-synthetic CR instances (model.synthetic.radiograph_like pixels, 12 bits in 16) in studies of 3; one scan
-(QIDO search, WADO fetch, score with Grad-CAM, build SC + SR, STOW) timed per stage, then a second scan that
-must write nothing. Writes assets/report/pacs.json.
+synthetic CR instances (model.synthetic.radiograph_instance: the committed example radiographs, 12 bits in
+16) in studies of 3; one scan (QIDO search, WADO fetch, score with Grad-CAM, build SC + SR, STOW) timed per
+stage, then a second scan that must write nothing. Writes assets/report/pacs.json.
 
     python -m scripts.bench_pacs [--n 30] [--size 1024 1280] [--threads 2] [--out assets/report/pacs.json]
 """

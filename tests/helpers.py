@@ -16,6 +16,7 @@ from model.synthetic import (  # noqa: F401 - the tests import them from here
     SECRET_ID,
     SECRET_NAME,
     dicom_bytes,
+    example_radiograph,
     radiograph_instance,
     radiograph_like,
     xray_like,
@@ -129,17 +130,14 @@ def serving_switch_models(folder: Path, *switches: str) -> Path:
 
 
 def synthetic_xray(w: int = 400, h: int = 520, seed: int = 0) -> Image.Image:
-    """A radiograph at w x h that passes the shipped X-ray check: one of the committed FracAtlas test-split
-    examples (assets/examples, CC BY 4.0), chosen by seed, resized. (The synthetic tests.helpers
-    radiograph_like drawings sit near the X-ray check's threshold since it was fitted on the upload-like
-    variants of real radiographs, so the app tests use real ones.)"""
-    paths = sorted((ROOT / "assets" / "examples").glob("*.png"))
-    return Image.open(paths[seed % len(paths)]).convert("L").resize((w, h), Image.Resampling.BILINEAR)
+    """A radiograph at w x h that passes the shipped X-ray check (model.synthetic.example_radiograph: a committed
+    FracAtlas test-split example, CC BY 4.0, chosen by seed, resized)."""
+    return example_radiograph(seed, (w, h))
 
 
 def dicom_upload_bytes(monochrome1: bool = True) -> bytes:
     """A synthetic CR DICOM with rescale + window and a fake patient name (must never be shown)."""
-    return dicom_bytes(np.asarray(radiograph_like(0, (256, 320)), np.uint16) * 16, "CR", monochrome1)
+    return dicom_bytes(np.asarray(example_radiograph(0, (256, 320)), np.uint16) * 16, "CR", monochrome1)
 
 
 # The browser tests: Debian's chromium through Playwright (never `playwright install`); the `browser` fixture is

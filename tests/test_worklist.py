@@ -32,7 +32,7 @@ def scanned(predictor):
 
     with OrthancServer() as srv:
         a, b = generate_uid(), generate_uid()
-        inst = {"cr1": make_instance("CR", a, seed=1), "cr2": make_instance("CR", a, seed=7),
+        inst = {"cr1": make_instance("CR", a, seed=1), "cr2": make_instance("CR", a, seed=2),
                 "dx": make_instance("DX", a, seed=3),
                 "ct": make_instance("CT", a, pixels=np.full((64, 64), 1000, np.uint16)),
                 "photo": make_instance("CR", b, pixels=np.random.default_rng(0).integers(0, 4095, (256, 320))

@@ -29,7 +29,7 @@ def test_worklist_tab(browser, tmp_path):
 
     with OrthancServer() as srv:
         a, b = generate_uid(), generate_uid()
-        for data in (make_instance("CR", a, seed=1)[1], make_instance("CR", a, seed=7)[1],
+        for data in (make_instance("CR", a, seed=1)[1], make_instance("CR", a, seed=2)[1],
                      make_instance("DX", a, seed=3)[1],
                      make_instance("CT", a, pixels=np.full((64, 64), 1000, np.uint16))[1],
                      make_instance("CR", b, pixels=np.random.default_rng(0).integers(0, 4095, (256, 320))
