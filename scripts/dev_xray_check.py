@@ -91,7 +91,8 @@ def main(argv=None) -> dict:
         for tr, te in folds if "learned" in signals else [(np.arange(len(dev)), np.arange(len(dev)))]:
             g = XrayCheck.fit(trf, trs, vaf, vas, layout=layout, tap_layers=taps, signals=signals,
                               negatives=(nf[tr], ns[tr], kinds[tr]), learned_inputs=inputs or "layers",
-                              learned_c=c or 1.0, probe=probe.spec if probe else None, quantile=0.99 + float((vac > COLOUR_LIMIT).mean()))
+                              learned_c=c or 1.0, probe=probe.spec if probe else None,
+                              quantile=0.99 + float((vac > COLOUR_LIMIT).mean()))
             pos = g.assess_batch(vaf, None, vac, stats=vas)
             res = g.assess_batch(nf[te], None, nc[te], stats=ns[te], modalities=[nm[i] for i in te])
             caught[te] = [not r["is_xray"] for r in res]

@@ -44,8 +44,8 @@ from model.xray.check import (
     DEFAULT_LEARNED_INPUTS,
     DEFAULT_PATH,
     DEFAULT_SIGNALS,
-    VAL_QUANTILE,
     LEARNED_INPUTS,
+    VAL_QUANTILE,
     XrayCheck,
 )
 from model.xray.negatives import all_negatives, split_sets
