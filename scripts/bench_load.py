@@ -11,7 +11,7 @@ soak   --soak N sequential calls (default 1000) mixing valid X-rays (PNG, JPEG, 
        DICOM) with invalid inputs (not an image, empty, truncated PNG, a photo-sized colour image): the
        server's RSS at the start and the end (+/- 100 MB is the target) and the files in its temp
        folder before and after (after --keep-files has passed: none may accumulate).
-Inputs are synthetic (model.synthetic.radiograph_like) plus the committed example X-rays, so it runs on
+Inputs are the committed example X-rays (model.synthetic.example_radiograph) in several forms, so it runs on
 a fresh clone. Numbers depend on the machine and on what else runs on it (recorded in the output).
 """
 
@@ -32,7 +32,7 @@ from PIL import Image
 
 from app.serve import running_app
 from model.common import EXAMPLES_DIR, REPORT_DIR, add_bundle_args, command_parser, resolve_bundle
-from model.synthetic import dicom_bytes, radiograph_like
+from model.synthetic import dicom_bytes, example_radiograph
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -92,7 +92,7 @@ def batch_gain(model_path: str) -> dict:
 
     torch.set_num_threads(1)
     model, meta = load_model(model_path)
-    sq = np.stack([letterbox(radiograph_like(s), int(meta.img_size))[0] for s in range(4)])
+    sq = np.stack([letterbox(example_radiograph(s), int(meta.img_size))[0] for s in range(4)])
     x = normalize(sq, meta.mean, meta.std)
 
     def per_image(batch):
@@ -115,7 +115,7 @@ def batch_gain(model_path: str) -> dict:
 
 def soak_inputs(tmp: Path) -> list[tuple[Path, bool]]:
     """(file, is valid) pairs cycled through by the soak."""
-    a = radiograph_like(3, (520, 640))
+    a = example_radiograph(3, (520, 640))
     out = []
 
     def save(name, data, valid):
@@ -195,7 +195,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as temp_root:
         tmp, temp_root = Path(tmp), Path(temp_root)
         image = tmp / "xray.png"
-        radiograph_like(1, (600, 760)).save(image)
+        example_radiograph(1, (600, 760)).save(image)
         with running_app(["--keep-files", str(KEEP)], env={"GRADIO_TEMP_DIR": str(temp_root)}) as (url, _log):
             pid = server_pid(url.rsplit(":", 1)[1])
             from gradio_client import Client, handle_file
