@@ -4,6 +4,7 @@ Reads (each optional; the card says what is missing):
 - assets/report/test/metrics.json and roc.png / pr.png       (`python -m model.evaluate ... --out assets/report/test`)
 - assets/report/calibration/report.json, reliability_test.png, operating_curve_test.png
                                                               (`python -m model.calibrate report ...`)
+- assets/report/xray_check/metrics.json                       (`python -m scripts.eval_xray_check ...`)
 Nothing here computes a metric: the numbers are the reports' own.
 """
 
@@ -179,6 +180,24 @@ def _calibration_section(report_dir: Path, model_sha256: str | None) -> list[str
     return lines
 
 
+def _xray_section(report_dir: Path, model_sha256: str | None) -> list[str]:
+    m = _load(report_dir / "xray_check" / "metrics.json")
+    if not m:
+        return []
+    added = (m.get("added_ms_per_predict") or {}).get("added_ms_median")
+    lines = [
+        "### The X-ray check",
+        f"Images that do not look like radiographs get no verdict. On {m.get('n_non_xray', 'n/a')} evaluation "
+        f"non-X-rays (CT/MR/ultrasound/nuclear-medicine renderings, photographs, drawings; never used to fit or "
+        f"choose it) it caught {_pct(m.get('detection_rate_non_xrays'))}; it refused "
+        f"{_pct(m.get('false_alarm_rate_test_xrays'), 2)} of {m.get('n_xray', 'n/a')} test-split X-rays"
+        + (f"; it adds {_num(added, 1)} ms to a prediction" if isinstance(added, (int, float)) else "") + ".",
+    ]
+    if model_sha256 and m.get("model_sha256") and m["model_sha256"] != model_sha256:
+        lines += ["", "⚠️ This X-ray check report was made for a different model file than the one served."]
+    return lines
+
+
 def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sha256: str | None = None,
                         calibration_in_force: str | None = None) -> str:
     report_dir = Path(report_dir)
@@ -238,6 +257,7 @@ def model_card_markdown(meta: ModelMeta, report_dir: Path = REPORT_DIR, model_sh
         lines.append(f"- Model selection on validation: {vals}")
     lines += ["### Test metrics", *_test_section(report_dir)]
     lines += _calibration_section(report_dir, model_sha256)
+    lines += _xray_section(report_dir, model_sha256)
     if calibration_in_force:
         lines += ["", f"**Calibration in force in this app:** {calibration_in_force}. The test figures above "
                   "are for the shipped calibration; a site calibration (README, 'Calibrate for your site') "

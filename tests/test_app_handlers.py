@@ -388,6 +388,11 @@ def test_model_card_reads_the_committed_reports(tmp_path):
         "split": "test", "temperature": 1.075, "ece_before": 0.0496, "ece_after": 0.0451, "model_sha256": "abc",
         "targets": [{"target": 0.99, "threshold": 0.042, "recall": 0.943, "recall_ci": [0.871, 0.981],
                      "specificity": 0.165, "precision": 0.197, "achievable": False}]}))
+    assert "### The X-ray check" not in model_card_markdown(meta, tmp_path)  # no report, no section
+    (tmp_path / "xray_check").mkdir()
+    (tmp_path / "xray_check" / "metrics.json").write_text(json.dumps({
+        "model_sha256": "abc", "n_xray": 946, "n_non_xray": 316, "false_alarm_rate_test_xrays": 0.0085,
+        "detection_rate_non_xrays": 0.9968, "added_ms_per_predict": {"added_ms_median": 35.1}}))
     for rel in ("test/roc.png", "test/pr.png", "calibration/reliability_test.png",
                 "calibration/operating_curve_val.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / rel)
@@ -396,6 +401,8 @@ def test_model_card_reads_the_committed_reports(tmp_path):
     assert "target recall of 95%" in md and "| hand | 200 | 40 | 0.751 |" in md
     assert "0.050 before, 0.045 after" in md and "| 99% | 4.2% | 94.3% (87.1% to 98.1%) |" in md
     assert "different model file" in md and NOT_A_DEVICE in md
+    assert "On 316 evaluation non-X-rays" in md and "caught 99.7%" in md and "refused 0.85% of 946" in md
+    assert "adds 35.1 ms" in md and "X-ray check report was made for a different model file" in md
     plots = report_plots(tmp_path)
     assert [p.name for _, p in plots] == ["roc.png", "pr.png", "reliability_test.png", "operating_curve_val.png"]
 
