@@ -75,14 +75,17 @@ class ImageNetProbe:
 
     @torch.inference_mode()
     def features(self, squares: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Each square resized to the probe's size, then normalised on the project's one path
+        (model.preprocess.normalize, grey replicated to three channels)."""
         from torchvision.transforms.v2 import functional as F
+
+        from model.preprocess import normalize
 
         squares = np.asarray(squares)
         squares = squares[None] if squares.ndim == 2 else squares
         out = []
         for i in range(0, len(squares), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(squares[i : i + batch_size])).to(self.device)[:, None]
-            x = F.resize(x.float().div_(255.0), [self.spec.size, self.spec.size], antialias=True)
-            x = ((x.clamp_(0.0, 1.0) - self.mean) / self.std).expand(-1, 3, -1, -1)
-            out.append(self.net(x).float().cpu().numpy())
+            x = torch.from_numpy(np.ascontiguousarray(squares[i : i + batch_size]))[:, None].float()
+            x = F.resize(x, [self.spec.size, self.spec.size], antialias=True)
+            out.append(self.net(normalize(x, self.mean, self.std).to(self.device)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
